@@ -1,0 +1,785 @@
+"""Offline datasets as TorchRL replay buffers.
+
+``make_offline_replay_buffer(dataset_id, batch_size)`` turns any of three sources into a
+:class:`~torchrl.data.TensorDictReplayBuffer` of TorchRL TED-format batches::
+
+    observation            float32 [B, S]
+    action                 float32 [B, A]
+    ("next", observation)  float32 [B, S]
+    ("next", reward)       float32 [B, 1]
+    ("next", done)         bool    [B, 1]   terminated | truncated
+    ("next", terminated)   bool    [B, 1]   the bootstrap mask: y = r + γ (1 − terminated) V(s')
+    ("next", truncated)    bool    [B, 1]   time limit reached
+
+Sources, chosen from the id:
+
+* a **Minari** id (``"mujoco/hopper/medium-v0"``, ``"torchrl_sym/hopper/random-v0"``): read from the
+  local Minari root (``MINARI_DATASETS_PATH`` or ``~/.minari/datasets``); with ``download=True`` an id
+  that is not local is downloaded with :func:`minari.download_dataset` when the remote answers
+  (never attempted when ``TORCHRL_SYM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+* a **D4RL-v2 hdf5 file** given by path: ``observations``, ``actions``, ``rewards``, ``terminals``,
+  ``timeouts`` and optionally ``next_observations``.
+* a **2-D toy bandit** ``"toy2d/<name>"`` (see :mod:`torchrl_sym.data.toy2d`), or any TED
+  :class:`~tensordict.TensorDict` passed directly.
+
+Minari and D4RL conversions are cached as memory-mapped TensorDicts under ``root`` (default
+``$TORCHRL_SYM_DATA`` or ``~/.cache/torchrl_sym/datasets``), keyed by a fingerprint of the source
+files, and written atomically (a temporary directory renamed into place), so a killed conversion never
+leaves a half-written cache. Unlike TorchRL 0.14.1's ``MinariExperienceReplay`` (which calls
+``memmap_like`` after filling its buffer and so stores zeros), the cache holds the data.
+
+Preprocessing is applied once, in memory, after loading:
+
+* action clipping to ±(1 − 1e-5) (``action_clip="auto"`` clips datasets whose actions live in
+  [−1, 1], so that tanh-squashed log-probs and diffusion steps stay finite);
+* reward transforms: ``"identity"``; ``"return_range"`` (IQL's locomotion scaling,
+  ``r ← r · 1000 / (G_max − G_min)`` with G the dataset's episode returns); ``"minus_one"``
+  (``r ← r − 1``, IQL's AntMaze convention);
+* observation statistics (mean, std + 1e-3) are always computed and stored in
+  :attr:`OfflineDatasetInfo.observation_loc` / ``observation_scale``; with
+  ``normalize_observations=True`` both observation entries are standardized with them, and
+  :meth:`OfflineDatasetInfo.observation_norm` gives the matching TorchRL transform for the eval env.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import TensorDictReplayBuffer
+from torchrl.data.replay_buffers import SamplerWithoutReplacement, TensorStorage
+from torchrl.data.replay_buffers.writers import ImmutableDatasetWriter
+
+__all__ = [
+    "ACTION_CLIP",
+    "REWARD_TRANSFORMS",
+    "OfflineDatasetInfo",
+    "OfflineReplayBuffer",
+    "load_offline_dataset",
+    "make_offline_replay_buffer",
+]
+
+logger = logging.getLogger(__name__)
+
+ACTION_CLIP = 1.0 - 1e-5
+REWARD_TRANSFORMS = ("identity", "return_range", "minus_one")
+OBSERVATION_STD_EPS = 1e-3
+# Bump when the cached layout or the conversion changes: old caches are then ignored.
+_CACHE_VERSION = 1
+_TED_FLOAT_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"))
+_TED_FLAG_KEYS = (("next", "done"), ("next", "terminated"), ("next", "truncated"))
+# Written last into a finished cache directory (tensordict writes its own meta.json).
+_MARKER = "dataset.json"
+_REMOTE_HOSTS = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}
+
+
+@dataclass
+class OfflineDatasetInfo:
+    """What a recipe or a loss may need to know about a loaded dataset.
+
+    ``episode_returns`` are the undiscounted returns of the dataset's episodes before any reward
+    transform (episodes split at terminals, timeouts, breaks in the observation chain, and the end of
+    the data). Rewards in the buffer are ``raw · reward_scale + reward_shift``.
+    """
+
+    dataset_id: str
+    source: Literal["minari", "d4rl", "toy2d", "tensordict"]
+    env_id: str | None
+    num_transitions: int
+    num_episodes: int
+    observation_shape: tuple[int, ...]
+    action_shape: tuple[int, ...]
+    observation_loc: torch.Tensor
+    observation_scale: torch.Tensor
+    episode_returns: torch.Tensor
+    normalize_observations: bool = False
+    reward_transform: str = "identity"
+    reward_scale: float = 1.0
+    reward_shift: float = 0.0
+    action_clip: float | None = None
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    cache_path: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def observation_norm(self):
+        """A TorchRL ``ObservationNorm`` giving an env the standardization the buffer applied.
+
+        Returns ``None`` when the buffer's observations were not normalized.
+        """
+        if not self.normalize_observations:
+            return None
+        from torchrl.envs import ObservationNorm
+
+        return ObservationNorm(
+            loc=self.observation_loc.clone(),
+            scale=self.observation_scale.clone(),
+            standard_normal=True,
+            in_keys=["observation"],
+        )
+
+
+class OfflineReplayBuffer(TensorDictReplayBuffer):
+    """A read-only TensorDictReplayBuffer over an offline dataset, with its :attr:`info`.
+
+    Batches have a static shape ``[batch_size]`` (sampling without replacement, incomplete last
+    batch of an epoch dropped), so a compiled update never recompiles. ``state_dict`` holds the
+    sampler's position and its random generator, not the data: the dataset is immutable and is
+    reloaded from its source, so checkpoints stay small.
+    """
+
+    def __init__(self, data: TensorDictBase, info: OfflineDatasetInfo, *, batch_size: int, seed):
+        generator = torch.Generator(device=data.device)
+        if seed is not None:
+            generator.manual_seed(int(seed))
+        else:
+            generator.seed()
+        super().__init__(
+            storage=TensorStorage(data, device=data.device),
+            sampler=SamplerWithoutReplacement(drop_last=True),
+            writer=ImmutableDatasetWriter(),
+            batch_size=batch_size,
+            generator=generator,
+        )
+        self.info = info
+        self._generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sampler": self._sampler.state_dict(),
+            "generator": self._generator.get_state(),
+            "num_transitions": self.info.num_transitions,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if int(state_dict["num_transitions"]) != self.info.num_transitions:
+            raise ValueError(
+                f"Replay-buffer state was saved for a dataset of {state_dict['num_transitions']} "
+                f"transitions, but '{self.info.dataset_id}' has {self.info.num_transitions}; "
+                "resume with the dataset the run was started with."
+            )
+        self._sampler.load_state_dict(state_dict["sampler"])
+        self._generator.set_state(state_dict["generator"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def make_offline_replay_buffer(
+    dataset_id: str | os.PathLike | TensorDictBase,
+    batch_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    env: str | Literal["auto"] | None = "auto",
+    action_clip: float | Literal["auto"] | None = "auto",
+    reward_transform: str = "identity",
+    normalize_observations: bool = False,
+    toy2d_size: int = 100_000,
+) -> OfflineReplayBuffer:
+    """Load an offline dataset and wrap it in a TorchRL replay buffer of float32 TED batches.
+
+    Args:
+        dataset_id: a Minari id, the path of a D4RL-v2 hdf5 file, ``"toy2d/<name>"``, or a TED
+            TensorDict.
+        batch_size: transitions per ``sample()``; must not exceed the dataset size.
+        device: where the whole dataset lives and where batches are produced.
+        seed: seeds the sampler's generator (and the toy2d draw); ``None`` draws a fresh seed.
+        root: cache directory for converted datasets (default ``$TORCHRL_SYM_DATA`` or
+            ``~/.cache/torchrl_sym/datasets``).
+        download: allow downloading a Minari id that is not local (only if the remote answers).
+        env: Gymnasium id whose observation/action shapes the data must match. ``"auto"`` uses the
+            env recorded in a Minari dataset or inferred from a D4RL file name; ``None`` skips the
+            check.
+        action_clip: clip actions to ``±action_clip``; ``"auto"`` clips to ±(1 − 1e-5) when the
+            actions lie in [−1, 1] (Minari: when the action space is [−1, 1]) and otherwise not.
+        reward_transform: one of ``"identity"``, ``"return_range"``, ``"minus_one"``.
+        normalize_observations: standardize observations with the dataset mean and std + 1e-3.
+        toy2d_size: number of points drawn for a ``"toy2d/<name>"`` id.
+
+    Returns:
+        An :class:`OfflineReplayBuffer`: ``rb.sample()`` gives a ``[batch_size]`` TensorDict on
+        ``device``; ``rb.info`` is the :class:`OfflineDatasetInfo`.
+
+    Example:
+        >>> from torchrl_sym.data import make_offline_replay_buffer
+        >>> rb = make_offline_replay_buffer("toy2d/8gaussians", 256, toy2d_size=4096, seed=0)
+        >>> batch = rb.sample()
+        >>> batch["action"].shape, batch["next", "reward"].shape
+        (torch.Size([256, 2]), torch.Size([256, 1]))
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    data, info = load_offline_dataset(
+        dataset_id,
+        root=root,
+        download=download,
+        env=env,
+        action_clip=action_clip,
+        reward_transform=reward_transform,
+        normalize_observations=normalize_observations,
+        toy2d_size=toy2d_size,
+        seed=seed,
+    )
+    if batch_size > info.num_transitions:
+        raise ValueError(
+            f"batch_size={batch_size} exceeds the {info.num_transitions} transitions of "
+            f"'{info.dataset_id}'; use a batch size of at most {info.num_transitions}."
+        )
+    data = data.to(device)
+    return OfflineReplayBuffer(data, info, batch_size=batch_size, seed=seed)
+
+
+def load_offline_dataset(
+    dataset_id: str | os.PathLike | TensorDictBase,
+    *,
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    env: str | Literal["auto"] | None = "auto",
+    action_clip: float | Literal["auto"] | None = "auto",
+    reward_transform: str = "identity",
+    normalize_observations: bool = False,
+    toy2d_size: int = 100_000,
+    seed: int | None = None,
+) -> tuple[TensorDict, OfflineDatasetInfo]:
+    """Load, validate and preprocess a dataset; return the TED TensorDict (CPU) and its info.
+
+    Same arguments as :func:`make_offline_replay_buffer`, without the buffer.
+    """
+    if reward_transform not in REWARD_TRANSFORMS:
+        raise ValueError(
+            f"Unknown reward_transform {reward_transform!r}; expected one of {REWARD_TRANSFORMS}."
+        )
+    raw, meta = _load_raw(
+        dataset_id, root=root, download=download, toy2d_size=toy2d_size, seed=seed
+    )
+    data = raw.to_tensordict() if raw.is_memmap() else raw.clone()
+    env_id = _check_env(data, meta, env)
+    episode_returns = _episode_returns(data)
+
+    clip = _resolve_action_clip(action_clip, data, meta)
+    if clip is not None:
+        data["action"] = data["action"].clamp(-clip, clip)
+
+    scale, shift = _reward_affine(reward_transform, episode_returns, meta["dataset_id"])
+    if (scale, shift) != (1.0, 0.0):
+        data["next", "reward"] = data["next", "reward"] * scale + shift
+
+    obs = data["observation"]
+    loc = obs.mean(0)
+    obs_scale = obs.std(0) + OBSERVATION_STD_EPS if obs.shape[0] > 1 else torch.ones_like(loc)
+    if normalize_observations:
+        data["observation"] = (obs - loc) / obs_scale
+        data["next", "observation"] = (data["next", "observation"] - loc) / obs_scale
+
+    info = OfflineDatasetInfo(
+        dataset_id=meta["dataset_id"],
+        source=meta["source"],
+        env_id=env_id,
+        num_transitions=data.shape[0],
+        num_episodes=int(episode_returns.numel()),
+        observation_shape=tuple(data["observation"].shape[1:]),
+        action_shape=tuple(data["action"].shape[1:]),
+        observation_loc=loc,
+        observation_scale=obs_scale,
+        episode_returns=episode_returns,
+        normalize_observations=normalize_observations,
+        reward_transform=reward_transform,
+        reward_scale=scale,
+        reward_shift=shift,
+        action_clip=clip,
+        ref_min_score=meta.get("ref_min_score"),
+        ref_max_score=meta.get("ref_max_score"),
+        cache_path=meta.get("cache_path"),
+        metadata={k: v for k, v in meta.items() if k not in ("cache_path",)},
+    )
+    return data.exclude("episode_end"), info
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+
+
+def default_cache_root() -> Path:
+    """``$TORCHRL_SYM_DATA`` if set, else ``~/.cache/torchrl_sym/datasets``."""
+    env_root = os.environ.get("TORCHRL_SYM_DATA")
+    return Path(env_root) if env_root else Path.home() / ".cache" / "torchrl_sym" / "datasets"
+
+
+def _load_raw(dataset_id, *, root, download, toy2d_size, seed) -> tuple[TensorDictBase, dict]:
+    """Dispatch on the id; return raw float32 TED data (with an ``episode_end`` flag) and metadata."""
+    if isinstance(dataset_id, TensorDictBase):
+        data = _validated_ted(dataset_id, "the TensorDict passed as dataset_id")
+        return data, {"dataset_id": "<tensordict>", "source": "tensordict", "env_id": None}
+    if not isinstance(dataset_id, (str, os.PathLike)):
+        raise TypeError(
+            "dataset_id must be a Minari id, a path to a D4RL hdf5 file, 'toy2d/<name>' or a "
+            f"TensorDict; got {type(dataset_id).__name__}."
+        )
+    name = os.fspath(dataset_id)
+    if name.startswith("toy2d/"):
+        return _load_toy2d(name, toy2d_size, seed)
+    if name.endswith((".hdf5", ".h5")) or os.path.isfile(name):
+        return _load_d4rl_cached(Path(name), root)
+    return _load_minari_cached(name, root, download)
+
+
+def _load_toy2d(name: str, size: int, seed: int | None):
+    from torchrl_sym.data.toy2d import make_toy2d_dataset
+
+    data = make_toy2d_dataset(name.split("/", 1)[1], size, seed=0 if seed is None else int(seed))
+    data = _validated_ted(data, name)
+    return data, {"dataset_id": name, "source": "toy2d", "env_id": None}
+
+
+def _validated_ted(data: TensorDictBase, what: str) -> TensorDict:
+    """Check a TED TensorDict has the keys we need; return a float32 copy with ``episode_end``."""
+    if data.batch_dims != 1:
+        raise ValueError(
+            f"{what} must have one batch dimension [N], got batch_size {data.batch_size}."
+        )
+    keys = set(data.keys(include_nested=True, leaves_only=True))
+    missing = [k for k in (*_TED_FLOAT_KEYS, ("next", "terminated")) if k not in keys]
+    if missing:
+        raise KeyError(
+            f"{what} lacks the TED entries {missing}; it needs observation, action and "
+            "('next', observation | reward | terminated) (done and truncated are optional)."
+        )
+    out = TensorDict({}, batch_size=data.batch_size)
+    for key in _TED_FLOAT_KEYS:
+        out[key] = data[key].to(torch.float32)
+    if out["next", "reward"].ndim == 1:
+        out["next", "reward"] = out["next", "reward"].unsqueeze(-1)
+    terminated = data["next", "terminated"].bool().reshape(-1, 1)
+    truncated = (
+        data["next", "truncated"].bool().reshape(-1, 1)
+        if ("next", "truncated") in keys
+        else torch.zeros_like(terminated)
+    )
+    out["next", "terminated"] = terminated
+    out["next", "truncated"] = truncated
+    out["next", "done"] = terminated | truncated
+    end = (terminated | truncated).squeeze(-1).clone()
+    end[-1] = True
+    out["episode_end"] = end
+    _check_finite(out, what)
+    return out
+
+
+def _load_d4rl_cached(path: Path, root) -> tuple[TensorDictBase, dict]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"D4RL dataset file '{path}' does not exist. Pass the path of a D4RL-v2 hdf5 file "
+            "(keys observations, actions, rewards, terminals, timeouts), or a Minari id."
+        )
+    st = path.stat()
+    fingerprint = _digest([str(path.resolve()), st.st_size, st.st_mtime_ns, _CACHE_VERSION])
+    meta = {"dataset_id": str(path), "source": "d4rl", "env_id": None}
+    return _cached(root, f"d4rl/{path.stem}", fingerprint, meta, lambda: _convert_d4rl(path))
+
+
+def _convert_d4rl(path: Path) -> tuple[TensorDict, dict]:
+    import h5py
+
+    required = ("observations", "actions", "rewards", "terminals", "timeouts")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(
+            f"Could not read '{path}' as an hdf5 file ({err}); expected a D4RL-v2 hdf5 file."
+        ) from err
+    with f:
+        missing = [k for k in required if k not in f]
+        if missing:
+            raise KeyError(
+                f"D4RL file '{path}' lacks the keys {missing}; found {sorted(f.keys())}. A D4RL-v2 "
+                f"file holds {list(required)} and optionally next_observations."
+            )
+        arrays = {k: np.asarray(f[k]) for k in (*required, "next_observations") if k in f}
+    n = arrays["observations"].shape[0]
+    bad = {k: v.shape for k, v in arrays.items() if v.shape[0] != n}
+    if bad or arrays["observations"].ndim != 2 or arrays["actions"].ndim != 2:
+        raise ValueError(
+            f"D4RL file '{path}': arrays must share the first dimension N = {n} and observations/"
+            f"actions must be 2-D; got shapes { {k: v.shape for k, v in arrays.items()} }."
+        )
+    obs = arrays["observations"]
+    terminals = arrays["terminals"].astype(bool).reshape(n)
+    timeouts = arrays["timeouts"].astype(bool).reshape(n)
+    if "next_observations" in arrays:
+        next_obs = arrays["next_observations"]
+        keep = np.ones(n, dtype=bool)
+        # An episode also ends where the chain of observations breaks (IQL's d4rl_utils rule).
+        chain_break = np.zeros(n, dtype=bool)
+        chain_break[:-1] = np.linalg.norm(obs[1:] - next_obs[:-1], axis=-1) > 1e-6
+    else:
+        # d4rl.qlearning_dataset: s' = s_{i+1}; the final step of a timed-out episode and the last
+        # row have no successor in the file and are dropped.
+        next_obs = np.concatenate([obs[1:], obs[-1:]], 0)
+        keep = ~timeouts
+        keep[-1] = False
+        chain_break = np.zeros(n, dtype=bool)
+        # the step before a dropped timeout row is now the last of its episode
+        chain_break[:-1] = timeouts[1:]
+    end = terminals | timeouts | chain_break
+    end[-1] = True
+    data = TensorDict(
+        {
+            "observation": torch.as_tensor(obs[keep], dtype=torch.float32),
+            "action": torch.as_tensor(arrays["actions"][keep], dtype=torch.float32),
+            "next": {
+                "observation": torch.as_tensor(next_obs[keep], dtype=torch.float32),
+                "reward": torch.as_tensor(
+                    arrays["rewards"].reshape(n)[keep], dtype=torch.float32
+                ).unsqueeze(-1),
+                "terminated": torch.as_tensor(terminals[keep]).unsqueeze(-1),
+                "truncated": torch.as_tensor(timeouts[keep]).unsqueeze(-1),
+            },
+            "episode_end": torch.as_tensor(end[keep]),
+        },
+        batch_size=[int(keep.sum())],
+    )
+    if data.shape[0] == 0:
+        raise ValueError(f"D4RL file '{path}' holds no usable transitions.")
+    data["episode_end"][-1] = True
+    data["next", "done"] = data["next", "terminated"] | data["next", "truncated"]
+    _check_finite(data, f"D4RL file '{path}'")
+    return data, {}
+
+
+def _load_minari_cached(dataset_id: str, root, download: bool) -> tuple[TensorDictBase, dict]:
+    import minari
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    local = _local_minari_ids()
+    if dataset_id not in local:
+        _download_minari_or_raise(dataset_id, local, download)
+    data_dir = Path(get_dataset_path(dataset_id)) / "data"
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file())
+    fingerprint = _digest(
+        [dataset_id, _CACHE_VERSION]
+        + [(str(p.relative_to(data_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    )
+    dataset = minari.load_dataset(dataset_id)
+    md = dataset.storage.metadata
+    env_id = None
+    if dataset.env_spec is not None:
+        env_id = dataset.env_spec.id
+    meta = {
+        "dataset_id": dataset_id,
+        "source": "minari",
+        "env_id": env_id,
+        "ref_min_score": md.get("ref_min_score"),
+        "ref_max_score": md.get("ref_max_score"),
+        "action_space_bounds": _box_bounds(dataset.action_space),
+    }
+    return _cached(
+        root, f"minari/{dataset_id}", fingerprint, meta, lambda: _convert_minari(dataset)
+    )
+
+
+def _local_minari_ids() -> list[str]:
+    import minari
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sorted(minari.list_local_datasets().keys())
+
+
+def _offline_flag() -> bool:
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes")
+        for k in ("TORCHRL_SYM_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def _remote_reachable(timeout: float = 3.0) -> bool:
+    """Whether Minari's remote host answers within ``timeout`` seconds (no retries, no waiting)."""
+    if _offline_flag():
+        return False
+    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+    host = _REMOTE_HOSTS.get(remote.split("://", 1)[0])
+    if host is None:
+        return True  # an unknown remote type: let minari try and report
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _download_minari_or_raise(dataset_id: str, local: Sequence[str], download: bool) -> None:
+    import minari
+
+    reason = None
+    if not download:
+        reason = "download=False"
+    elif not _remote_reachable():
+        reason = "the Minari remote cannot be reached (offline)"
+    else:
+        logger.info("Downloading Minari dataset %s", dataset_id)
+        try:
+            minari.download_dataset(dataset_id)
+            return
+        except Exception as err:  # minari raises several types for an unknown id
+            reason = f"the Minari remote does not provide it ({err})"
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    known = ", ".join(local) if local else "none"
+    raise FileNotFoundError(
+        f"Dataset '{dataset_id}' not found locally in {get_dataset_path()} and not downloaded: "
+        f"{reason}. Local datasets: {known}. Create one with "
+        "`python -m torchrl_sym.data.generate <env> random` (writes torchrl_sym/<env>/random-v0), "
+        "with minari.create_dataset_from_buffers, or pass the path of a D4RL hdf5 file."
+    )
+
+
+def _box_bounds(space) -> tuple[float, float] | None:
+    low = getattr(space, "low", None)
+    high = getattr(space, "high", None)
+    if low is None or high is None:
+        return None
+    return float(np.min(low)), float(np.max(high))
+
+
+def _flat_observations(obs, dataset_id: str) -> np.ndarray:
+    if isinstance(obs, dict):
+        # Dict observation spaces (goal-conditioned tasks): concatenate the entries in key order.
+        return np.concatenate(
+            [np.asarray(obs[k]).reshape(len(obs[k]), -1) for k in sorted(obs)], axis=-1
+        )
+    obs = np.asarray(obs)
+    if obs.ndim < 2:
+        raise ValueError(
+            f"Minari dataset '{dataset_id}' has observations of shape {obs.shape}; expected [T + 1, ...]."
+        )
+    return obs.reshape(obs.shape[0], -1) if obs.ndim > 2 else obs
+
+
+def _convert_minari(dataset) -> tuple[TensorDict, dict]:
+    from tqdm.auto import tqdm
+
+    dataset_id = dataset.id
+    if (
+        not hasattr(dataset.action_space, "shape")
+        or dataset.action_space.shape is None
+        or (getattr(dataset.action_space, "low", None) is None)
+    ):
+        raise ValueError(
+            f"Minari dataset '{dataset_id}' has action space {dataset.action_space}; torchrl_sym's "
+            "losses need continuous (Box) actions."
+        )
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("obs", "next_obs", "act", "rew", "term", "trunc", "end")
+    }
+    n_episodes = dataset.total_episodes
+    episodes = dataset.storage.get_episodes(range(n_episodes))
+    for episode in tqdm(episodes, total=n_episodes, desc=f"converting {dataset_id}", leave=False):
+        obs = _flat_observations(episode["observations"], dataset_id)
+        actions = np.asarray(episode["actions"]).reshape(len(episode["actions"]), -1)
+        steps = actions.shape[0]
+        if steps == 0:
+            continue
+        if obs.shape[0] != steps + 1:
+            raise ValueError(
+                f"Minari dataset '{dataset_id}', episode {episode['id']}: {obs.shape[0]} observations "
+                f"for {steps} actions; expected {steps + 1}."
+            )
+        parts["obs"].append(obs[:-1])
+        parts["next_obs"].append(obs[1:])
+        parts["act"].append(actions)
+        parts["rew"].append(np.asarray(episode["rewards"], dtype=np.float64).reshape(steps))
+        parts["term"].append(np.asarray(episode["terminations"], dtype=bool).reshape(steps))
+        parts["trunc"].append(np.asarray(episode["truncations"], dtype=bool).reshape(steps))
+        end = np.zeros(steps, dtype=bool)
+        end[-1] = True
+        parts["end"].append(end)
+    if not parts["act"]:
+        raise ValueError(f"Minari dataset '{dataset_id}' holds no transitions.")
+    cat = {k: np.concatenate(v, 0) for k, v in parts.items()}
+    data = TensorDict(
+        {
+            "observation": torch.as_tensor(cat["obs"], dtype=torch.float32),
+            "action": torch.as_tensor(cat["act"], dtype=torch.float32),
+            "next": {
+                "observation": torch.as_tensor(cat["next_obs"], dtype=torch.float32),
+                "reward": torch.as_tensor(cat["rew"], dtype=torch.float32).unsqueeze(-1),
+                "terminated": torch.as_tensor(cat["term"]).unsqueeze(-1),
+                "truncated": torch.as_tensor(cat["trunc"]).unsqueeze(-1),
+            },
+            "episode_end": torch.as_tensor(cat["end"]),
+        },
+        batch_size=[cat["act"].shape[0]],
+    )
+    data["next", "done"] = data["next", "terminated"] | data["next", "truncated"]
+    _check_finite(data, f"Minari dataset '{dataset_id}'")
+    return data, {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache
+# ----------------------------------------------------------------------------------------------
+
+
+def _digest(parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(root, name: str, fingerprint: str, meta: dict, convert) -> tuple[TensorDictBase, dict]:
+    """Load ``name`` from the cache if its fingerprint matches; else convert and store atomically.
+
+    The conversion is written to a fresh temporary directory beside the target, completed with a
+    ``dataset.json`` written last, then renamed into place: a reader sees a whole cache or none.
+    """
+    base = Path(root) if root is not None else default_cache_root()
+    target = base / name / fingerprint
+    meta = dict(meta, cache_path=target)
+    if (target / _MARKER).is_file():
+        try:
+            data = TensorDict.load_memmap(target)
+            return data, meta
+        except Exception as err:  # a damaged cache is rebuilt, never trusted
+            logger.warning("Ignoring unreadable cache %s (%s); converting again.", target, err)
+            shutil.rmtree(target, ignore_errors=True)
+    data, extra = convert()
+    meta.update(extra)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}"
+    try:
+        data.memmap(tmp)
+        with open(tmp / _MARKER, "w") as f:
+            json.dump({k: v for k, v in meta.items() if k != "cache_path"}, f, default=str)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / _MARKER).is_file():  # not a concurrent writer's finished copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TensorDict.load_memmap(target), meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and preprocessing
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_finite(data: TensorDictBase, what: str) -> None:
+    bad = []
+    for key in _TED_FLOAT_KEYS:
+        count = int((~torch.isfinite(data[key])).sum())
+        if count:
+            bad.append(f"{'/'.join(key) if isinstance(key, tuple) else key}: {count}")
+    if bad:
+        raise ValueError(
+            f"{what} contains non-finite values (NaN or inf) in "
+            + "; ".join(bad)
+            + " entries. Remove or repair those transitions before training."
+        )
+
+
+def _check_env(data: TensorDictBase, meta: dict, env) -> str | None:
+    """Check observation/action shapes against a Gymnasium env; return the env id used."""
+    if env is None:
+        return None
+    if env == "auto":
+        env_id = meta.get("env_id")
+        if env_id is None and meta["source"] == "d4rl":
+            try:
+                from torchrl_sym.envs import resolve_env_id
+
+                env_id = resolve_env_id(Path(meta["dataset_id"]).stem)
+            except ValueError:
+                env_id = None
+        if env_id is None:
+            return None
+        explicit = False
+    else:
+        env_id, explicit = env, True
+    import gymnasium as gym
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            genv = gym.make(env_id)
+    except Exception as err:
+        if explicit:
+            raise ValueError(
+                f"env={env_id!r} could not be made with gymnasium.make: {err}"
+            ) from err
+        logger.warning("Cannot make env %s to check dataset shapes (%s); skipping.", env_id, err)
+        return env_id
+    try:
+        obs_shape = (int(np.prod(gym.spaces.flatdim(genv.observation_space))),)
+        act_shape = tuple(genv.action_space.shape or ())
+    finally:
+        genv.close()
+    got_obs = tuple(data["observation"].shape[1:])
+    got_act = tuple(data["action"].shape[1:])
+    for what, got, want in (("observation", got_obs, obs_shape), ("action", got_act, act_shape)):
+        if got != want:
+            raise ValueError(
+                f"Dataset '{meta['dataset_id']}' has {what}s of shape {got}, but env '{env_id}' "
+                f"expects {want}. Pass env=<the id the data was collected in> (or env=None to skip "
+                "this check)."
+            )
+    return env_id
+
+
+def _episode_returns(data: TensorDictBase) -> torch.Tensor:
+    """Undiscounted return of every episode, episodes delimited by ``episode_end``."""
+    rewards = data["next", "reward"].squeeze(-1).to(torch.float64)
+    ends = data["episode_end"].nonzero().squeeze(-1)
+    csum = torch.cat([torch.zeros(1, dtype=torch.float64), rewards.cumsum(0)])
+    bounds = torch.cat([torch.zeros(1, dtype=torch.long), ends + 1])
+    return csum[bounds[1:]] - csum[bounds[:-1]]
+
+
+def _resolve_action_clip(action_clip, data: TensorDictBase, meta: dict) -> float | None:
+    if action_clip is None:
+        return None
+    if action_clip != "auto":
+        clip = float(action_clip)
+        if not clip > 0:
+            raise ValueError(f"action_clip must be positive, None or 'auto'; got {action_clip!r}.")
+        return clip
+    if meta["source"] == "toy2d":
+        return None
+    bounds = meta.get("action_space_bounds")
+    if bounds is not None:
+        return ACTION_CLIP if bounds[0] >= -1.0 and bounds[1] <= 1.0 else None
+    return ACTION_CLIP if bool((data["action"].abs() <= 1.0).all()) else None
+
+
+def _reward_affine(
+    transform: str, episode_returns: torch.Tensor, dataset_id: str
+) -> tuple[float, float]:
+    if transform == "identity":
+        return 1.0, 0.0
+    if transform == "minus_one":
+        return 1.0, -1.0
+    spread = float(episode_returns.max() - episode_returns.min())
+    if not spread > 0:
+        raise ValueError(
+            f"reward_transform='return_range' needs episodes with different returns, but every "
+            f"episode of '{dataset_id}' returns {float(episode_returns[0]):.6g}; use 'identity'."
+        )
+    return 1000.0 / spread, 0.0

@@ -4,8 +4,8 @@ import minari
 import numpy as np
 import pytest
 
-from torchrl_sym.data import load_offline_dataset
 from torchrl_sym.data import generate as gen
+from torchrl_sym.data import load_offline_dataset
 
 
 def test_rollouts_are_deterministic_from_the_seed():
@@ -29,7 +29,7 @@ def test_generate_writes_a_loadable_minari_dataset(capsys):
     assert ds.total_steps == 300 and ds.env_spec.id == "Hopper-v5"
     sha = gen.episodes_sha256(gen.rollout_episodes("Hopper-v5", None, 300, seed=1, progress=False))
     assert sha in ds.storage.metadata["description"]
-    data, info = load_offline_dataset(dataset_id)
+    _, info = load_offline_dataset(dataset_id)
     assert info.num_transitions == 300 and info.env_id == "Hopper-v5"
     # a second call refuses to overwrite unless asked
     assert gen.main(["hopper", "random", "--transitions", "300"]) == 2

@@ -444,3 +444,21 @@ def test_sampling_on_a_cuda_device_when_available(hopper_minari_id):
         pytest.skip("no CUDA device on this machine")
     rb = make_offline_replay_buffer(hopper_minari_id, 64, device="cuda", seed=0)
     assert rb.sample().device.type == "cuda"
+
+
+def test_missing_torchrl_sym_dataset_is_generated_on_first_use_then_reused(monkeypatch):
+    from torchrl_sym.data import generate
+
+    dataset_id = "torchrl_sym/walker2d/random-v0"
+    assert dataset_id not in minari.list_local_datasets()
+    rb = make_offline_replay_buffer(dataset_id, 16, generate_transitions=120, seed=0)
+    assert rb.info.num_transitions == 120 and rb.info.env_id == "Walker2d-v5"
+    ref, _ = _minari_reference(dataset_id)
+    data, _ = load_offline_dataset(dataset_id, action_clip=None)
+    np.testing.assert_array_equal(data["observation"].numpy(), ref["obs"].astype(np.float32))
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again instead of reusing the dataset on disk")
+
+    monkeypatch.setattr(generate, "generate_dataset", no_generation)
+    assert make_offline_replay_buffer(dataset_id, 16).info.num_transitions == 120

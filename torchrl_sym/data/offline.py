@@ -16,7 +16,9 @@ Sources, chosen from the id:
 * a **Minari** id (``"mujoco/hopper/medium-v0"``, ``"torchrl_sym/hopper/random-v0"``): read from the
   local Minari root (``MINARI_DATASETS_PATH`` or ``~/.minari/datasets``); with ``download=True`` an id
   that is not local is downloaded with :func:`minari.download_dataset` when the remote answers
-  (never attempted when ``TORCHRL_SYM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+  (never attempted when ``TORCHRL_SYM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``). A missing
+  ``torchrl_sym/<env>/<kind>-v0`` id that :mod:`torchrl_sym.data.generate` can build is generated
+  on first use instead.
 * a **D4RL-v2 hdf5 file** given by path: ``observations``, ``actions``, ``rewards``, ``terminals``,
   ``timeouts`` and optionally ``next_observations``.
 * a **2-D toy bandit** ``"toy2d/<name>"`` (see :mod:`torchrl_sym.data.toy2d`), or any TED
@@ -193,6 +195,7 @@ def make_offline_replay_buffer(
     reward_transform: str = "identity",
     normalize_observations: bool = False,
     toy2d_size: int = 100_000,
+    generate_transitions: int = 1_000_000,
 ) -> OfflineReplayBuffer:
     """Load an offline dataset and wrap it in a TorchRL replay buffer of float32 TED batches.
 
@@ -213,6 +216,9 @@ def make_offline_replay_buffer(
         reward_transform: one of ``"identity"``, ``"return_range"``, ``"minus_one"``.
         normalize_observations: standardize observations with the dataset mean and std + 1e-3.
         toy2d_size: number of points drawn for a ``"toy2d/<name>"`` id.
+        generate_transitions: size of a ``torchrl_sym/<env>/<kind>-v0`` dataset that is not on
+            disk and that :mod:`torchrl_sym.data.generate` can build: it is generated on first use
+            (with a message and a progress bar) and reused afterwards.
 
     Returns:
         An :class:`OfflineReplayBuffer`: ``rb.sample()`` gives a ``[batch_size]`` TensorDict on
@@ -236,6 +242,7 @@ def make_offline_replay_buffer(
         reward_transform=reward_transform,
         normalize_observations=normalize_observations,
         toy2d_size=toy2d_size,
+        generate_transitions=generate_transitions,
         seed=seed,
     )
     if batch_size > info.num_transitions:
@@ -257,6 +264,7 @@ def load_offline_dataset(
     reward_transform: str = "identity",
     normalize_observations: bool = False,
     toy2d_size: int = 100_000,
+    generate_transitions: int = 1_000_000,
     seed: int | None = None,
 ) -> tuple[TensorDict, OfflineDatasetInfo]:
     """Load, validate and preprocess a dataset; return the TED TensorDict (CPU) and its info.
@@ -268,7 +276,12 @@ def load_offline_dataset(
             f"Unknown reward_transform {reward_transform!r}; expected one of {REWARD_TRANSFORMS}."
         )
     raw, meta = _load_raw(
-        dataset_id, root=root, download=download, toy2d_size=toy2d_size, seed=seed
+        dataset_id,
+        root=root,
+        download=download,
+        toy2d_size=toy2d_size,
+        seed=seed,
+        generate_transitions=generate_transitions,
     )
     data = raw.to_tensordict() if raw.is_memmap() else raw.clone()
     env_id = _check_env(data, meta, env)
@@ -324,7 +337,9 @@ def default_cache_root() -> Path:
     return Path(env_root) if env_root else Path.home() / ".cache" / "torchrl_sym" / "datasets"
 
 
-def _load_raw(dataset_id, *, root, download, toy2d_size, seed) -> tuple[TensorDictBase, dict]:
+def _load_raw(
+    dataset_id, *, root, download, toy2d_size, seed, generate_transitions
+) -> tuple[TensorDictBase, dict]:
     """Dispatch on the id; return raw float32 TED data (with an ``episode_end`` flag) and metadata."""
     if isinstance(dataset_id, TensorDictBase):
         data = _validated_ted(dataset_id, "the TensorDict passed as dataset_id")
@@ -339,7 +354,7 @@ def _load_raw(dataset_id, *, root, download, toy2d_size, seed) -> tuple[TensorDi
         return _load_toy2d(name, toy2d_size, seed)
     if name.endswith((".hdf5", ".h5")) or os.path.isfile(name):
         return _load_d4rl_cached(Path(name), root)
-    return _load_minari_cached(name, root, download)
+    return _load_minari_cached(name, root, download, generate_transitions)
 
 
 def _load_toy2d(name: str, size: int, seed: int | None):
@@ -465,13 +480,41 @@ def _convert_d4rl(path: Path) -> tuple[TensorDict, dict]:
     return data, {}
 
 
-def _load_minari_cached(dataset_id: str, root, download: bool) -> tuple[TensorDictBase, dict]:
+def _generate_if_ours(dataset_id: str, num_transitions: int) -> bool:
+    """Generate a missing ``torchrl_sym/<env>/<kind>-v0`` dataset that this library can build."""
+    from torchrl_sym.data import generate
+
+    parts = dataset_id.split("/")
+    if len(parts) != 3 or parts[0] != "torchrl_sym":
+        return False
+    kind = parts[2].rsplit("-v", 1)[0]
+    if kind not in generate.DATASET_KINDS:
+        return False
+    try:
+        expected = generate.dataset_id_for(parts[1], kind)
+    except ValueError:
+        return False
+    if expected != dataset_id:
+        return False
+    logger.warning(
+        "Dataset %s is not on disk: generating it now (%d transitions; done once, then reused).",
+        dataset_id,
+        num_transitions,
+    )
+    generate.generate_dataset(parts[1], kind, num_transitions=num_transitions)
+    return True
+
+
+def _load_minari_cached(
+    dataset_id: str, root, download: bool, generate_transitions: int
+) -> tuple[TensorDictBase, dict]:
     import minari
     from minari.storage.datasets_root_dir import get_dataset_path
 
     local = _local_minari_ids()
     if dataset_id not in local:
-        _download_minari_or_raise(dataset_id, local, download)
+        if not _generate_if_ours(dataset_id, generate_transitions):
+            _download_minari_or_raise(dataset_id, local, download)
     data_dir = Path(get_dataset_path(dataset_id)) / "data"
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())
     fingerprint = _digest(

@@ -1,0 +1,303 @@
+"""Tests for torchrl_sym.train.evaluate: episode returns, metrics arithmetic, CSV and resume."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from pathlib import Path
+
+import gymnasium
+import pytest
+import torch
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.envs import GymEnv, SerialEnv
+from torchrl.envs.utils import ExplorationType, exploration_type
+
+from torchrl_sym.envs import make_env
+from torchrl_sym.train import CSV_COLUMNS, Evaluator, evaluate_policy
+from torchrl_sym.train.checkpoint import load_checkpoint, save_checkpoint
+
+TORQUE = 0.5
+
+
+def constant_policy(torque: float = TORQUE) -> TensorDictModule:
+    return TensorDictModule(
+        lambda obs: torch.full((*obs.shape[:-1], 1), torque),
+        in_keys=["observation"],
+        out_keys=["action"],
+    )
+
+
+def gymnasium_return(seed: int, steps: int, torque: float = TORQUE) -> float:
+    """Return of a Pendulum-v1 episode with a constant torque, run directly in gymnasium.
+
+    TorchRL's ``set_seed(seed)`` resets the gymnasium env with ``seed`` and ``rollout`` then
+    resets it again, so the episode starts from the second reset after seeding.
+    """
+    env = gymnasium.make("Pendulum-v1")
+    env.reset(seed=seed)
+    env.reset()
+    total = 0.0
+    for _ in range(steps):
+        _, reward, terminated, truncated, _ = env.step([torque])
+        total += float(reward)
+        if terminated or truncated:
+            break
+    env.close()
+    return total
+
+
+def linear_score(returns: torch.Tensor) -> torch.Tensor:
+    """Normalized score with random return -1000 and expert return 0."""
+    return 100.0 * (returns + 1000.0) / 1000.0
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as file:
+        return list(csv.reader(file))
+
+
+# evaluate_policy ---------------------------------------------------------------------------
+
+
+def test_returns_match_a_gymnasium_rollout_with_same_seed_and_actions() -> None:
+    env = GymEnv("Pendulum-v1")
+    returns = evaluate_policy(env, constant_policy(), num_episodes=3, max_steps=40, seed=10)
+    assert returns.dtype == torch.float64
+    assert returns.device == torch.device("cpu")
+    assert returns.shape == (3,)
+    expected = torch.tensor([gymnasium_return(10 + i, 40) for i in range(3)], dtype=torch.float64)
+    torch.testing.assert_close(returns, expected, rtol=0, atol=1e-4)
+    # Different seeds start from different states, so the returns differ.
+    assert len(set(returns.tolist())) == 3
+    again = evaluate_policy(env, constant_policy(), num_episodes=3, max_steps=40, seed=10)
+    assert torch.equal(returns, again)
+
+
+def test_episode_stops_at_done_before_max_steps() -> None:
+    # Pendulum-v1 is truncated after 200 steps by gymnasium, StepCounter truncates earlier.
+    returns = evaluate_policy(GymEnv("Pendulum-v1"), constant_policy(), num_episodes=1, seed=4)
+    assert returns.item() == pytest.approx(gymnasium_return(4, 200), abs=1e-4)
+    env = make_env("Pendulum-v1", max_episode_steps=15)
+    returns = evaluate_policy(env, constant_policy(), num_episodes=2, max_steps=1000, seed=4)
+    expected = [gymnasium_return(4, 15), gymnasium_return(5, 15)]
+    assert returns.tolist() == pytest.approx(expected, abs=1e-4)
+
+
+class _RecordingPolicy(nn.Module):
+    """Constant torque; records the exploration type and train mode seen at each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[ExplorationType, bool, bool]] = []
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        self.seen.append((exploration_type(), self.training, torch.is_grad_enabled()))
+        return torch.full((*observation.shape[:-1], 1), TORQUE)
+
+
+def test_episodes_are_deterministic_no_grad_and_in_eval_mode() -> None:
+    recorder = _RecordingPolicy()
+    policy = TensorDictModule(recorder, in_keys=["observation"], out_keys=["action"])
+    policy.train()
+    evaluate_policy(GymEnv("Pendulum-v1"), policy, num_episodes=2, max_steps=5, seed=0)
+    assert len(recorder.seen) == 10
+    assert set(recorder.seen) == {(ExplorationType.DETERMINISTIC, False, False)}
+    assert policy.training and recorder.training  # mode restored
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"num_episodes": 0}, "num_episodes"), ({"max_steps": 0}, "max_steps")]
+)
+def test_evaluate_policy_rejects_bad_counts(kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        evaluate_policy(GymEnv("Pendulum-v1"), constant_policy(), **kwargs)
+
+
+def test_evaluate_policy_rejects_batched_env() -> None:
+    env = SerialEnv(2, lambda: GymEnv("Pendulum-v1"))
+    try:
+        with pytest.raises(ValueError, match="unbatched"):
+            evaluate_policy(env, constant_policy(), num_episodes=1, max_steps=3)
+    finally:
+        env.close(raise_if_closed=False)
+
+
+# Evaluator arithmetic ----------------------------------------------------------------------
+
+# Per-evaluation episode returns; with linear_score the mean scores are 30, 60, 45, 90, 70.
+FAKE_RETURNS = {
+    0: [-800.0, -600.0],
+    10: [-500.0, -300.0],
+    20: [-550.0, -550.0],
+    30: [-100.0, -100.0],
+    40: [-400.0, -200.0],
+}
+MEAN_SCORES = [30.0, 60.0, 45.0, 90.0, 70.0]
+
+
+def _fake_evaluations(evaluator: Evaluator, steps=tuple(FAKE_RETURNS)) -> list[dict[str, float]]:
+    return [
+        evaluator._record(step, torch.tensor(FAKE_RETURNS[step], dtype=torch.float64))
+        for step in steps
+    ]
+
+
+def test_metrics_with_score_fn_last_k_and_best() -> None:
+    evaluator = Evaluator(None, None, score_fn=linear_score, last_k=3)
+    metrics = _fake_evaluations(evaluator)
+    for i, (step, m) in enumerate(zip(FAKE_RETURNS, metrics)):
+        returns = torch.tensor(FAKE_RETURNS[step], dtype=torch.float64)
+        window = MEAN_SCORES[max(0, i - 2) : i + 1]
+        assert m == pytest.approx(
+            {
+                "eval/return": returns.mean().item(),
+                "eval/return_std": (returns - returns.mean()).pow(2).mean().sqrt().item(),
+                "eval/episodes": 2.0,
+                "eval/normalized_score": MEAN_SCORES[i],
+                "eval/normalized_score_last_k": sum(window) / len(window),
+                "eval/normalized_score_best": max(MEAN_SCORES[: i + 1]),
+            }
+        )
+    # Hand values of the last evaluation: last 3 of (30, 60, 45, 90, 70), best 90.
+    assert metrics[-1]["eval/normalized_score_last_k"] == pytest.approx((45 + 90 + 70) / 3)
+    assert metrics[-1]["eval/normalized_score_best"] == 90.0
+    assert metrics[0]["eval/return_std"] == pytest.approx(100.0)
+    assert [entry[0] for entry in evaluator.history] == list(FAKE_RETURNS)
+
+
+def test_metrics_without_score_fn_track_returns() -> None:
+    evaluator = Evaluator(None, None, last_k=2)
+    metrics = _fake_evaluations(evaluator)
+    assert set(metrics[-1]) == {
+        "eval/return",
+        "eval/return_std",
+        "eval/episodes",
+        "eval/return_last_k",
+        "eval/return_best",
+    }
+    # Mean returns: -700, -400, -550, -100, -300.
+    assert metrics[-1]["eval/return_last_k"] == pytest.approx((-100 - 300) / 2)
+    assert metrics[-1]["eval/return_best"] == pytest.approx(-100.0)
+    assert metrics[2]["eval/return_best"] == pytest.approx(-400.0)
+    assert metrics[0]["eval/return_last_k"] == pytest.approx(-700.0)
+
+
+def test_summaries_are_nan_before_any_evaluation() -> None:
+    evaluator = Evaluator(None, None)
+    assert math.isnan(evaluator.best)
+    assert math.isnan(evaluator.last_k_mean)
+
+
+def test_score_fn_must_be_elementwise() -> None:
+    evaluator = Evaluator(None, None, score_fn=lambda g: g.mean())
+    with pytest.raises(ValueError, match="elementwise"):
+        evaluator._record(0, torch.tensor([1.0, 2.0]))
+
+
+def test_call_runs_episodes_and_records() -> None:
+    evaluator = Evaluator(
+        GymEnv("Pendulum-v1"),
+        constant_policy(),
+        num_episodes=2,
+        max_steps=20,
+        seed=3,
+        score_fn=linear_score,
+    )
+    metrics = evaluator(step=5)
+    expected = torch.tensor([gymnasium_return(3, 20), gymnasium_return(4, 20)])
+    assert metrics["eval/episodes"] == 2.0
+    assert metrics["eval/return"] == pytest.approx(expected.mean().item(), abs=1e-4)
+    assert metrics["eval/normalized_score"] == pytest.approx(
+        linear_score(expected).mean().item(), abs=1e-4
+    )
+    # Same episode seeds on every call: a deterministic policy scores the same.
+    assert evaluator(step=6)["eval/return"] == metrics["eval/return"]
+    assert [entry[0] for entry in evaluator.history] == [5, 6]
+
+
+# CSV and resume ----------------------------------------------------------------------------
+
+
+def test_csv_has_one_row_per_episode_and_one_header(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "eval.csv"
+    evaluator = Evaluator(None, None, score_fn=linear_score, csv_path=path)
+    _fake_evaluations(evaluator, steps=(0, 10, 20))
+    rows = read_csv(path)
+    assert rows[0] == list(CSV_COLUMNS)
+    assert rows.count(list(CSV_COLUMNS)) == 1
+    assert len(rows) == 1 + 3 * 2
+    for row, (step, episode) in zip(rows[1:], [(s, e) for s in (0, 10, 20) for e in (0, 1)]):
+        assert int(row[0]) == step and int(row[1]) == episode
+        assert float(row[2]) == FAKE_RETURNS[step][episode]
+        assert float(row[3]) == pytest.approx(linear_score(torch.tensor(float(row[2]))).item())
+
+
+def test_csv_without_score_fn_leaves_score_empty(tmp_path: Path) -> None:
+    path = tmp_path / "eval.csv"
+    _fake_evaluations(Evaluator(None, None, csv_path=path), steps=(0,))
+    assert read_csv(path) == [list(CSV_COLUMNS), ["0", "0", "-800.0", ""], ["0", "1", "-600.0", ""]]
+
+
+def test_csv_with_foreign_header_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "eval.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="header"):
+        _fake_evaluations(Evaluator(None, None, csv_path=path), steps=(0,))
+
+
+def test_state_dict_round_trip_through_checkpoint(tmp_path: Path) -> None:
+    evaluator = Evaluator(None, None, score_fn=linear_score, last_k=3)
+    _fake_evaluations(evaluator)
+    save_checkpoint(tmp_path / "ckpt.pt", {"evaluator": evaluator.state_dict()})
+    restored = Evaluator(None, None, score_fn=linear_score, last_k=3)
+    restored.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["evaluator"])
+    assert restored.history == evaluator.history
+    assert restored.best == evaluator.best == 90.0
+    assert restored.last_k_mean == pytest.approx(evaluator.last_k_mean)
+
+
+def test_resume_from_earlier_state_truncates_csv_and_continues_identically(tmp_path: Path) -> None:
+    path = tmp_path / "eval.csv"
+    original = Evaluator(None, None, score_fn=linear_score, last_k=3, csv_path=path)
+    _fake_evaluations(original, steps=(0, 10))
+    checkpoint = copy.deepcopy(original.state_dict())
+    # The run goes on past the checkpoint, then is killed mid-write of a row.
+    metrics_after = _fake_evaluations(original, steps=(20, 30))
+    with open(path, "a") as file:
+        file.write("40,0,-40")
+
+    resumed = Evaluator(None, None, score_fn=linear_score, last_k=3, csv_path=path)
+    resumed.load_state_dict(checkpoint)
+    rows = read_csv(path)
+    assert rows[0] == list(CSV_COLUMNS)
+    assert [(int(r[0]), int(r[1])) for r in rows[1:]] == [(0, 0), (0, 1), (10, 0), (10, 1)]
+    assert not list(tmp_path.glob("*.tmp-*"))
+    assert resumed.best == 60.0
+    assert resumed.last_k_mean == pytest.approx(45.0)
+
+    # Re-running the evaluations after the checkpoint reproduces the original metrics and CSV.
+    assert _fake_evaluations(resumed, steps=(20, 30)) == metrics_after
+    assert [int(r[0]) for r in read_csv(path)[1:]] == [0, 0, 10, 10, 20, 20, 30, 30]
+    assert read_csv(path).count(list(CSV_COLUMNS)) == 1
+
+
+def test_resume_from_empty_history_keeps_only_header(tmp_path: Path) -> None:
+    path = tmp_path / "eval.csv"
+    evaluator = Evaluator(None, None, csv_path=path)
+    empty = copy.deepcopy(evaluator.state_dict())
+    _fake_evaluations(evaluator, steps=(0, 10))
+    evaluator.load_state_dict(empty)
+    assert read_csv(path) == [list(CSV_COLUMNS)]
+    assert evaluator.history == []
+
+
+def test_load_state_dict_rejects_mismatched_state() -> None:
+    without_scores = Evaluator(None, None)
+    _fake_evaluations(without_scores, steps=(0,))
+    with pytest.raises(ValueError, match="score_fn"):
+        Evaluator(None, None, score_fn=linear_score).load_state_dict(without_scores.state_dict())
+    with pytest.raises(ValueError, match="version"):
+        Evaluator(None, None).load_state_dict({"history": []})

@@ -1,0 +1,108 @@
+"""Network builders shared by the Gaussian-policy recipes (IQL, AWAC, SQL, XQL, Sf-AC).
+
+All return TorchRL modules with TorchRL's default keys, so they plug straight into TorchRL losses:
+
+* :func:`make_gaussian_actor` — ``observation -> (loc, scale) -> action``; the IQL paper's actor
+  ``π(a|s) = N(tanh(μ_θ(s)), diag(exp(clip(log σ, lo, hi))²))`` with a state-independent ``log σ``
+  (the distribution itself is not squashed). Deterministic mode returns ``tanh(μ_θ(s))``.
+* :func:`make_qvalue` — ``(observation, action) -> state_action_value``.
+* :func:`make_value` — ``observation -> state_value`` (optionally LayerNorm, as XQL's V).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.envs.utils import ExplorationType
+from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOperator
+
+__all__ = ["TanhMeanGaussian", "make_gaussian_actor", "make_qvalue", "make_value"]
+
+
+class TanhMeanGaussian(nn.Module):
+    """``obs -> (tanh(μ(obs)), exp(clip(log σ, lo, hi)))`` with a learned state-independent log σ."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden: Sequence[int],
+        *,
+        log_std_init: float = 0.0,
+        log_std_bounds: tuple[float, float] = (-5.0, 2.0),
+        dropout: float | None = None,
+    ):
+        super().__init__()
+        self.mean = MLP(
+            in_features=obs_dim,
+            out_features=action_dim,
+            num_cells=list(hidden),
+            activation_class=nn.ReLU,
+            dropout=dropout,
+        )
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+        self.log_std_bounds = tuple(log_std_bounds)
+
+    def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = torch.tanh(self.mean(observation))
+        scale = self.log_std.clamp(*self.log_std_bounds).exp().expand_as(loc)
+        return loc, scale
+
+
+def make_gaussian_actor(
+    obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256), **kwargs
+) -> ProbabilisticActor:
+    """The IQL paper's Gaussian actor as a TorchRL ``ProbabilisticActor`` (see module docstring)."""
+    net = TensorDictModule(
+        TanhMeanGaussian(obs_dim, action_dim, hidden, **kwargs),
+        in_keys=["observation"],
+        out_keys=["loc", "scale"],
+    )
+    return ProbabilisticActor(
+        net,
+        in_keys=["loc", "scale"],
+        out_keys=["action"],
+        distribution_class=IndependentNormal,
+        default_interaction_type=ExplorationType.DETERMINISTIC,
+        return_log_prob=False,
+    )
+
+
+def make_qvalue(
+    obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256), *, layer_norm: bool = False
+) -> ValueOperator:
+    """``Q(s, a)`` as an MLP on the concatenation ``[s, a]``."""
+    return ValueOperator(
+        _mlp(obs_dim + action_dim, hidden, layer_norm),
+        in_keys=["observation", "action"],
+        out_keys=["state_action_value"],
+    )
+
+
+def make_value(
+    obs_dim: int, hidden: Sequence[int] = (256, 256), *, layer_norm: bool = False
+) -> ValueOperator:
+    """``V(s)`` as an MLP."""
+    return ValueOperator(
+        _mlp(obs_dim, hidden, layer_norm), in_keys=["observation"], out_keys=["state_value"]
+    )
+
+
+def _mlp(in_features: int, hidden: Sequence[int], layer_norm: bool) -> nn.Module:
+    if not layer_norm:
+        return MLP(
+            in_features=in_features,
+            out_features=1,
+            num_cells=list(hidden),
+            activation_class=nn.ReLU,
+        )
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)

@@ -1,0 +1,340 @@
+"""Deterministic evaluation episodes, normalized scores, last-k and best, and an eval CSV.
+
+:func:`evaluate_policy` runs episodes and returns their returns; :class:`Evaluator` is what a
+training loop calls every ``eval_every`` steps: it evaluates, keeps the history of mean returns
+and normalized scores (so the "last k evaluations" and "best so far" numbers papers report can
+be computed, also after a checkpoint-resume), and appends every episode to a CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+if TYPE_CHECKING:
+    from tensordict.nn import TensorDictModuleBase
+    from torchrl.envs import EnvBase
+
+__all__ = ["CSV_COLUMNS", "Evaluator", "evaluate_policy"]
+
+CSV_COLUMNS = ("step", "episode", "return", "normalized_score")
+"""Columns of the evaluation CSV: one row per evaluation episode."""
+
+_STATE_VERSION = 1
+
+
+def evaluate_policy(
+    env: EnvBase,
+    policy: TensorDictModuleBase,
+    *,
+    num_episodes: int = 10,
+    max_steps: int = 1000,
+    seed: int | None = None,
+) -> Tensor:
+    """Runs ``num_episodes`` deterministic episodes and returns their undiscounted returns.
+
+    Episode ``i`` is ``env.rollout(max_steps, policy, break_when_any_done=True)`` under
+    ``ExplorationType.DETERMINISTIC`` (a stochastic actor acts with its mode/mean) and
+    ``torch.no_grad()``; its return is ``G_i = sum_t r_t`` over the ``("next", "reward")``
+    entries of the rollout, summed in float64. An episode ends at the env's done (termination
+    or truncation) or after ``max_steps`` steps, whichever comes first.
+
+    If ``seed`` is given the env is reseeded with ``env.set_seed(seed + i)`` before episode
+    ``i``, so the initial states, and with a deterministic policy the returns, are the same
+    on every call. A policy that is an ``nn.Module`` is put in eval mode for the episodes and
+    restored to its previous mode afterwards.
+
+    Args:
+        env: an unbatched TorchRL env (``env.batch_size == ()``).
+        policy: reads ``"observation"`` and writes ``"action"``.
+        num_episodes: number of episodes (>= 1).
+        max_steps: step limit per episode (>= 1).
+        seed: base seed of the episodes, or None to continue the env's random stream.
+
+    Returns:
+        Float64 CPU tensor of shape ``[num_episodes]``: the return of each episode.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.envs import GymEnv
+        >>> policy = TensorDictModule(
+        ...     lambda obs: torch.zeros(*obs.shape[:-1], 1), in_keys=["observation"], out_keys=["action"]
+        ... )
+        >>> returns = evaluate_policy(GymEnv("Pendulum-v1"), policy, num_episodes=2, max_steps=20, seed=0)
+        >>> returns.shape, returns.dtype
+        (torch.Size([2]), torch.float64)
+    """
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes!r}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps!r}")
+    if env.batch_size != torch.Size([]):
+        raise ValueError(
+            f"evaluate_policy runs one episode at a time and needs an unbatched env, got "
+            f"batch_size={tuple(env.batch_size)}; evaluate each sub-env separately."
+        )
+    was_training = getattr(policy, "training", None)
+    if was_training is not None:
+        policy.eval()
+    returns = torch.empty(num_episodes, dtype=torch.float64)
+    try:
+        with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
+            for episode in range(num_episodes):
+                if seed is not None:
+                    env.set_seed(seed + episode)
+                rollout = env.rollout(max_steps, policy, break_when_any_done=True)
+                reward = rollout.get(("next", "reward"))
+                returns[episode] = reward.to(device="cpu", dtype=torch.float64).sum()
+    finally:
+        if was_training is not None:
+            policy.train(was_training)
+    return returns
+
+
+class Evaluator:
+    """Periodic evaluation with history, last-k / best summaries and a per-episode CSV.
+
+    Each call ``evaluator(step)`` runs :func:`evaluate_policy` (seeded with the same episode
+    seeds ``seed + i`` every time, so successive evaluations differ only by the policy and a
+    resumed run evaluates exactly as an uninterrupted one would) and records the result.
+
+    With episode returns ``G_1..G_n`` and normalized scores ``s_i = score_fn(G)_i``, the
+    metrics of one evaluation are
+
+    - ``eval/return`` = mean_i G_i, ``eval/return_std`` = population std of G (0 for n=1),
+    - ``eval/episodes`` = n,
+    - with ``score_fn``: ``eval/normalized_score`` = mean_i s_i,
+      ``eval/normalized_score_last_k`` = mean of the last ``last_k`` evaluations'
+      ``eval/normalized_score`` (fewer while fewer exist) and ``eval/normalized_score_best`` =
+      the max of ``eval/normalized_score`` over all evaluations so far;
+    - without ``score_fn``: ``eval/return_last_k`` and ``eval/return_best``, the same
+      statistics of ``eval/return``.
+
+    The history ``[(step, mean return, mean score or None), ...]`` is in :meth:`state_dict`, so
+    a resumed run reports the same last-k and best as an uninterrupted one.
+
+    If ``csv_path`` is set, every episode is appended as a row ``step,episode,return,
+    normalized_score`` (score empty without ``score_fn``); the header is written once, when
+    the file is new or empty, and the file is flushed and fsynced after each evaluation.
+    :meth:`load_state_dict` drops rows written after the restored history, so the CSV of a
+    resumed run has no evaluations from the abandoned run segment. Use a new path per run.
+
+    Args:
+        env: unbatched TorchRL evaluation env.
+        policy: reads ``"observation"``, writes ``"action"``.
+        num_episodes: episodes per evaluation.
+        max_steps: step limit per episode.
+        seed: base seed of the evaluation episodes (None: unseeded).
+        score_fn: maps a tensor of returns to normalized scores (0 = random, 100 = expert in
+            D4RL's convention), elementwise; None if the task has no reference scores.
+        last_k: number of latest evaluations averaged in the ``*_last_k`` metric.
+        csv_path: where to append per-episode rows, or None.
+
+    Examples:
+        >>> import torch
+        >>> ev = Evaluator(env=None, policy=None, score_fn=lambda g: 100 * (g + 1000) / 1000, last_k=2)
+        >>> _ = ev._record(0, torch.tensor([-600.0, -400.0], dtype=torch.float64))
+        >>> m = ev._record(10, torch.tensor([-200.0, -200.0], dtype=torch.float64))
+        >>> m["eval/normalized_score"], m["eval/normalized_score_last_k"], m["eval/normalized_score_best"]
+        (80.0, 65.0, 80.0)
+    """
+
+    def __init__(
+        self,
+        env: EnvBase,
+        policy: TensorDictModuleBase,
+        *,
+        num_episodes: int = 10,
+        max_steps: int = 1000,
+        seed: int | None = None,
+        score_fn: Callable[[Tensor], Tensor] | None = None,
+        last_k: int = 10,
+        csv_path: str | Path | None = None,
+    ) -> None:
+        if num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, got {num_episodes!r}")
+        if last_k < 1:
+            raise ValueError(f"last_k must be >= 1, got {last_k!r}")
+        self.env = env
+        self.policy = policy
+        self.num_episodes = num_episodes
+        self.max_steps = max_steps
+        self.seed = seed
+        self.score_fn = score_fn
+        self.last_k = last_k
+        self.csv_path = Path(csv_path) if csv_path is not None else None
+        self.history: list[tuple[int, float, float | None]] = []
+
+    @property
+    def _metric_name(self) -> str:
+        return "normalized_score" if self.score_fn is not None else "return"
+
+    def _tracked(self) -> list[float]:
+        """The per-evaluation means the last-k and best metrics are computed from."""
+        index = 2 if self.score_fn is not None else 1
+        return [entry[index] for entry in self.history]
+
+    @property
+    def best(self) -> float:
+        """Best mean normalized score (or mean return without ``score_fn``); nan if none yet."""
+        tracked = self._tracked()
+        return max(tracked) if tracked else math.nan
+
+    @property
+    def last_k_mean(self) -> float:
+        """Mean over the last ``last_k`` evaluations of the mean score (or return); nan if none."""
+        tracked = self._tracked()[-self.last_k :]
+        return math.fsum(tracked) / len(tracked) if tracked else math.nan
+
+    def __call__(self, step: int) -> dict[str, float]:
+        """Runs one evaluation at training step ``step``, records it and returns its metrics."""
+        returns = evaluate_policy(
+            self.env,
+            self.policy,
+            num_episodes=self.num_episodes,
+            max_steps=self.max_steps,
+            seed=self.seed,
+        )
+        return self._record(step, returns)
+
+    def _record(self, step: int, returns: Tensor) -> dict[str, float]:
+        """Records the episode ``returns`` of an evaluation at ``step``; returns the metrics."""
+        returns = torch.as_tensor(returns).detach().to(device="cpu", dtype=torch.float64).flatten()
+        if returns.numel() == 0:
+            raise ValueError(f"evaluation at step {step} has no episode returns")
+        scores = None
+        if self.score_fn is not None:
+            scores = torch.as_tensor(self.score_fn(returns)).detach().to("cpu", torch.float64)
+            if scores.shape != returns.shape:
+                raise ValueError(
+                    f"score_fn must map returns elementwise: returns of shape "
+                    f"{tuple(returns.shape)} gave scores of shape {tuple(scores.shape)}"
+                )
+        mean_return = returns.mean().item()
+        mean_score = scores.mean().item() if scores is not None else None
+        self.history.append((int(step), mean_return, mean_score))
+        self._append_csv(int(step), returns, scores)
+
+        metrics = {
+            "eval/return": mean_return,
+            "eval/return_std": returns.std(correction=0).item(),
+            "eval/episodes": float(returns.numel()),
+        }
+        if mean_score is not None:
+            metrics["eval/normalized_score"] = mean_score
+        metrics[f"eval/{self._metric_name}_last_k"] = self.last_k_mean
+        metrics[f"eval/{self._metric_name}_best"] = self.best
+        return metrics
+
+    def _append_csv(self, step: int, returns: Tensor, scores: Tensor | None) -> None:
+        if self.csv_path is None:
+            return
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        needs_header = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        if not needs_header:
+            self._check_header()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        if needs_header:
+            writer.writerow(CSV_COLUMNS)
+        for episode, episode_return in enumerate(returns.tolist()):
+            score = "" if scores is None else repr(scores[episode].item())
+            writer.writerow((step, episode, repr(episode_return), score))
+        # One write per evaluation, then fsync: a killed run keeps every finished evaluation.
+        with open(self.csv_path, "a", newline="") as file:
+            file.write(buffer.getvalue())
+            file.flush()
+            os.fsync(file.fileno())
+
+    def _check_header(self) -> None:
+        with open(self.csv_path, newline="") as file:
+            header = file.readline().rstrip("\r\n")
+        if header != ",".join(CSV_COLUMNS):
+            raise ValueError(
+                f"{self.csv_path} exists with header {header!r}, expected "
+                f"{','.join(CSV_COLUMNS)!r}; it is not an evaluation CSV, pass another csv_path"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The evaluation history, ``{"version": 1, "history": [(step, return, score), ...]}``."""
+        return {"version": _STATE_VERSION, "history": [tuple(entry) for entry in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the history and drops CSV rows of evaluations after the restored ones.
+
+        Rows whose step is greater than the last restored evaluation step (or all rows, if the
+        restored history is empty) were written after the checkpoint was taken; they are
+        removed by rewriting the CSV to a temporary file and ``os.replace``-ing it, so the
+        CSV is never left half-rewritten. A final line without a newline (a write cut off by
+        a kill) is dropped too.
+        """
+        if state_dict.get("version") != _STATE_VERSION or "history" not in state_dict:
+            raise ValueError(
+                f"Evaluator state must be {{'version': {_STATE_VERSION}, 'history': [...]}}, got "
+                f"keys {sorted(state_dict)} with version {state_dict.get('version')!r}"
+            )
+        history = [
+            (int(step), float(mean_return), None if score is None else float(score))
+            for step, mean_return, score in state_dict["history"]
+        ]
+        missing_scores = [step for step, _, score in history if score is None]
+        if self.score_fn is not None and missing_scores:
+            raise ValueError(
+                f"Evaluator has a score_fn but the restored evaluations at steps "
+                f"{missing_scores[:5]} have no normalized score; they were saved by an "
+                f"Evaluator without score_fn. Build the Evaluator the same way as the saved run."
+            )
+        self.history = history
+        if self.csv_path is not None:
+            self._truncate_csv(history[-1][0] if history else None)
+
+    def _truncate_csv(self, last_step: int | None) -> None:
+        if not self.csv_path.exists():
+            return
+        with open(self.csv_path, newline="") as file:
+            lines = file.read().splitlines(keepends=True)
+        if not lines:
+            return
+        self._check_header()
+        header, rows = lines[0], lines[1:]
+        if rows and not rows[-1].endswith("\n"):
+            rows = rows[:-1]
+        kept = []
+        if last_step is not None:
+            for row in rows:
+                row_step = _csv_row_step(row)
+                if row_step is not None and row_step <= last_step:
+                    kept.append(row)
+        if len(kept) == len(lines) - 1:
+            return
+        tmp = self.csv_path.with_name(f"{self.csv_path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "w", newline="") as file:
+                file.write(header if header.endswith("\n") else header + "\n")
+                file.writelines(kept)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, self.csv_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _csv_row_step(row: str) -> int | None:
+    """The step of a CSV data row, or None if the row is malformed (e.g. a cut-off write)."""
+    fields = row.rstrip("\r\n").split(",")
+    if len(fields) != len(CSV_COLUMNS):
+        return None
+    try:
+        return int(fields[0])
+    except ValueError:
+        return None

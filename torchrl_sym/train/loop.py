@@ -1,0 +1,457 @@
+"""The offline training loop every recipe shares.
+
+A run is a sequence of named :class:`Stage` s (for example ``behavior`` pretraining, a ``critic``
+warm-up, then ``train``), each with its own step budget. A stage holds :class:`Objective` s (a loss
+callable, the optimizers it steps, its LR schedulers and its cadence) and :class:`TargetUpdate` s
+(``SoftUpdate`` / ``HardUpdate`` or anything with ``step()``, with their own cadence). One step of a
+stage is::
+
+    batch  = buffer.sample()                              # static shape [B], on the buffer's device
+    for each objective active at this step (k | step and step >= start):
+        td   = objective.loss(batch)                      # TensorDict of loss_* terms + diagnostics
+        L    = Σ td["loss_*"];  zero_grad; L.backward(); clip; optimizer.step(); scheduler.step()
+    for each target update active at this step: updater.step()
+
+The update (all active objectives and target updates) can be ``torch.compile`` d: the set of active
+objectives is passed as a tuple of Python booleans, so each cadence pattern compiles once and the
+batch shape never changes. Loss values stay on the device and are read (one host sync) only every
+``log_interval`` steps.
+
+Time is owned here: evaluation every ``eval_interval`` steps of the stages that evaluate, logging,
+periodic atomic checkpoints (models with their target/EMA parameters, optimizers, schedulers, RNG
+states, sampler state, evaluator history, stage and step) and exact resumption from the latest one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torch import nn
+
+from torchrl_sym.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+
+__all__ = ["Objective", "OfflineLoop", "Stage", "TargetUpdate"]
+
+logger = logging.getLogger(__name__)
+
+
+def _active(every: int, start: int, step: int) -> bool:
+    """Whether something with cadence ``every`` and warm-up ``start`` runs at 0-based ``step``."""
+    return step >= start and (step - start) % every == 0
+
+
+@dataclass
+class Objective:
+    """One optimized term of a stage.
+
+    Args:
+        name: used in log tags and checkpoint keys; unique within the stage.
+        loss: ``batch -> TensorDict``; every entry whose name starts with ``loss_`` is summed and
+            minimized, the other scalar entries are logged as diagnostics.
+        optimizers: the optimizers stepped after this term's backward pass.
+        schedulers: LR schedulers stepped once per update of this term.
+        every: update on every ``every``-th step of the stage ...
+        start: ... from stage step ``start`` on (warm-up).
+        max_grad_norm: clip the gradient norm of the optimizers' parameters when set.
+    """
+
+    name: str
+    loss: Callable[[TensorDictBase], TensorDictBase]
+    optimizers: Sequence[torch.optim.Optimizer]
+    schedulers: Sequence[Any] = ()
+    every: int = 1
+    start: int = 0
+    max_grad_norm: float | None = None
+
+    def __post_init__(self):
+        if isinstance(self.optimizers, torch.optim.Optimizer):
+            self.optimizers = [self.optimizers]
+        _check_cadence(f"objective '{self.name}'", self.every, self.start)
+        self._params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+
+    def active(self, step: int) -> bool:
+        return _active(self.every, self.start, step)
+
+
+@dataclass
+class TargetUpdate:
+    """A target/EMA updater (anything with ``step()``) and its cadence within the stage."""
+
+    updater: Any
+    every: int = 1
+    start: int = 0
+
+    def __post_init__(self):
+        if not callable(getattr(self.updater, "step", None)):
+            raise TypeError(
+                f"TargetUpdate needs an object with a step() method, got {type(self.updater).__name__}."
+            )
+        _check_cadence("target update", self.every, self.start)
+
+    def active(self, step: int) -> bool:
+        return _active(self.every, self.start, step)
+
+
+@dataclass
+class Stage:
+    """A named phase of training with its own step budget, objectives and target updates."""
+
+    name: str
+    steps: int
+    objectives: Sequence[Objective]
+    targets: Sequence[TargetUpdate] = ()
+    evaluate: bool = False
+    buffer: Any = None  # a stage may sample from its own buffer; default: the loop's buffer
+    _compiled: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(
+                f"Stage '{self.name}': steps must be a non-negative int, got {self.steps!r}."
+            )
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Stage '{self.name}': objective names must be unique, got {names}.")
+
+
+def _check_cadence(what: str, every: int, start: int) -> None:
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"{what}: every must be a positive int, got {every!r}.")
+    if not isinstance(start, int) or start < 0:
+        raise ValueError(f"{what}: start must be a non-negative int, got {start!r}.")
+
+
+class OfflineLoop:
+    """Runs stages in order: sample, update, target update, evaluate, log, checkpoint.
+
+    Args:
+        stages: run in order; a stage with ``steps=0`` is skipped.
+        buffer: default source of batches (``sample()``, ``state_dict()``, ``load_state_dict()``).
+        modules: everything whose state a checkpoint must hold (loss modules carry their networks
+            and target/EMA parameters); keys are checkpoint names.
+        evaluator: called as ``evaluator(step) -> dict of metrics`` (see
+            :class:`torchrl_sym.train.evaluate.Evaluator`); ``None`` disables evaluation.
+        eval_interval: evaluate every this many steps of an evaluating stage, and at its end.
+        logger: a TorchRL logger (``log_scalar(name, value, step)``) or ``None``.
+        log_interval: log loss terms and timings every this many steps.
+        checkpoint_dir: where ``ckpt_*.pt`` go; ``None`` disables checkpoints.
+        checkpoint_interval: save every this many global steps, and at the end of each stage.
+        compile: ``torch.compile`` the update step (``True`` or a dict of ``torch.compile`` kwargs).
+        progress: show a tqdm bar with steps/s and the last evaluation.
+
+    Steps are counted globally across stages (the step axis of every log) and per stage (cadence).
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        buffer,
+        *,
+        modules: Mapping[str, nn.Module],
+        evaluator: Callable[[int], dict[str, float]] | None = None,
+        eval_interval: int = 5000,
+        logger=None,
+        log_interval: int = 1000,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_interval: int = 50_000,
+        keep_checkpoints: int = 2,
+        compile: bool | dict = False,
+        progress: bool = True,
+    ):
+        if not stages:
+            raise ValueError("OfflineLoop needs at least one stage.")
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Stage names must be unique, got {names}.")
+        for what, value in (
+            ("eval_interval", eval_interval),
+            ("log_interval", log_interval),
+            ("checkpoint_interval", checkpoint_interval),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{what} must be a positive int, got {value!r}.")
+        self.stages = list(stages)
+        self.buffer = buffer
+        self.modules = dict(modules)
+        self.evaluator = evaluator
+        self.eval_interval = eval_interval
+        self.logger = logger
+        self.log_interval = log_interval
+        self.checkpoints = (
+            CheckpointManager(checkpoint_dir, keep=keep_checkpoints) if checkpoint_dir else None
+        )
+        self.checkpoint_interval = checkpoint_interval
+        self.compile = compile
+        self.progress = progress
+        # position: the next step to run is `stage_step` of `stages[stage_index]`
+        self.stage_index = 0
+        self.stage_step = 0
+        self.global_step = 0
+        self.last_metrics: dict[str, float] = {}
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------ state
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "stage_index": self.stage_index,
+            "stage_name": self.stages[min(self.stage_index, len(self.stages) - 1)].name,
+            "stage_step": self.stage_step,
+            "global_step": self.global_step,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {
+                f"{s.name}/{o.name}/{i}": opt.state_dict()
+                for s in self.stages
+                for o in s.objectives
+                for i, opt in enumerate(o.optimizers)
+            },
+            "schedulers": {
+                f"{s.name}/{o.name}/{i}": sch.state_dict()
+                for s in self.stages
+                for o in s.objectives
+                for i, sch in enumerate(o.schedulers)
+            },
+            "buffers": {s.name: s.buffer.state_dict() for s in self.stages if s.buffer is not None},
+            "buffer": self.buffer.state_dict() if hasattr(self.buffer, "state_dict") else None,
+            "evaluator": self.evaluator.state_dict()
+            if hasattr(self.evaluator, "state_dict")
+            else None,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        names = [s.name for s in self.stages]
+        if (
+            state["stage_index"] < len(self.stages)
+            and state["stage_name"] != names[state["stage_index"]]
+        ):
+            raise ValueError(
+                f"Checkpoint was taken in stage '{state['stage_name']}' but this run's stages are {names}; "
+                "resume with the configuration the run was started with."
+            )
+        missing = set(self.modules) - set(state["modules"])
+        if missing:
+            raise KeyError(
+                f"Checkpoint lacks the modules {sorted(missing)}; it holds {sorted(state['modules'])}."
+            )
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for s in self.stages:
+            for o in s.objectives:
+                for i, opt in enumerate(o.optimizers):
+                    opt.load_state_dict(state["optimizers"][f"{s.name}/{o.name}/{i}"])
+                for i, sch in enumerate(o.schedulers):
+                    sch.load_state_dict(state["schedulers"][f"{s.name}/{o.name}/{i}"])
+            if s.buffer is not None:
+                s.buffer.load_state_dict(state["buffers"][s.name])
+        if state.get("buffer") is not None:
+            self.buffer.load_state_dict(state["buffer"])
+        if state.get("evaluator") is not None and self.evaluator is not None:
+            self.evaluator.load_state_dict(state["evaluator"])
+        set_rng_state(state["rng"])
+        self.stage_index = int(state["stage_index"])
+        self.stage_step = int(state["stage_step"])
+        self.global_step = int(state["global_step"])
+
+    def save_checkpoint(self) -> Path | None:
+        if self.checkpoints is None:
+            return None
+        t0 = time.perf_counter()
+        path = self.checkpoints.save(self.global_step, self.state_dict())
+        self._add_time("checkpoint", time.perf_counter() - t0)
+        return path
+
+    def resume(self, map_location=None) -> bool:
+        """Load the latest checkpoint in ``checkpoint_dir`` if there is one; return whether it did."""
+        if self.checkpoints is None:
+            return False
+        state = self.checkpoints.load_latest(map_location=map_location)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        logger.info(
+            "Resumed at stage %d step %d (global %d).",
+            self.stage_index,
+            self.stage_step,
+            self.global_step,
+        )
+        return True
+
+    # ------------------------------------------------------------------------------ update
+
+    def _update_fn(self, stage: Stage):
+        def update(batch: TensorDictBase, active: tuple[bool, ...], targets: tuple[bool, ...]):
+            outputs = []
+            for objective, on in zip(stage.objectives, active):
+                if not on:
+                    continue
+                td = objective.loss(batch)
+                total = sum(
+                    v for k, v in td.items() if isinstance(k, str) and k.startswith("loss_")
+                )
+                for opt in objective.optimizers:
+                    opt.zero_grad(set_to_none=True)
+                total.backward()
+                if objective.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(objective._params, objective.max_grad_norm)
+                for opt in objective.optimizers:
+                    opt.step()
+                outputs.append(td.detach())
+            for target, on in zip(stage.targets, targets):
+                if on:
+                    target.updater.step()
+            return outputs
+
+        if not self.compile:
+            return update
+        kwargs = self.compile if isinstance(self.compile, dict) else {}
+        return torch.compile(update, **kwargs)
+
+    def _step(self, stage: Stage, update, batch) -> list[tuple[Objective, TensorDictBase]]:
+        active = tuple(o.active(self.stage_step) for o in stage.objectives)
+        targets = tuple(t.active(self.stage_step) for t in stage.targets)
+        outputs = update(batch, active, targets)
+        ran = [o for o, on in zip(stage.objectives, active) if on]
+        for o in ran:
+            for sch in o.schedulers:
+                sch.step()
+        return list(zip(ran, outputs))
+
+    # ------------------------------------------------------------------------------ run
+
+    def run(self) -> dict[str, float]:
+        """Run (or continue) every stage to its end; return the last evaluation's metrics."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            while self.stage_index < len(self.stages):
+                stage = self.stages[self.stage_index]
+                self._run_stage(stage, bar)
+                self.stage_index += 1
+                self.stage_step = 0
+                self.save_checkpoint()
+        finally:
+            bar.close()
+            if self.logger is not None and hasattr(self.logger, "experiment"):
+                flush = getattr(self.logger.experiment, "flush", None)
+                if callable(flush):
+                    flush()
+        return dict(self.last_metrics)
+
+    def _run_stage(self, stage: Stage, bar) -> None:
+        if self.stage_step >= stage.steps:
+            return
+        bar.set_description(stage.name)
+        buffer = stage.buffer if stage.buffer is not None else self.buffer
+        update = stage._compiled.get(bool(self.compile))
+        if update is None:
+            update = stage._compiled[bool(self.compile)] = self._update_fn(stage)
+        window_start, window_steps = time.perf_counter(), 0
+        last: list[tuple[Objective, TensorDictBase]] = []
+        while self.stage_step < stage.steps:
+            t0 = time.perf_counter()
+            batch = buffer.sample()
+            t1 = time.perf_counter()
+            out = self._step(stage, update, batch)
+            t2 = time.perf_counter()
+            self._add_time("sample", t1 - t0)
+            self._add_time("update", t2 - t1)
+            if out:
+                last = out
+            self.stage_step += 1
+            self.global_step += 1
+            window_steps += 1
+            bar.update(1)
+            end_of_stage = self.stage_step == stage.steps
+            if self.stage_step % self.log_interval == 0 or end_of_stage:
+                rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
+                self._log_train(stage, last, rate)
+                window_start, window_steps = time.perf_counter(), 0
+                bar.set_postfix(self._postfix(rate), refresh=False)
+            if (
+                stage.evaluate
+                and self.evaluator is not None
+                and (self.stage_step % self.eval_interval == 0 or end_of_stage)
+            ):
+                self._evaluate(stage)
+                bar.set_postfix(self._postfix(None), refresh=False)
+            if self.global_step % self.checkpoint_interval == 0 and not end_of_stage:
+                self.save_checkpoint()
+
+    def _evaluate(self, stage: Stage) -> None:
+        t0 = time.perf_counter()
+        metrics = self.evaluator(self.global_step)
+        self._add_time("eval", time.perf_counter() - t0)
+        self.last_metrics = dict(metrics)
+        self._log(metrics)
+        logger.info("step %d (%s): %s", self.global_step, stage.name, _fmt(metrics))
+
+    def _log_train(self, stage: Stage, outputs, rate: float) -> None:
+        scalars: dict[str, float] = {}
+        for objective, td in outputs:
+            for key, value in td.items(include_nested=True, leaves_only=True):
+                if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                    continue
+                name = key if isinstance(key, str) else "/".join(key)
+                tag = f"{stage.name}/{name}"
+                if tag in scalars:
+                    tag = f"{stage.name}/{objective.name}/{name}"
+                scalars[tag] = float(value.float().mean())  # the one host sync per log interval
+            for i, opt in enumerate(objective.optimizers):
+                suffix = f"_{i}" if len(objective.optimizers) > 1 else ""
+                scalars[f"{stage.name}/lr_{objective.name}{suffix}"] = float(
+                    opt.param_groups[0]["lr"]
+                )
+        scalars["time/steps_per_second"] = rate
+        total = sum(self.timings.values()) or 1.0
+        for phase, seconds in self.timings.items():
+            scalars[f"time/{phase}_seconds"] = seconds
+            scalars[f"time/{phase}_fraction"] = seconds / total
+        scalars["progress/stage_index"] = float(self.stage_index)
+        self.last_train = scalars
+        self._log(scalars)
+
+    def _log(self, scalars: Mapping[str, float]) -> None:
+        if self.logger is None:
+            return
+        for tag, value in scalars.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.logger.log_scalar(tag, value, step=self.global_step)
+
+    def _add_time(self, phase: str, seconds: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+
+    def _postfix(self, rate: float | None) -> dict[str, str]:
+        post = {}
+        if rate is not None:
+            self._last_rate = rate
+        if getattr(self, "_last_rate", None) is not None:
+            post["it/s"] = f"{self._last_rate:.0f}"
+        for key in ("eval/normalized_score", "eval/return"):
+            if key in self.last_metrics:
+                post[key.split("/")[1]] = f"{self.last_metrics[key]:.1f}"
+                break
+        return post
+
+
+def _fmt(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))

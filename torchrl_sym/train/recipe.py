@@ -1,0 +1,249 @@
+"""What every recipe does with its config, so a recipe script holds only its algorithm.
+
+A recipe calls :func:`setup_run` with its hydra config and gets a :class:`Run`: the run directory,
+the offline replay buffer, the dataset info, a logger, and factories for the evaluator and the
+loop. Every recipe therefore accepts the same overrides (``configs/common.yaml``)::
+
+    dataset=<id or path>  seed=<int>  device=cpu|cuda  compile=true|false
+    train.steps=<main stage>  eval.interval=<steps>  eval.episodes=<n>
+    logger.backend=tensorboard|csv|wandb|none  profile=smoke  experiment=paper  resume=<run dir>
+
+Run directory layout: ``config.yaml`` (the resolved config), ``checkpoints/ckpt_*.pt``,
+``eval_returns.csv`` (every evaluation episode), and the logger's files (``tensorboard/`` or
+``csv/``). A run whose directory already holds checkpoints continues from the latest one: pass
+``resume=<run dir>`` (or point ``hydra.run.dir`` at it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchrl_sym.data import (
+    OfflineDatasetInfo,
+    OfflineReplayBuffer,
+    make_offline_replay_buffer,
+    normalized_score,
+)
+from torchrl_sym.train.evaluate import Evaluator
+from torchrl_sym.train.loop import OfflineLoop, Stage
+
+__all__ = ["LOGGER_BACKENDS", "Run", "make_logger", "setup_run"]
+
+log = logging.getLogger(__name__)
+
+LOGGER_BACKENDS = ("tensorboard", "csv", "wandb", "none")
+
+
+def stage_steps(cfg, steps: int) -> int:
+    """A stage's step budget under the profile's cap (``train.max_steps_per_stage``)."""
+    cap = cfg.train.get("max_steps_per_stage")
+    return int(steps) if cap is None else min(int(steps), int(cap))
+
+
+def make_logger(
+    backend: str,
+    run_dir: Path,
+    *,
+    project: str = "torchrl_sym",
+    run_name: str = "run",
+    wandb_kwargs: Mapping | None = None,
+):
+    """A TorchRL logger writing under ``run_dir`` (``None`` for ``backend="none"``)."""
+    if backend not in LOGGER_BACKENDS:
+        raise ValueError(f"logger.backend={backend!r} is not one of {LOGGER_BACKENDS}.")
+    if backend == "none":
+        return None
+    from torchrl.record.loggers import CSVLogger, TensorboardLogger
+
+    if backend == "tensorboard":
+        return TensorboardLogger(exp_name="tensorboard", log_dir=str(run_dir))
+    if backend == "csv":
+        return CSVLogger(exp_name="csv", log_dir=str(run_dir))
+    try:
+        from torchrl.record.loggers.wandb import WandbLogger
+    except ImportError as err:  # pragma: no cover - depends on the user's environment
+        raise ImportError(
+            "logger.backend=wandb needs the wandb package: pip install wandb"
+        ) from err
+    return WandbLogger(
+        exp_name=run_name, project=project, save_dir=str(run_dir), **dict(wandb_kwargs or {})
+    )
+
+
+@dataclass
+class Run:
+    """The pieces a recipe's config resolves to (see :func:`setup_run`)."""
+
+    cfg: Any
+    run_dir: Path
+    device: torch.device
+    buffer: OfflineReplayBuffer
+    logger: Any
+
+    @property
+    def info(self) -> OfflineDatasetInfo:
+        return self.buffer.info
+
+    @property
+    def obs_dim(self) -> int:
+        return int(torch.Size(self.info.observation_shape).numel())
+
+    @property
+    def action_dim(self) -> int:
+        return int(torch.Size(self.info.action_shape).numel())
+
+    def make_eval_env(self):
+        """The dataset's env (float32 observations, return tracking, the buffer's normalization)."""
+        from torchrl_sym.envs import make_env
+
+        if self.info.env_id is None:
+            raise ValueError(
+                f"Dataset '{self.info.dataset_id}' names no environment to evaluate in; set env=<gymnasium id>."
+            )
+        norm = (
+            (self.info.observation_loc, self.info.observation_scale)
+            if self.info.normalize_observations
+            else None
+        )
+        return make_env(
+            self.info.env_id,
+            seed=int(self.cfg.seed) + 100,
+            device=self.device,
+            observation_norm=norm,
+        )
+
+    def make_evaluator(self, policy) -> Evaluator | None:
+        """Deterministic evaluation of ``policy`` in the dataset's env; ``None`` if it has none."""
+        if self.info.env_id is None:
+            return None
+        info = self.info
+
+        def score(returns):
+            return normalized_score(info, returns)
+
+        return Evaluator(
+            self.make_eval_env(),
+            policy,
+            num_episodes=int(self.cfg.eval.episodes),
+            max_steps=int(self.cfg.eval.max_steps),
+            seed=int(self.cfg.seed) + 100,
+            score_fn=score,
+            last_k=int(self.cfg.eval.last_k),
+            csv_path=self.run_dir / "eval_returns.csv",
+        )
+
+    def make_loop(
+        self, stages: Sequence[Stage], modules: Mapping[str, nn.Module], policy=None
+    ) -> OfflineLoop:
+        cfg = self.cfg
+        return OfflineLoop(
+            stages,
+            self.buffer,
+            modules=modules,
+            evaluator=self.make_evaluator(policy) if policy is not None else None,
+            eval_interval=int(cfg.eval.interval),
+            logger=self.logger,
+            log_interval=int(cfg.train.log_interval),
+            checkpoint_dir=self.run_dir / "checkpoints",
+            checkpoint_interval=int(cfg.checkpoint.interval),
+            keep_checkpoints=int(cfg.checkpoint.keep),
+            compile=_compile_arg(cfg.compile),
+            progress=bool(cfg.train.progress),
+        )
+
+    def execute(self, loop: OfflineLoop) -> dict[str, float]:
+        """Resume if the run directory holds a checkpoint, run to the end, write a summary."""
+        resumed = loop.resume(map_location=self.device)
+        if resumed:
+            log.info("Resuming %s at global step %d", self.run_dir, loop.global_step)
+        start = time.perf_counter()
+        metrics = loop.run()
+        summary = {
+            "global_step": loop.global_step,
+            "seconds": time.perf_counter() - start,
+            "resumed": resumed,
+            **metrics,
+        }
+        import json
+
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        log.info("Finished: %s", summary)
+        return metrics
+
+
+def _compile_arg(value):
+    if isinstance(value, bool):
+        return value
+    if value in (None, "false", "False", 0):
+        return False
+    if value in ("true", "True", 1):
+        return True
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if not isinstance(value, dict) else value
+
+
+def _run_dir(cfg) -> Path:
+    if cfg.get("resume"):
+        path = Path(str(cfg.resume)).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"resume={cfg.resume!r} is not a run directory; pass the directory of an earlier run."
+            )
+        return path
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:
+        path = Path(
+            cfg.get("run_dir") or Path("runs") / f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def setup_run(cfg) -> Run:
+    """Seed, choose the device, make the run directory, save the config, load the data, log."""
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(int(cfg.seed))
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was requested but CUDA is not available; use device=cpu.")
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    data = cfg.data
+    buffer = make_offline_replay_buffer(
+        cfg.dataset,
+        int(data.batch_size),
+        device=device,
+        seed=int(cfg.seed),
+        env=cfg.get("env", "auto"),
+        action_clip=data.get("action_clip", "auto"),
+        reward_transform=data.reward_transform,
+        normalize_observations=bool(data.normalize_observations),
+        generate_transitions=int(data.generate_transitions),
+    )
+    logger = make_logger(
+        cfg.logger.backend,
+        run_dir,
+        project=cfg.logger.project,
+        run_name=f"{cfg.algo}-{Path(str(cfg.dataset)).name}-s{cfg.seed}",
+    )
+    log.info(
+        "Run directory: %s; dataset %s (%d transitions)",
+        run_dir,
+        buffer.info.dataset_id,
+        buffer.info.num_transitions,
+    )
+    return Run(cfg=cfg, run_dir=run_dir, device=device, buffer=buffer, logger=logger)

@@ -105,4 +105,12 @@ def _mlp(in_features: int, hidden: Sequence[int], layer_norm: bool) -> nn.Module
         layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU()]
         width = h
     layers.append(nn.Linear(width, 1))
-    return nn.Sequential(*layers)
+    return _CatSequential(*layers)
+
+
+class _CatSequential(nn.Sequential):
+    """``nn.Sequential`` on the concatenation of its inputs (as TorchRL's ``MLP`` does), so a
+    ``ValueOperator`` can call it with ``(observation, action)``."""
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat(inputs, -1) if len(inputs) > 1 else inputs[0])

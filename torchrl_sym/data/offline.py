@@ -195,7 +195,7 @@ def make_offline_replay_buffer(
     reward_transform: str = "identity",
     normalize_observations: bool = False,
     toy2d_size: int = 100_000,
-    generate_transitions: int = 1_000_000,
+    generate_transitions: int = 100_000,
 ) -> OfflineReplayBuffer:
     """Load an offline dataset and wrap it in a TorchRL replay buffer of float32 TED batches.
 
@@ -264,7 +264,7 @@ def load_offline_dataset(
     reward_transform: str = "identity",
     normalize_observations: bool = False,
     toy2d_size: int = 100_000,
-    generate_transitions: int = 1_000_000,
+    generate_transitions: int = 100_000,
     seed: int | None = None,
 ) -> tuple[TensorDict, OfflineDatasetInfo]:
     """Load, validate and preprocess a dataset; return the TED TensorDict (CPU) and its info.

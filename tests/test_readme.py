@@ -13,15 +13,28 @@ README = (ROOT / "README.md").read_text()
 def test_quickstart_runs(tmp_path):
     (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
     # a small copy of the embedded default, so the test does not spend time generating 100k steps
-    env = dict(os.environ, MINARI_DATASETS_PATH=str(tmp_path / "minari"), TORCHRL_SYM_DATA=str(tmp_path / "cache"))
+    env = dict(
+        os.environ,
+        MINARI_DATASETS_PATH=str(tmp_path / "minari"),
+        TORCHRL_SYM_DATA=str(tmp_path / "cache"),
+    )
     prepare = (
         "from torchrl_sym.data.generate import rollout_episodes, write_minari_dataset\n"
         "write_minari_dataset('torchrl_sym/hopper/random-v0', rollout_episodes('Hopper-v5', None, 1000, seed=0, progress=False), env_id='Hopper-v5')\n"
     )
     subprocess.run([sys.executable, "-c", prepare], check=True, env=env, cwd=tmp_path, timeout=120)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    scores = [float(x) for x in re.findall(r"-?\d+\.\d+(?:e[-+]?\d+)?", proc.stdout.splitlines()[-1])]
+    scores = [
+        float(x) for x in re.findall(r"-?\d+\.\d+(?:e[-+]?\d+)?", proc.stdout.splitlines()[-1])
+    ]
     assert len(scores) == 2 and all(-10 < s < 100 for s in scores)
 
 

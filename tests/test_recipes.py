@@ -19,9 +19,9 @@ DATASET = "test/hopper/recipe-v0"
 
 @pytest.fixture(scope="module")
 def recipe_dataset():
-    from torchrl_sym.data.generate import rollout_episodes, write_minari_dataset
-
     import minari
+
+    from torchrl_sym.data.generate import rollout_episodes, write_minari_dataset
 
     if DATASET not in minari.list_local_datasets():
         episodes = rollout_episodes("Hopper-v5", None, 2000, seed=0, progress=False)
@@ -31,9 +31,13 @@ def recipe_dataset():
 
 def _run(recipe, *overrides, timeout=300, check=True):
     cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -58,14 +62,31 @@ def test_iql_smoke_profile(tmp_path, recipe_dataset):
     assert summary["global_step"] == 50 and summary["resumed"] is False
     assert (run_dir / "checkpoints" / "ckpt_000000050.pt").is_file()
     cfg = (run_dir / "config.yaml").read_text()
-    assert "expectile: 0.7" in cfg and "max_steps_per_stage: 50" in cfg and "reward_transform: return_range" in cfg
+    assert (
+        "expectile: 0.7" in cfg
+        and "max_steps_per_stage: 50" in cfg
+        and "reward_transform: return_range" in cfg
+    )
     rows = _eval_rows(run_dir)
     assert [(r["step"], r["episode"]) for r in rows] == [("50", "0")]
     ret = float(rows[0]["return"])
     # hopper's D4RL reference scores (no ref scores recorded in this dataset)
-    assert float(rows[0]["normalized_score"]) == pytest.approx(100 * (ret + 20.272305) / (3234.3 + 20.272305), rel=1e-5)
+    assert float(rows[0]["normalized_score"]) == pytest.approx(
+        100 * (ret + 20.272305) / (3234.3 + 20.272305), rel=1e-5
+    )
     tags = _tags(run_dir)
-    for tag in ("train/loss_actor", "train/loss_qvalue", "train/loss_value", "train/lr_iql_1", "eval/return", "eval/normalized_score", "eval/normalized_score_best", "eval/normalized_score_last_k", "time/steps_per_second", "time/update_seconds"):
+    for tag in (
+        "train/loss_actor",
+        "train/loss_qvalue",
+        "train/loss_value",
+        "train/lr_iql_1",
+        "eval/return",
+        "eval/normalized_score",
+        "eval/normalized_score_best",
+        "eval/normalized_score_last_k",
+        "time/steps_per_second",
+        "time/update_seconds",
+    ):
         assert tag in tags, (tag, sorted(tags))
     assert tags["eval/return"] == [(50, pytest.approx(ret, rel=1e-5))]
     assert [s for s, _ in tags["train/loss_qvalue"]] == [25, 50]
@@ -98,18 +119,45 @@ def test_shared_overrides(tmp_path, recipe_dataset):
 
 
 def test_bad_override_is_reported(tmp_path, recipe_dataset):
-    proc = _run("iql", f"dataset={recipe_dataset}", "logger.backend=mlflow-ish", "profile=smoke", f"hydra.run.dir={tmp_path}", check=False)
+    proc = _run(
+        "iql",
+        f"dataset={recipe_dataset}",
+        "logger.backend=mlflow-ish",
+        "profile=smoke",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
     assert proc.returncode != 0
-    assert "logger.backend='mlflow-ish'" in proc.stderr or "logger.backend='mlflow-ish'" in proc.stdout
-    proc = _run("iql", "dataset=nope/hopper/none-v0", "profile=smoke", f"hydra.run.dir={tmp_path}", check=False)
+    assert (
+        "logger.backend='mlflow-ish'" in proc.stderr or "logger.backend='mlflow-ish'" in proc.stdout
+    )
+    proc = _run(
+        "iql",
+        "dataset=nope/hopper/none-v0",
+        "profile=smoke",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
+    )
     assert proc.returncode != 0 and "nope/hopper/none-v0" in proc.stderr
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, recipe_dataset):
     run_dir = tmp_path / "run"
-    overrides = [f"dataset={recipe_dataset}", "train.steps=400", "checkpoint.interval=50", "eval.interval=100", "eval.episodes=1", "eval.max_steps=30", "logger.backend=none", "train.progress=false", "data.batch_size=64"]
+    overrides = [
+        f"dataset={recipe_dataset}",
+        "train.steps=400",
+        "checkpoint.interval=50",
+        "eval.interval=100",
+        "eval.episodes=1",
+        "eval.max_steps=30",
+        "logger.backend=none",
+        "train.progress=false",
+        "data.batch_size=64",
+    ]
     cmd = [sys.executable, str(ROOT / "recipes" / "iql.py"), *overrides, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
+    )
     ckpts = run_dir / "checkpoints"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -133,7 +181,17 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, recipe_dataset):
 
 def test_multirun_over_seeds_with_joblib(tmp_path, recipe_dataset):
     sweep = tmp_path / "sweep"
-    _run("iql", "-m", "profile=smoke", f"dataset={recipe_dataset}", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", timeout=400)
+    _run(
+        "iql",
+        "-m",
+        "profile=smoke",
+        f"dataset={recipe_dataset}",
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        timeout=400,
+    )
     summaries = sorted(sweep.glob("*/summary.json"))
     assert [p.parent.name for p in summaries] == ["0_seed0", "1_seed1"]
     returns = [float(_eval_rows(p.parent)[0]["return"]) for p in summaries]
@@ -146,10 +204,18 @@ def test_experiment_and_profile_presets_compose():
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         paper = compose("iql", overrides=["experiment=paper"])
-        assert paper.train.steps == 1_000_000 and paper.eval.interval == 5000 and paper.eval.episodes == 10
+        assert (
+            paper.train.steps == 1_000_000
+            and paper.eval.interval == 5000
+            and paper.eval.episodes == 10
+        )
         assert paper.train.max_steps_per_stage is None
         smoke_paper = compose("iql", overrides=["experiment=paper", "profile=smoke"])
         assert smoke_paper.train.max_steps_per_stage == 50 and smoke_paper.eval.episodes == 1
         default = compose("iql")
         assert default.train.steps == 10_000 and default.dataset == "torchrl_sym/hopper/random-v0"
-        assert default.iql.expectile == 0.7 and default.iql.temperature == 3.0 and default.data.batch_size == 256
+        assert (
+            default.iql.expectile == 0.7
+            and default.iql.temperature == 3.0
+            and default.data.batch_size == 256
+        )

@@ -456,27 +456,20 @@ def _convert_d4rl(path: Path) -> tuple[TensorDict, dict]:
         chain_break[:-1] = timeouts[1:]
     end = terminals | timeouts | chain_break
     end[-1] = True
-    data = TensorDict(
-        {
-            "observation": torch.as_tensor(obs[keep], dtype=torch.float32),
-            "action": torch.as_tensor(arrays["actions"][keep], dtype=torch.float32),
-            "next": {
-                "observation": torch.as_tensor(next_obs[keep], dtype=torch.float32),
-                "reward": torch.as_tensor(
-                    arrays["rewards"].reshape(n)[keep], dtype=torch.float32
-                ).unsqueeze(-1),
-                "terminated": torch.as_tensor(terminals[keep]).unsqueeze(-1),
-                "truncated": torch.as_tensor(timeouts[keep]).unsqueeze(-1),
-            },
-            "episode_end": torch.as_tensor(end[keep]),
-        },
-        batch_size=[int(keep.sum())],
-    )
-    if data.shape[0] == 0:
+    if not keep.any():
         raise ValueError(f"D4RL file '{path}' holds no usable transitions.")
-    data["episode_end"][-1] = True
-    data["next", "done"] = data["next", "terminated"] | data["next", "truncated"]
-    _check_finite(data, f"D4RL file '{path}'")
+    end = end[keep]
+    end[-1] = True
+    data = _ted_from_arrays(
+        obs[keep],
+        next_obs[keep],
+        arrays["actions"][keep],
+        arrays["rewards"].reshape(n)[keep],
+        terminals[keep],
+        timeouts[keep],
+        end,
+        what=f"D4RL file '{path}'",
+    )
     return data, {}
 
 
@@ -658,23 +651,38 @@ def _convert_minari(dataset) -> tuple[TensorDict, dict]:
     if not parts["act"]:
         raise ValueError(f"Minari dataset '{dataset_id}' holds no transitions.")
     cat = {k: np.concatenate(v, 0) for k, v in parts.items()}
+    data = _ted_from_arrays(
+        cat["obs"],
+        cat["next_obs"],
+        cat["act"],
+        cat["rew"],
+        cat["term"],
+        cat["trunc"],
+        cat["end"],
+        what=f"Minari dataset '{dataset_id}'",
+    )
+    return data, {}
+
+
+def _ted_from_arrays(obs, next_obs, actions, rewards, terminated, truncated, episode_end, *, what):
+    """A float32 TED TensorDict ``[N]`` (plus the ``episode_end`` flag) from numpy arrays."""
     data = TensorDict(
         {
-            "observation": torch.as_tensor(cat["obs"], dtype=torch.float32),
-            "action": torch.as_tensor(cat["act"], dtype=torch.float32),
+            "observation": torch.as_tensor(obs, dtype=torch.float32),
+            "action": torch.as_tensor(actions, dtype=torch.float32),
             "next": {
-                "observation": torch.as_tensor(cat["next_obs"], dtype=torch.float32),
-                "reward": torch.as_tensor(cat["rew"], dtype=torch.float32).unsqueeze(-1),
-                "terminated": torch.as_tensor(cat["term"]).unsqueeze(-1),
-                "truncated": torch.as_tensor(cat["trunc"]).unsqueeze(-1),
+                "observation": torch.as_tensor(next_obs, dtype=torch.float32),
+                "reward": torch.as_tensor(rewards, dtype=torch.float32).unsqueeze(-1),
+                "terminated": torch.as_tensor(terminated, dtype=torch.bool).unsqueeze(-1),
+                "truncated": torch.as_tensor(truncated, dtype=torch.bool).unsqueeze(-1),
             },
-            "episode_end": torch.as_tensor(cat["end"]),
+            "episode_end": torch.as_tensor(episode_end, dtype=torch.bool),
         },
-        batch_size=[cat["act"].shape[0]],
+        batch_size=[len(actions)],
     )
     data["next", "done"] = data["next", "terminated"] | data["next", "truncated"]
-    _check_finite(data, f"Minari dataset '{dataset_id}'")
-    return data, {}
+    _check_finite(data, what)
+    return data
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ All return TorchRL modules with TorchRL's default keys, so they plug straight in
 * :func:`make_gaussian_actor` — ``observation -> (loc, scale) -> action``; the IQL paper's actor
   ``π(a|s) = N(tanh(μ_θ(s)), diag(exp(clip(log σ, lo, hi))²))`` with a state-independent ``log σ``
   (the distribution itself is not squashed). Deterministic mode returns ``tanh(μ_θ(s))``.
+* :func:`make_tanh_gaussian_actor` — SAC's squashed Gaussian ``a = tanh(u)``,
+  ``u ~ N(μ_θ(s), σ_θ(s)²)`` with a state-dependent scale (TorchRL's ``TanhNormal``); the behavior
+  policies that generate the D4RL-style datasets are of this kind.
 * :func:`make_qvalue` — ``(observation, action) -> state_action_value``.
 * :func:`make_value` — ``observation -> state_value`` (optionally LayerNorm, as XQL's V).
 """
@@ -17,9 +20,22 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.envs.utils import ExplorationType
-from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor, ValueOperator
+from torchrl.modules import (
+    MLP,
+    IndependentNormal,
+    NormalParamExtractor,
+    ProbabilisticActor,
+    TanhNormal,
+    ValueOperator,
+)
 
-__all__ = ["TanhMeanGaussian", "make_gaussian_actor", "make_qvalue", "make_value"]
+__all__ = [
+    "TanhMeanGaussian",
+    "make_gaussian_actor",
+    "make_qvalue",
+    "make_tanh_gaussian_actor",
+    "make_value",
+]
 
 
 class TanhMeanGaussian(nn.Module):
@@ -66,6 +82,36 @@ def make_gaussian_actor(
         in_keys=["loc", "scale"],
         out_keys=["action"],
         distribution_class=IndependentNormal,
+        default_interaction_type=ExplorationType.DETERMINISTIC,
+        return_log_prob=False,
+    )
+
+
+def make_tanh_gaussian_actor(
+    obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256)
+) -> ProbabilisticActor:
+    """SAC's actor: ``observation -> (loc, scale)`` by an MLP, ``action = tanh(loc + scale · ε)``.
+
+    The scale is ``softplus(x + softplus⁻¹(1)) + 1e-4`` (TorchRL's ``biased_softplus_1.0``), so an
+    untrained actor starts near unit scale. Deterministic mode returns ``tanh(loc)``.
+    """
+    mlp = MLP(
+        in_features=obs_dim,
+        out_features=2 * action_dim,
+        num_cells=list(hidden),
+        activation_class=nn.ReLU,
+    )
+    net = TensorDictModule(
+        nn.Sequential(mlp, NormalParamExtractor(scale_mapping="biased_softplus_1.0")),
+        in_keys=["observation"],
+        out_keys=["loc", "scale"],
+    )
+    return ProbabilisticActor(
+        net,
+        in_keys=["loc", "scale"],
+        out_keys=["action"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -1.0, "high": 1.0},
         default_interaction_type=ExplorationType.DETERMINISTIC,
         return_log_prob=False,
     )

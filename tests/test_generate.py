@@ -1,34 +1,78 @@
-"""Random-policy rollouts into local Minari datasets: determinism, atomic writes, the CLI."""
+"""D4RL-style generation: determinism, schema and Minari round trip, reference scores, first use."""
+
+import json
 
 import minari
 import numpy as np
 import pytest
+import torch
 
 from torchrl_sym.data import generate as gen
-from torchrl_sym.data import load_offline_dataset
+from torchrl_sym.data import load_offline_dataset, make_offline_replay_buffer, normalized_score
+from torchrl_sym.data.policies import (
+    POLICY_KINDS,
+    available_policies,
+    load_behavior_policy,
+    load_card,
+    load_medium_replay,
+)
+
+SHIPPED = sorted({family for family, _ in available_policies()})
+needs_policies = pytest.mark.skipif(not SHIPPED, reason="no behavior policies shipped")
 
 
 def test_rollouts_are_deterministic_from_the_seed():
-    a = gen.rollout_episodes("Hopper-v5", None, 400, seed=5, progress=False)
-    b = gen.rollout_episodes("Hopper-v5", None, 400, seed=5, progress=False)
-    c = gen.rollout_episodes("Hopper-v5", None, 400, seed=6, progress=False)
+    a = gen.rollout_episodes("Hopper-v5", None, 400, seed=5, num_envs=4, progress=False)
+    b = gen.rollout_episodes("Hopper-v5", None, 400, seed=5, num_envs=4, progress=False)
+    c = gen.rollout_episodes("Hopper-v5", None, 400, seed=6, num_envs=4, progress=False)
     assert gen.episodes_sha256(a) == gen.episodes_sha256(b) != gen.episodes_sha256(c)
-    assert sum(len(ep.actions) for ep in a) == 400  # the last episode is cut at the budget
+    assert sum(len(ep.actions) for ep in a) == 400  # exactly the budget
+    assert [ep.id for ep in a] == sorted(ep.id for ep in a)
     for ep in a:
         assert ep.observations.shape == (len(ep.actions) + 1, 11)
         assert np.all(np.abs(ep.actions) <= 1.0)
-    # every episode but the cut last one ends in a terminal (falling) or the time limit
-    assert all(ep.terminations[-1] or ep.truncations[-1] for ep in a[:-1])
+        assert ep.seed == 5 + ep.id
+    # every episode ends in a terminal or the time limit, except at most num_envs cut by the budget
+    cut = [ep for ep in a if not (ep.terminations[-1] or ep.truncations[-1])]
+    assert len(cut) <= 4
+    # episode i starts from the state gymnasium resets to with seed 5 + i
+    import gymnasium as gym
+
+    env = gym.make("Hopper-v5")
+    for ep in a[:3]:
+        obs, _ = env.reset(seed=5 + ep.id)
+        np.testing.assert_array_equal(ep.observations[0], obs)
 
 
-def test_generate_writes_a_loadable_minari_dataset(capsys):
-    assert gen.main(["hopper", "random", "--transitions", "300", "--seed", "1"]) == 0
+def test_vectorization_does_not_change_an_episode():
+    """An episode's transitions depend on its seed and the actions; replaying them reproduces it."""
+    import gymnasium as gym
+
+    episodes = gen.rollout_episodes("Walker2d-v5", None, 300, seed=0, num_envs=3, progress=False)
+    env = gym.make("Walker2d-v5")
+    for ep in episodes[:3]:
+        env.reset(seed=ep.seed)
+        for t, action in enumerate(ep.actions):
+            obs, r, term, _trunc, _ = env.step(action)
+            np.testing.assert_array_equal(obs, ep.observations[t + 1])
+            assert r == ep.rewards[t] and term == ep.terminations[t]
+
+
+def test_random_dataset_via_cli_with_provenance(capsys):
+    assert (
+        gen.main(["hopper", "random", "--transitions", "300", "--seed", "1", "--num-envs", "4"])
+        == 0
+    )
     dataset_id = capsys.readouterr().out.strip()
     assert dataset_id == "torchrl_sym/hopper/random-v0"
     ds = minari.load_dataset(dataset_id)
     assert ds.total_steps == 300 and ds.env_spec.id == "Hopper-v5"
-    sha = gen.episodes_sha256(gen.rollout_episodes("Hopper-v5", None, 300, seed=1, progress=False))
-    assert sha in ds.storage.metadata["description"]
+    prov = gen.read_provenance(dataset_id)
+    sha = gen.episodes_sha256(
+        gen.rollout_episodes("Hopper-v5", None, 300, seed=1, num_envs=4, progress=False)
+    )
+    assert prov["sha256"] == sha and sha in ds.storage.metadata["description"]
+    assert prov["seed"] == 1 and prov["transitions"] == 300 and "torch" in prov["versions"]
     _, info = load_offline_dataset(dataset_id)
     assert info.num_transitions == 300 and info.env_id == "Hopper-v5"
     # a second call refuses to overwrite unless asked
@@ -50,10 +94,118 @@ def test_failed_write_leaves_no_dataset(monkeypatch):
     assert "test/hopper/broken-v0" not in minari.list_local_datasets()
 
 
-def test_bad_arguments():
+def test_bad_arguments(capsys):
     with pytest.raises(ValueError, match="kind"):
         gen.generate_dataset("hopper", "medium-ish", num_transitions=10)
     with pytest.raises(ValueError, match="num_transitions"):
         gen.rollout_episodes("Hopper-v5", None, 0)
+    with pytest.raises(ValueError, match="antmaze"):
+        gen.generate_dataset("antmaze-umaze-v2", "random", num_transitions=10)
     with pytest.raises(SystemExit):
         gen.main(["hopper", "expert-ish"])
+    with pytest.raises(SystemExit):
+        gen.main(["hopper", "random", "--all"])
+
+
+# ------------------------------------------------------------------ shipped policies and datasets
+
+
+@needs_policies
+@pytest.mark.parametrize("family", SHIPPED)
+def test_every_shipped_policy_loads_and_acts(family):
+    import gymnasium as gym
+
+    from torchrl_sym.envs import resolve_env_id
+
+    env = gym.make(resolve_env_id(family))
+    obs, _ = env.reset(seed=0)
+    for kind in POLICY_KINDS:
+        policy = load_behavior_policy(family, kind)
+        card = load_card(family, kind)
+        assert card["env_id"] == resolve_env_id(family) and card["kind"] == kind
+        assert card["episodes"] == 20 and card["return_std"] >= 0
+        assert card["training_env_steps"] > 0 and card["reproduce"]
+        batch = np.stack([obs, obs])
+        a1 = policy.act(batch, torch.Generator().manual_seed(0))
+        a2 = policy.act(batch, torch.Generator().manual_seed(0))
+        assert a1.shape == (2, env.action_space.shape[0]) and np.all(np.abs(a1) <= 1)
+        np.testing.assert_array_equal(a1, a2)  # reproducible from the generator
+        assert not np.array_equal(a1[0], a1[1])  # stochastic
+        det = policy.act(batch, deterministic=True)
+        np.testing.assert_array_equal(det[0], det[1])
+        _, r, *_ = env.step(det[0])
+        assert np.isfinite(r)
+    # D4RL's ordering of the reference policies
+    assert (
+        load_card(family, "random")["return_mean"]
+        < load_card(family, "medium")["return_mean"]
+        < load_card(family, "expert")["return_mean"]
+    )
+
+
+@needs_policies
+def test_medium_and_expert_generation_round_trip_with_reference_scores():
+    family = SHIPPED[0]
+    medium = gen.generate_dataset(
+        family, "medium", num_transitions=300, seed=0, num_envs=4, progress=False, overwrite=True
+    )
+    again = gen.read_provenance(medium)["sha256"]
+    gen.generate_dataset(
+        family, "medium", num_transitions=300, seed=0, num_envs=4, progress=False, overwrite=True
+    )
+    assert gen.read_provenance(medium)["sha256"] == again  # deterministic from the seed
+    ds = minari.load_dataset(medium)
+    md = ds.storage.metadata
+    assert md["ref_min_score"] == load_card(family, "random")["return_mean"]
+    assert md["ref_max_score"] == load_card(family, "expert")["return_mean"]
+    assert md["ref_min_score"] < md["ref_max_score"]
+    _data, info = load_offline_dataset(medium)
+    assert info.num_transitions == 300 and (info.ref_min_score, info.ref_max_score) == (
+        md["ref_min_score"],
+        md["ref_max_score"],
+    )
+    assert normalized_score(info, md["ref_max_score"]) == pytest.approx(100.0)
+    prov = gen.read_provenance(medium)
+    assert prov["policies"]["medium"]["sha256"] == load_card(family, "medium")["sha256"]
+
+    both = gen.generate_dataset(
+        family,
+        "medium-expert",
+        num_transitions=200,
+        seed=0,
+        num_envs=4,
+        progress=False,
+        overwrite=True,
+    )
+    assert minari.load_dataset(both).total_steps == 400
+
+
+@needs_policies
+def test_medium_replay_is_the_shipped_replay_buffer():
+    family = SHIPPED[0]
+    dataset_id = gen.generate_dataset(family, "medium-replay", progress=False, overwrite=True)
+    episodes = load_medium_replay(family)
+    data, info = load_offline_dataset(dataset_id, action_clip=None)
+    assert info.num_episodes == len(episodes)
+    obs = np.concatenate([e["observations"][:-1] for e in episodes]).astype(np.float32)
+    np.testing.assert_array_equal(data["observation"].numpy(), obs)
+    rewards = np.concatenate([e["rewards"] for e in episodes]).astype(np.float32)
+    np.testing.assert_array_equal(data["next", "reward"].squeeze(-1).numpy(), rewards)
+    # the buffer ends at the medium snapshot
+    assert data.shape[0] == load_card(family, "medium")["training_env_steps"]
+
+
+@needs_policies
+def test_first_use_generates_the_embedded_default_at_a_small_size(monkeypatch):
+    family = SHIPPED[0]
+    dataset_id = gen.dataset_id_for(family, "expert")
+    if dataset_id in minari.list_local_datasets():
+        minari.delete_dataset(dataset_id)
+    rb = make_offline_replay_buffer(dataset_id, 32, generate_transitions=200, seed=0)
+    assert (
+        rb.info.num_transitions == 200
+        and rb.info.ref_max_score == load_card(family, "expert")["return_mean"]
+    )
+    monkeypatch.setattr(gen, "generate_dataset", lambda *a, **k: pytest.fail("generated twice"))
+    assert make_offline_replay_buffer(dataset_id, 32).info.num_transitions == 200
+    assert json.loads(json.dumps(gen.read_provenance(dataset_id)))["kind"] == "expert"

@@ -1,19 +1,40 @@
-"""Roll policies out in Gymnasium MuJoCo envs into local Minari datasets.
+"""D4RL-style MuJoCo datasets, generated locally into Minari from the shipped behavior policies.
 
-``python -m torchrl_sym.data.generate hopper random --transitions 100000 --seed 0`` writes the
-Minari dataset ``torchrl_sym/hopper/random-v0`` under the Minari root (``MINARI_DATASETS_PATH`` or
-``~/.minari/datasets``), readable by :func:`minari.load_dataset` and by
-:func:`torchrl_sym.data.make_offline_replay_buffer`.
+    python -m torchrl_sym.data.generate hopper medium               # torchrl_sym/hopper/medium-v0
+    python -m torchrl_sym.data.generate hopper random --transitions 100000 --seed 0
+    python -m torchrl_sym.data.generate --all                       # every env x every kind
 
+Kinds, as D4RL built them:
+
+* ``random``: uniform random actions;
+* ``medium``: the shipped medium policy (about one third of the expert's return), stochastic;
+* ``expert``: the shipped expert policy (SAC trained as far as our budget allowed), stochastic;
+* ``medium-replay``: the SAC replay buffer up to the medium snapshot (its size is fixed by
+  training; ``--transitions`` does not apply);
+* ``medium-expert``: medium + expert episodes (each ``--transitions`` long, seeds ``seed`` and
+  ``seed + 1``).
+
+Each dataset is the local Minari dataset ``torchrl_sym/<family>/<kind>-v0`` (under
+``MINARI_DATASETS_PATH`` or ``~/.minari/datasets``), with ``ref_min_score`` = the random policy's
+mean return and ``ref_max_score`` = the expert's mean return from the policy cards, so
+:func:`torchrl_sym.data.normalized_score` means what it means in D4RL. Its provenance (policy card,
+seed, steps, library versions, sha256 of the arrays) is stored in ``provenance.json`` beside the
+data and summarized in the dataset description.
+
+Rollouts are vectorized over ``num_envs`` environments stepped in lockstep with one batched policy
+call per step, and deterministic given the seed: the ``i``-th episode to start resets with
+``seed + i``, and actions are drawn from generators seeded with ``seed``. The last episodes are cut
+at the transition budget (neither terminated nor truncated: their final next-observation is real).
 A dataset is written whole or not at all: it is built under a temporary Minari root beside the real
-one and moved into place by one ``rename``. Generation is deterministic given the seed: episode ``i``
-resets the env with ``seed + i`` and the policy draws from a generator seeded with ``seed``.
+one and moved into place by one ``rename``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -27,7 +48,9 @@ import numpy as np
 
 __all__ = [
     "DATASET_KINDS",
+    "ENV_FAMILIES",
     "dataset_id_for",
+    "episodes_sha256",
     "generate_dataset",
     "rollout_episodes",
     "write_minari_dataset",
@@ -35,14 +58,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Kinds this module can produce today: the random policy needs no checkpoint.
-DATASET_KINDS = ("random",)
+DATASET_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+ENV_FAMILIES = ("hopper", "halfcheetah", "walker2d")
+DATASET_VERSION = 0
 
-Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# (observations [K, S], step index) -> actions [K, A]; draws its noise from its own generator.
+BatchPolicy = Callable[[np.ndarray], np.ndarray]
 
 
-def dataset_id_for(env: str, kind: str, version: int = 0) -> str:
+def dataset_id_for(env: str, kind: str, version: int = DATASET_VERSION) -> str:
     """``torchrl_sym/<family>/<kind>-v<version>`` for an env name such as "hopper" or "Hopper-v5"."""
+    return f"torchrl_sym/{_family(env)}/{kind}-v{version}"
+
+
+def _family(env: str) -> str:
     from torchrl_sym.envs import ENV_IDS, resolve_env_id
 
     env_id = resolve_env_id(env)
@@ -51,81 +80,143 @@ def dataset_id_for(env: str, kind: str, version: int = 0) -> str:
         raise ValueError(
             f"No torchrl_sym dataset family for env {env!r}; known: {sorted(ENV_IDS)}."
         )
-    return f"torchrl_sym/{family}/{kind}-v{version}"
+    return family
 
 
-def random_policy(action_space) -> Policy:
-    """Uniform actions in the env's box, drawn from the caller's generator."""
+def uniform_policy(action_space, seed: int) -> BatchPolicy:
+    """Uniform actions in the env's box from a generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
     low, high = action_space.low, action_space.high
 
-    def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return rng.uniform(low, high).astype(np.float32)
+    def act(obs: np.ndarray) -> np.ndarray:
+        return rng.uniform(low, high, size=(obs.shape[0], *low.shape)).astype(np.float32)
 
     return act
 
 
+def behavior_policy(env: str, kind: str, seed: int) -> BatchPolicy:
+    """The shipped ``kind`` policy, sampling with a torch generator seeded with ``seed``."""
+    import torch
+
+    from torchrl_sym.data.policies import load_behavior_policy
+
+    policy = load_behavior_policy(env, kind)
+    generator = torch.Generator().manual_seed(seed)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return policy.act(obs, generator)
+
+    return act
+
+
+class _Episode:
+    __slots__ = ("actions", "id", "observations", "rewards", "seed", "terminations", "truncations")
+
+    def __init__(self, episode_id: int, seed: int, obs: np.ndarray):
+        self.id, self.seed = episode_id, seed
+        self.observations, self.actions, self.rewards = [obs], [], []
+        self.terminations, self.truncations = [], []
+
+    def buffer(self):
+        from minari.data_collector import EpisodeBuffer
+
+        return EpisodeBuffer(
+            id=self.id,
+            seed=self.seed,
+            observations=np.stack(self.observations),
+            actions=np.stack(self.actions).astype(np.float32),
+            rewards=np.asarray(self.rewards, dtype=np.float64),
+            terminations=np.asarray(self.terminations, dtype=bool),
+            truncations=np.asarray(self.truncations, dtype=bool),
+        )
+
+
 def rollout_episodes(
     env_id: str,
-    policy: Policy | None,
+    policy: BatchPolicy | None,
     num_transitions: int,
     *,
     seed: int = 0,
+    num_envs: int = 16,
     progress: bool = True,
 ):
-    """Run whole episodes until at least ``num_transitions`` steps; the last episode is cut there.
+    """Roll ``policy`` out for exactly ``num_transitions`` steps over ``num_envs`` envs in lockstep.
 
-    Returns a list of ``minari.data_collector.EpisodeBuffer`` (observations ``[T + 1, S]``; a cut
-    final episode is neither terminated nor truncated, so its last ``next observation`` is real).
+    Returns ``minari.data_collector.EpisodeBuffer`` s ordered by the episode's start (episode ``i``
+    reset with ``seed + i``). ``policy=None`` is the uniform random policy (seeded with ``seed``).
     """
     import gymnasium as gym
-    from minari.data_collector import EpisodeBuffer
     from tqdm.auto import tqdm
 
-    if num_transitions <= 0:
-        raise ValueError(f"num_transitions must be positive, got {num_transitions}.")
-    env = gym.make(env_id)
-    policy = policy or random_policy(env.action_space)
-    rng = np.random.default_rng(seed)
-    episodes, total = [], 0
-    with tqdm(total=num_transitions, desc=f"rollouts {env_id}", disable=not progress) as bar:
+    if not isinstance(num_transitions, int) or num_transitions <= 0:
+        raise ValueError(f"num_transitions must be a positive int, got {num_transitions!r}.")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+    num_envs = min(num_envs, num_transitions)
+    envs = [gym.make(env_id) for _ in range(num_envs)]
+    policy = policy or uniform_policy(envs[0].action_space, seed)
+    finished: list[_Episode] = []
+    started = 0
+
+    def start(k: int) -> _Episode:
+        nonlocal started
+        obs, _ = envs[k].reset(seed=seed + started)
+        episode = _Episode(started, seed + started, obs)
+        started += 1
+        return episode
+
+    running = [start(k) for k in range(num_envs)]
+    total = 0
+    with tqdm(
+        total=num_transitions, desc=f"rollouts {env_id}", disable=not progress, mininterval=1.0
+    ) as bar:
         while total < num_transitions:
-            ep = len(episodes)
-            obs, _ = env.reset(seed=seed + ep)
-            o, a, r, te, tr = [obs], [], [], [], []
-            while True:
-                action = policy(obs, rng)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                o.append(obs)
-                a.append(action)
-                r.append(reward)
-                te.append(terminated)
-                tr.append(truncated)
-                if terminated or truncated or total + len(a) >= num_transitions:
-                    break
-            episodes.append(
-                EpisodeBuffer(
-                    id=ep,
-                    seed=seed + ep,
-                    observations=np.stack(o),
-                    actions=np.stack(a).astype(np.float32),
-                    rewards=np.asarray(r, dtype=np.float64),
-                    terminations=np.asarray(te, dtype=bool),
-                    truncations=np.asarray(tr, dtype=bool),
-                )
-            )
-            total += len(a)
-            bar.update(len(a))
-    env.close()
-    return episodes
+            live = min(num_envs, num_transitions - total)  # the last step may use fewer envs
+            obs = np.stack([running[k].observations[-1] for k in range(live)])
+            actions = policy(obs)
+            for k in range(live):
+                episode = running[k]
+                next_obs, reward, terminated, truncated, _ = envs[k].step(actions[k])
+                episode.observations.append(next_obs)
+                episode.actions.append(actions[k])
+                episode.rewards.append(reward)
+                episode.terminations.append(terminated)
+                episode.truncations.append(truncated)
+                if terminated or truncated:
+                    finished.append(episode)
+                    running[k] = start(k)
+            total += live
+            bar.update(live)
+    finished.extend(e for e in running if e.actions)  # episodes cut by the budget
+    for env in envs:
+        env.close()
+    finished.sort(key=lambda e: e.id)
+    return [e.buffer() for e in finished]
+
+
+def episodes_sha256(episodes) -> str:
+    """sha256 over every episode's arrays, in order: the dataset's content fingerprint."""
+    h = hashlib.sha256()
+    for ep in episodes:
+        for arr in (ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations):
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
 
 
 def write_minari_dataset(
-    dataset_id: str, episodes, *, env_id: str, overwrite: bool = False, **metadata
+    dataset_id: str,
+    episodes,
+    *,
+    env_id: str,
+    overwrite: bool = False,
+    provenance: dict | None = None,
+    **metadata,
 ):
     """Write ``episodes`` as the local Minari dataset ``dataset_id``, atomically.
 
     ``metadata`` goes to :func:`minari.create_dataset_from_buffers` (``ref_min_score``,
-    ``ref_max_score``, ``description``, ``algorithm_name`` ...). Returns the dataset's directory.
+    ``ref_max_score``, ``description``, ``algorithm_name`` ...); ``provenance`` is written as
+    ``provenance.json`` in the dataset directory. Returns the dataset's directory.
     """
     import minari
     from minari.storage.datasets_root_dir import get_dataset_path
@@ -153,6 +244,10 @@ def write_minari_dataset(
                 ),
                 **metadata,
             )
+        if provenance is not None:
+            (staging / dataset_id / "provenance.json").write_text(
+                json.dumps(provenance, indent=2, default=str) + "\n"
+            )
         final.parent.mkdir(parents=True, exist_ok=True)
         # namespace metadata files (one per namespace level) are created by minari on demand
         for ns_file in staging.rglob("namespace_metadata.json"):
@@ -172,13 +267,62 @@ def write_minari_dataset(
     return final
 
 
-def episodes_sha256(episodes) -> str:
-    """sha256 over every episode's arrays, in order: the dataset's content fingerprint."""
-    h = hashlib.sha256()
-    for ep in episodes:
-        for arr in (ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations):
-            h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
+def read_provenance(dataset_id: str) -> dict | None:
+    """The ``provenance.json`` of a local dataset written by this module (``None`` if absent)."""
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    path = Path(get_dataset_path(dataset_id)) / "provenance.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _versions() -> dict[str, str]:
+    import gymnasium
+    import minari
+    import mujoco
+    import torch
+    import torchrl
+
+    import torchrl_sym
+
+    return {
+        "torchrl_sym": torchrl_sym.__version__,
+        "torch": torch.__version__,
+        "torchrl": torchrl.__version__,
+        "gymnasium": gymnasium.__version__,
+        "mujoco": mujoco.__version__,
+        "minari": minari.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _replay_episodes(env: str):
+    from minari.data_collector import EpisodeBuffer
+
+    from torchrl_sym.data.policies import load_medium_replay
+
+    return [
+        EpisodeBuffer(
+            id=i,
+            observations=e["observations"],
+            actions=e["actions"].astype(np.float32),
+            rewards=e["rewards"].astype(np.float64),
+            terminations=e["terminations"].astype(bool),
+            truncations=e["truncations"].astype(bool),
+        )
+        for i, e in enumerate(load_medium_replay(env))
+    ]
+
+
+def _reference_returns(family: str) -> tuple[float | None, float | None]:
+    """(random mean return, expert mean return) from the shipped cards, or Nones without cards."""
+    from torchrl_sym.data.policies import load_card
+
+    try:
+        return float(load_card(family, "random")["return_mean"]), float(
+            load_card(family, "expert")["return_mean"]
+        )
+    except FileNotFoundError:
+        return None, None
 
 
 def generate_dataset(
@@ -187,32 +331,83 @@ def generate_dataset(
     *,
     num_transitions: int = 1_000_000,
     seed: int = 0,
+    num_envs: int = 16,
     overwrite: bool = False,
     progress: bool = True,
 ) -> str:
-    """Generate ``torchrl_sym/<env>/<kind>-v0`` locally and return its id."""
+    """Generate ``torchrl_sym/<family>/<kind>-v0`` locally (see the module docstring); return its id."""
+    from torchrl_sym.data.policies import load_card
     from torchrl_sym.envs import resolve_env_id
 
     if kind not in DATASET_KINDS:
-        raise ValueError(
-            f"Unknown dataset kind {kind!r}; this version can generate {DATASET_KINDS}."
+        raise ValueError(f"Unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}.")
+    family = _family(env)
+    env_id = resolve_env_id(family)
+    dataset_id = dataset_id_for(family, kind)
+    rollout = {"num_envs": num_envs, "progress": progress}
+    policies: dict[str, dict | str] = {}
+    if kind == "random":
+        episodes = rollout_episodes(env_id, None, num_transitions, seed=seed, **rollout)
+        policies["random"] = "uniform random actions"
+    elif kind in ("medium", "expert"):
+        episodes = rollout_episodes(
+            env_id, behavior_policy(family, kind, seed), num_transitions, seed=seed, **rollout
         )
-    env_id = resolve_env_id(env)
-    dataset_id = dataset_id_for(env, kind)
-    episodes = rollout_episodes(env_id, None, num_transitions, seed=seed, progress=progress)
+        policies[kind] = load_card(family, kind)
+    elif kind == "medium-replay":
+        episodes = _replay_episodes(family)
+        policies["medium-replay"] = load_card(family, "medium")
+    else:
+        medium = rollout_episodes(
+            env_id, behavior_policy(family, "medium", seed), num_transitions, seed=seed, **rollout
+        )
+        expert = rollout_episodes(
+            env_id,
+            behavior_policy(family, "expert", seed + 1),
+            num_transitions,
+            seed=seed + 1,
+            **rollout,
+        )
+        episodes = medium + expert
+        policies["medium"], policies["expert"] = (
+            load_card(family, "medium"),
+            load_card(family, "expert"),
+        )
+    episodes = [dataclasses.replace(ep, id=i) for i, ep in enumerate(episodes)]
     sha = episodes_sha256(episodes)
+    steps = sum(len(ep.actions) for ep in episodes)
+    ref_min, ref_max = _reference_returns(family)
+    provenance = {
+        "dataset_id": dataset_id,
+        "env_id": env_id,
+        "kind": kind,
+        "policies": policies,
+        "seed": seed,
+        "transitions": steps,
+        "episodes": len(episodes),
+        "ref_min_score": ref_min,
+        "ref_max_score": ref_max,
+        "sha256": sha,
+        "versions": _versions(),
+        "command": f"python -m torchrl_sym.data.generate {family} {kind} --transitions {num_transitions} --seed {seed}",
+    }
+    refs = {} if ref_max is None else {"ref_min_score": ref_min, "ref_max_score": ref_max}
     write_minari_dataset(
         dataset_id,
         episodes,
         env_id=env_id,
         overwrite=overwrite,
-        algorithm_name=f"{kind} policy (torchrl_sym.data.generate, seed={seed})",
+        provenance=provenance,
+        **refs,
+        algorithm_name=f"{kind} policy (torchrl_sym.data.generate)",
         description=(
-            f"{kind} policy rollouts in {env_id}: {num_transitions} transitions, seed {seed}, "
-            f"sha256 {sha}."
+            f"D4RL-style {kind} data in {env_id}: {steps} transitions, {len(episodes)} episodes, seed {seed}, "
+            f"sha256 {sha}. Provenance in provenance.json."
         ),
     )
-    logger.info("wrote %s (%d episodes, sha256 %s)", dataset_id, len(episodes), sha)
+    logger.info(
+        "wrote %s (%d transitions, %d episodes, sha256 %s)", dataset_id, steps, len(episodes), sha
+    )
     return dataset_id
 
 
@@ -220,24 +415,42 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m torchrl_sym.data.generate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("env", help="hopper, halfcheetah, walker2d, ant (or a v5 id)")
-    parser.add_argument("kind", choices=DATASET_KINDS)
+    parser.add_argument("env", nargs="?", help=f"one of {ENV_FAMILIES} (or a v5 id)")
+    parser.add_argument("kind", nargs="?", choices=DATASET_KINDS)
+    parser.add_argument("--all", action="store_true", help="every env family and every kind")
     parser.add_argument("--transitions", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        dataset_id = generate_dataset(
-            args.env,
-            args.kind,
-            num_transitions=args.transitions,
-            seed=args.seed,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(dataset_id)
+    if args.all == bool(args.env or args.kind):
+        parser.error("give ENV KIND, or --all")
+    if not args.all and not (args.env and args.kind):
+        parser.error("give both ENV and KIND")
+    jobs = (
+        [(e, k) for e in ENV_FAMILIES for k in DATASET_KINDS]
+        if args.all
+        else [(args.env, args.kind)]
+    )
+    from torchrl_sym.data.offline import _local_minari_ids
+
+    for env, kind in jobs:
+        if args.all and not args.overwrite and dataset_id_for(env, kind) in _local_minari_ids():
+            print(f"{dataset_id_for(env, kind)} exists (--overwrite to rebuild)")
+            continue
+        try:
+            dataset_id = generate_dataset(
+                env,
+                kind,
+                num_transitions=args.transitions,
+                seed=args.seed,
+                num_envs=args.num_envs,
+                overwrite=args.overwrite,
+            )
+        except (ValueError, FileExistsError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(dataset_id)
     return 0
 
 

@@ -1,0 +1,148 @@
+"""Behavior policies shipped with the package, and their cards.
+
+For each env family (hopper, halfcheetah, walker2d) this folder holds
+
+* ``<family>_expert.pt`` and ``<family>_medium.pt``: SAC actor weights (``make_tanh_gaussian_actor``)
+  with the architecture needed to rebuild them;
+* ``<family>_expert.json``, ``<family>_medium.json``: the card (env, SAC training steps, mean and
+  std of the deterministic return over 20 episodes, seeds, the commands that reproduce it);
+* ``<family>_random.json``: the uniform random policy's return statistics (the datasets'
+  ``ref_min_score``);
+* ``<family>_medium_replay.npz``: the SAC replay buffer up to the medium checkpoint (episodes in
+  collection order), the source of the medium-replay dataset.
+
+They are built from ``recipes/sac.py`` runs by :mod:`torchrl_sym.data.policies.build`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+__all__ = [
+    "POLICY_DIR",
+    "POLICY_KINDS",
+    "BehaviorPolicy",
+    "available_policies",
+    "load_behavior_policy",
+    "load_card",
+    "load_medium_replay",
+]
+
+POLICY_DIR = Path(__file__).resolve().parent
+POLICY_KINDS = ("medium", "expert")
+
+
+def _family(env: str) -> str:
+    from torchrl_sym.envs import ENV_IDS, resolve_env_id
+
+    env_id = resolve_env_id(env)
+    for family, known in ENV_IDS.items():
+        if known == env_id:
+            return family
+    raise ValueError(
+        f"No shipped behavior policies for env {env!r}; available: {available_policies()}."
+    )
+
+
+def available_policies() -> list[tuple[str, str]]:
+    """``(family, kind)`` pairs with a shipped actor."""
+    out = []
+    for path in sorted(POLICY_DIR.glob("*_*.pt")):
+        family, kind = path.stem.split("_", 1)
+        out.append((family, kind))
+    return out
+
+
+def load_card(env: str, kind: str) -> dict:
+    """The card of a shipped policy (``kind`` in medium, expert, random)."""
+    family = _family(env)
+    path = POLICY_DIR / f"{family}_{kind}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No card for the {kind} policy of {family} in {POLICY_DIR}; available policies: "
+            f"{available_policies()}."
+        )
+    return json.loads(path.read_text())
+
+
+class BehaviorPolicy:
+    """A shipped SAC actor that acts on numpy observations.
+
+    ``act(obs, generator)`` samples ``a = tanh(μ(s) + σ(s) · ε)`` with ``ε`` drawn from ``generator``
+    (so a rollout is reproducible from a seed); ``deterministic=True`` returns ``tanh(μ(s))``.
+    """
+
+    def __init__(self, actor, card: dict):
+        self.actor = actor.eval()
+        self.card = card
+        self._params_net = actor.module[0]  # observation -> (loc, scale)
+
+    @torch.no_grad()
+    def act(
+        self,
+        observation: np.ndarray,
+        generator: torch.Generator | None = None,
+        *,
+        deterministic: bool = False,
+    ) -> np.ndarray:
+        obs = torch.as_tensor(np.asarray(observation), dtype=torch.float32)
+        td = self._params_net(TensorDict({"observation": obs}, obs.shape[:-1]))
+        u = td["loc"]
+        if not deterministic:
+            u = u + td["scale"] * torch.randn(u.shape, generator=generator)
+        return torch.tanh(u).numpy()
+
+
+def load_behavior_policy(env: str, kind: str) -> BehaviorPolicy:
+    """Load the shipped ``kind`` ("medium" or "expert") policy of ``env``."""
+    from torchrl_sym.models import make_tanh_gaussian_actor
+
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"kind must be one of {POLICY_KINDS}, got {kind!r}.")
+    family = _family(env)
+    path = POLICY_DIR / f"{family}_{kind}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No shipped {kind} policy for {family} ({path} is missing); available: "
+            f"{available_policies()}. Build one with recipes/sac.py and "
+            "python -m torchrl_sym.data.policies.build."
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    actor = make_tanh_gaussian_actor(
+        int(blob["obs_dim"]), int(blob["act_dim"]), [int(h) for h in blob["hidden"]]
+    )
+    actor.load_state_dict(blob["state_dict"])
+    return BehaviorPolicy(actor, load_card(family, kind))
+
+
+def load_medium_replay(env: str) -> list[dict[str, np.ndarray]]:
+    """The SAC replay episodes up to the medium checkpoint, as Minari-style episode dicts.
+
+    Each dict has ``observations [T + 1, S]``, ``actions [T, A]``, ``rewards [T]``,
+    ``terminations [T]``, ``truncations [T]``.
+    """
+    family = _family(env)
+    path = POLICY_DIR / f"{family}_medium_replay.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"No medium-replay data for {family} ({path} is missing).")
+    z = np.load(path)
+    obs_ends = np.cumsum(z["episode_lengths"] + 1)
+    act_ends = np.cumsum(z["episode_lengths"])
+    episodes = []
+    for i, (oe, ae) in enumerate(zip(obs_ends, act_ends)):
+        t = int(z["episode_lengths"][i])
+        episodes.append(
+            {
+                "observations": z["observations"][oe - t - 1 : oe],
+                "actions": z["actions"][ae - t : ae],
+                "rewards": z["rewards"][ae - t : ae],
+                "terminations": z["terminations"][ae - t : ae],
+                "truncations": z["truncations"][ae - t : ae],
+            }
+        )
+    return episodes

@@ -63,6 +63,10 @@ def _run_dir(cfg) -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _whole_batches(interval: int, frames_per_batch: int) -> int:
+    return -(-interval // frames_per_batch) * frames_per_batch
+
+
 @hydra.main(config_path="../configs", config_name="sac", version_base="1.3")
 def main(cfg) -> dict:
     from omegaconf import OmegaConf
@@ -134,17 +138,17 @@ def main(cfg) -> dict:
         run_name=f"sac-{env_id}-s{cfg.seed}",
     )
     evals_path = run_dir / "actors" / "evals.csv"
-    fpb = int(hp.frames_per_batch)
-    for key in ("save_interval", "checkpoint.interval"):
-        value = int(OmegaConf.select(cfg, key))
-        if value % fpb:
-            raise ValueError(f"{key}={value} must be a multiple of sac.frames_per_batch={fpb}.")
+    # env steps per collector batch; save/checkpoint intervals are rounded up to whole batches
+    fpb = min(int(hp.frames_per_batch), total)
+    init_random = min(int(hp.init_random_frames), total // 2) // fpb * fpb
+    save_interval = _whole_batches(min(int(cfg.save_interval), total), fpb)
+    checkpoint_interval = _whole_batches(min(int(cfg.checkpoint.interval), total), fpb)
     collector = Collector(
         train_env,
         actor,
         frames_per_batch=fpb,
         total_frames=max(total - frames, fpb),
-        init_random_frames=max(int(hp.init_random_frames) - frames, 0),
+        init_random_frames=max(init_random - frames, 0),
         exploration_type=ExplorationType.RANDOM,
         auto_register_policy_transforms=False,
     )
@@ -155,12 +159,12 @@ def main(cfg) -> dict:
         batch = batch.reshape(-1)
         buffer.extend(batch.select(*KEEP))
         frames += batch.numel()
-        if frames >= int(hp.init_random_frames):
+        if frames >= init_random:
             for _ in range(int(hp.utd) * batch.numel()):
                 last_out = update_fn(buffer.sample())
                 updates += 1
         collector.update_policy_weights_()
-        if frames % int(cfg.save_interval) == 0 or frames >= total:
+        if frames % save_interval == 0 or frames >= total:
             returns = evaluate_policy(
                 eval_env, actor, num_episodes=int(cfg.eval.episodes), seed=int(cfg.seed) + 1000
             )
@@ -192,7 +196,7 @@ def main(cfg) -> dict:
                 returns.mean(),
                 returns.std(unbiased=False),
             )
-        if frames % int(cfg.checkpoint.interval) == 0 or frames >= total:
+        if frames % checkpoint_interval == 0 or frames >= total:
             ckpts.save(
                 frames,
                 {

@@ -137,7 +137,7 @@ def rollout_episodes(
     num_transitions: int,
     *,
     seed: int = 0,
-    num_envs: int = 16,
+    num_envs: int = 32,
     progress: bool = True,
 ):
     """Roll ``policy`` out for exactly ``num_transitions`` steps over ``num_envs`` envs in lockstep.
@@ -331,7 +331,7 @@ def generate_dataset(
     *,
     num_transitions: int = 1_000_000,
     seed: int = 0,
-    num_envs: int = 16,
+    num_envs: int = 32,
     overwrite: bool = False,
     progress: bool = True,
 ) -> str:
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every env family and every kind")
     parser.add_argument("--transitions", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-envs", type=int, default=16)
+    parser.add_argument("--num-envs", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     if args.all == bool(args.env or args.kind):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tensordict import TensorDict
 
 __all__ = [
     "POLICY_DIR",
@@ -80,7 +79,9 @@ class BehaviorPolicy:
     def __init__(self, actor, card: dict):
         self.actor = actor.eval()
         self.card = card
-        self._params_net = actor.module[0]  # observation -> (loc, scale)
+        # observation -> (loc, scale) as a plain nn.Module: rollouts call it once per step, and the
+        # TensorDict wrappers cost more than the MLP at these sizes
+        self._params_net = actor.module[0].module
 
     @torch.no_grad()
     def act(
@@ -91,10 +92,9 @@ class BehaviorPolicy:
         deterministic: bool = False,
     ) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation), dtype=torch.float32)
-        td = self._params_net(TensorDict({"observation": obs}, obs.shape[:-1]))
-        u = td["loc"]
+        u, scale = self._params_net(obs)
         if not deterministic:
-            u = u + td["scale"] * torch.randn(u.shape, generator=generator)
+            u = u + scale * torch.randn(u.shape, generator=generator)
         return torch.tanh(u).numpy()
 
 

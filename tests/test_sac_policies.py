@@ -1,0 +1,133 @@
+"""recipes/sac.py (smoke, resume) and the build of behavior policies and cards from its run."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchrl_sym.data.policies.build import build, select_snapshots
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sac(run_dir, *overrides):
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "sac.py"),
+        "env=hopper",
+        "compile=false",
+        "logger.backend=none",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def sac_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("sac") / "run"
+    _sac(
+        run_dir,
+        "train.max_steps_per_stage=150",
+        "save_interval=50",
+        "sac.frames_per_batch=50",
+        "sac.batch_size=32",
+        "eval.episodes=2",
+    )
+    return run_dir
+
+
+def test_sac_run_saves_actors_evaluations_replay_and_checkpoints(sac_run):
+    with open(sac_run / "actors" / "evals.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frames"]) for r in rows] == [50, 100, 150]
+    assert all(np.isfinite(float(r["return_mean"])) for r in rows)
+    for frames in (50, 100, 150):
+        assert (sac_run / "actors" / f"actor_{frames:08d}.pt").is_file()
+    replay = torch.load(sac_run / "replay_buffer.pt", weights_only=False)
+    assert replay.shape[0] == 150
+    # transitions in collection order: within a trajectory, s' of step t is s of step t + 1
+    traj = replay["collector", "traj_ids"].reshape(-1)
+    same = traj[1:] == traj[:-1]
+    torch.testing.assert_close(
+        replay["next", "observation"][:-1][same], replay["observation"][1:][same]
+    )
+    assert json.loads((sac_run / "summary.json").read_text())["frames"] == 150
+    state = torch.load(sorted((sac_run / "checkpoints").glob("ckpt_*.pt"))[-1], weights_only=False)
+    assert state["frames"] == 150 and state["buffer"].shape[0] == 150
+
+
+def test_sac_resumes_from_its_checkpoint(sac_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(sac_run, run_dir)
+    _sac(
+        tmp_path / "unused",
+        f"resume={run_dir}",
+        "train.max_steps_per_stage=200",
+        "save_interval=50",
+        "sac.frames_per_batch=50",
+        "sac.batch_size=32",
+        "eval.episodes=1",
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["frames"] == 200
+    assert torch.load(run_dir / "replay_buffer.pt", weights_only=False).shape[0] == 200
+    with open(run_dir / "actors" / "evals.csv") as f:
+        assert [int(r["frames"]) for r in csv.DictReader(f)] == [50, 100, 150, 200]
+
+
+def test_select_snapshots_follows_d4rl():
+    evals = [(5000, 100.0), (10000, 400.0), (15000, 1100.0), (20000, 3000.0), (25000, 2500.0)]
+    # expert: the best evaluated snapshot; medium: the earlier one closest to a third of it
+    assert select_snapshots(evals) == (20000, 15000)
+    with pytest.raises(ValueError, match="medium"):
+        select_snapshots([(5000, 900.0), (10000, 100.0)])
+
+
+def test_build_writes_policies_cards_and_replay(sac_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(sac_run, run)
+    # a tiny run's evaluations are noise: fix them so the expert is the last snapshot (150) and
+    # the medium the one closest to a third of its return (50)
+    (run / "actors" / "evals.csv").write_text(
+        "frames,return_mean,return_std\n50,95.0,1\n100,200.0,1\n150,300.0,1\n"
+    )
+    out = tmp_path / "policies"
+    cards = build("hopper", run, out, episodes=3, random_episodes=5)
+    assert set(cards) == {"expert", "medium", "random"}
+    for kind in ("expert", "medium"):
+        card = json.loads((out / f"hopper_{kind}.json").read_text())
+        assert card["env_id"] == "Hopper-v5" and card["episodes"] == 3 and card["train_seed"] == 0
+        assert card["training_env_steps"] == {"expert": 150, "medium": 50}[kind]
+        assert "python recipes/sac.py env=hopper" in card["reproduce"][0]
+        blob = torch.load(out / f"hopper_{kind}.pt", weights_only=True)
+        assert blob["obs_dim"] == 11 and blob["act_dim"] == 3
+        saved = torch.load(
+            sac_run / "actors" / f"actor_{card['training_env_steps']:08d}.pt", weights_only=True
+        )
+        assert all(torch.equal(saved[k], blob["state_dict"][k]) for k in saved)
+    random_card = json.loads((out / "hopper_random.json").read_text())
+    assert (
+        random_card["episodes"] == 5
+        and random_card["return_mean"] == cards["random"]["return_mean"]
+    )
+    z = np.load(out / "hopper_medium_replay.npz")
+    lengths = z["episode_lengths"]
+    assert lengths.sum() == cards["medium"]["training_env_steps"] == z["actions"].shape[0]
+    assert z["observations"].shape[0] == lengths.sum() + len(lengths)
+    replay = torch.load(sac_run / "replay_buffer.pt", weights_only=False)
+    np.testing.assert_array_equal(z["actions"], replay["action"][: lengths.sum()].numpy())
+    np.testing.assert_array_equal(z["observations"][0], replay["observation"][0].numpy())

@@ -16,6 +16,7 @@ from torchrl_sym.data.policies import (
     load_card,
     load_medium_replay,
 )
+from torchrl_sym.envs import resolve_env_id
 
 SHIPPED = sorted({family for family, _ in available_policies()})
 needs_policies = pytest.mark.skipif(not SHIPPED, reason="no behavior policies shipped")
@@ -168,6 +169,13 @@ def test_medium_and_expert_generation_round_trip_with_reference_scores():
     prov = gen.read_provenance(medium)
     assert prov["policies"]["medium"]["sha256"] == load_card(family, "medium")["sha256"]
 
+    # medium-expert = the medium dataset followed by the expert dataset (same size and seed)
+    gen.generate_dataset(
+        family, "medium", num_transitions=200, seed=0, num_envs=4, progress=False, overwrite=True
+    )
+    gen.generate_dataset(
+        family, "expert", num_transitions=200, seed=0, num_envs=4, progress=False, overwrite=True
+    )
     both = gen.generate_dataset(
         family,
         "medium-expert",
@@ -177,7 +185,25 @@ def test_medium_and_expert_generation_round_trip_with_reference_scores():
         progress=False,
         overwrite=True,
     )
-    assert minari.load_dataset(both).total_steps == 400
+    me, _ = load_offline_dataset(both, action_clip=None)
+    parts = [
+        load_offline_dataset(gen.dataset_id_for(family, k), action_clip=None)[0]
+        for k in ("medium", "expert")
+    ]
+    assert me.shape[0] == 400
+    np.testing.assert_array_equal(
+        me["observation"].numpy(), np.concatenate([p["observation"].numpy() for p in parts])
+    )
+    # reading the parts from disk equals rolling them out again
+    fresh = gen.rollout_episodes(
+        resolve_env_id(family),
+        gen.behavior_policy(family, "medium", 0),
+        200,
+        seed=0,
+        num_envs=4,
+        progress=False,
+    )
+    np.testing.assert_array_equal(fresh[0].actions, minari.load_dataset(both)[0].actions)
 
 
 @needs_policies

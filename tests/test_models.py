@@ -207,3 +207,17 @@ def test_parameter_counts_for_2x256():
     # LayerNorm adds a gain and a bias per hidden unit: 2·(256 + 256)
     assert _count(make_qvalue(OBS, ACT, layer_norm=True)) == q_count + 4 * h
     assert _count(make_value(OBS, layer_norm=True)) == v_count + 4 * h
+
+
+def test_tanh_gaussian_actor_with_clamped_log_scale():
+    from torchrl_sym.models import make_tanh_gaussian_actor
+
+    actor = make_tanh_gaussian_actor(4, 2, (8,), log_std_bounds=(-5.0, 2.0))
+    net = actor.module[0].module
+    with torch.no_grad():
+        net[0][-1].bias.zero_()
+        net[0][-1].weight.zero_()
+        net[0][-1].bias[2:] = torch.tensor([10.0, -10.0])  # log-scales beyond both bounds
+    loc, scale = net(torch.randn(3, 4))
+    torch.testing.assert_close(scale, torch.tensor([[2.0, -5.0]]).exp().expand(3, 2))
+    torch.testing.assert_close(loc, torch.zeros(3, 2))

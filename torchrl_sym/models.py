@@ -87,13 +87,31 @@ def make_gaussian_actor(
     )
 
 
+class ClampedLogScale(nn.Module):
+    """``[loc, log σ] -> (loc, exp(clip(log σ, lo, hi)))``: a state-dependent scale within bounds."""
+
+    def __init__(self, log_std_bounds: tuple[float, float]):
+        super().__init__()
+        self.log_std_bounds = tuple(log_std_bounds)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_scale = x.chunk(2, -1)
+        return loc, log_scale.clamp(*self.log_std_bounds).exp()
+
+
 def make_tanh_gaussian_actor(
-    obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256)
+    obs_dim: int,
+    action_dim: int,
+    hidden: Sequence[int] = (256, 256),
+    *,
+    log_std_bounds: tuple[float, float] | None = None,
 ) -> ProbabilisticActor:
     """SAC's actor: ``observation -> (loc, scale)`` by an MLP, ``action = tanh(loc + scale · ε)``.
 
-    The scale is ``softplus(x + softplus⁻¹(1)) + 1e-4`` (TorchRL's ``biased_softplus_1.0``), so an
-    untrained actor starts near unit scale. Deterministic mode returns ``tanh(loc)``.
+    By default the scale is ``softplus(x + softplus⁻¹(1)) + 1e-4`` (TorchRL's
+    ``biased_softplus_1.0``), so an untrained actor starts near unit scale; with
+    ``log_std_bounds=(lo, hi)`` it is ``exp(clip(x, lo, hi))`` (Sf-AC's ``[e⁻⁵, e²]``).
+    Deterministic mode returns ``tanh(loc)``.
     """
     mlp = MLP(
         in_features=obs_dim,
@@ -102,7 +120,12 @@ def make_tanh_gaussian_actor(
         activation_class=nn.ReLU,
     )
     net = TensorDictModule(
-        nn.Sequential(mlp, NormalParamExtractor(scale_mapping="biased_softplus_1.0")),
+        nn.Sequential(
+            mlp,
+            NormalParamExtractor(scale_mapping="biased_softplus_1.0")
+            if log_std_bounds is None
+            else ClampedLogScale(log_std_bounds),
+        ),
         in_keys=["observation"],
         out_keys=["loc", "scale"],
     )

@@ -11,8 +11,8 @@ Kinds, as D4RL built them:
 * ``expert``: the shipped expert policy (SAC trained as far as our budget allowed), stochastic;
 * ``medium-replay``: the SAC replay buffer up to the medium snapshot (its size is fixed by
   training; ``--transitions`` does not apply);
-* ``medium-expert``: medium + expert episodes (each ``--transitions`` long, seeds ``seed`` and
-  ``seed + 1``).
+* ``medium-expert``: the medium dataset followed by the expert dataset (each ``--transitions``
+  long, same seed; read from disk when both exist with that size and seed).
 
 Each dataset is the local Minari dataset ``torchrl_sym/<family>/<kind>-v0`` (under
 ``MINARI_DATASETS_PATH`` or ``~/.minari/datasets``), with ``ref_min_score`` = the random policy's
@@ -313,6 +313,39 @@ def _replay_episodes(env: str):
     ]
 
 
+def _local_or_rollout(family: str, kind: str, num_transitions: int, seed: int, rollout: dict):
+    """The episodes of ``torchrl_sym/<family>/<kind>-v0`` if it exists with this size and seed (rollouts
+    are deterministic, so reading it equals rolling out again), else a fresh rollout."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from torchrl_sym.envs import resolve_env_id
+
+    dataset_id = dataset_id_for(family, kind)
+    prov = read_provenance(dataset_id) if dataset_id in _local_ids() else None
+    if prov and prov.get("seed") == seed and prov.get("transitions") == num_transitions:
+        return [
+            EpisodeBuffer(
+                id=ep.id,
+                seed=seed + ep.id,
+                observations=ep.observations,
+                actions=ep.actions,
+                rewards=np.asarray(ep.rewards, dtype=np.float64),
+                terminations=ep.terminations,
+                truncations=ep.truncations,
+            )
+            for ep in minari.load_dataset(dataset_id).iterate_episodes()
+        ]
+    policy = behavior_policy(family, kind, seed)
+    return rollout_episodes(resolve_env_id(family), policy, num_transitions, seed=seed, **rollout)
+
+
+def _local_ids() -> list[str]:
+    from torchrl_sym.data.offline import _local_minari_ids
+
+    return _local_minari_ids()
+
+
 def _reference_returns(family: str) -> tuple[float | None, float | None]:
     """(random mean return, expert mean return) from the shipped cards, or Nones without cards."""
     from torchrl_sym.data.policies import load_card
@@ -358,21 +391,11 @@ def generate_dataset(
         episodes = _replay_episodes(family)
         policies["medium-replay"] = load_card(family, "medium")
     else:
-        medium = rollout_episodes(
-            env_id, behavior_policy(family, "medium", seed), num_transitions, seed=seed, **rollout
-        )
-        expert = rollout_episodes(
-            env_id,
-            behavior_policy(family, "expert", seed + 1),
-            num_transitions,
-            seed=seed + 1,
-            **rollout,
-        )
-        episodes = medium + expert
-        policies["medium"], policies["expert"] = (
-            load_card(family, "medium"),
-            load_card(family, "expert"),
-        )
+        # D4RL's medium-expert is the medium dataset followed by the expert dataset
+        episodes = []
+        for part in ("medium", "expert"):
+            episodes += _local_or_rollout(family, part, num_transitions, seed, rollout)
+            policies[part] = load_card(family, part)
     episodes = [dataclasses.replace(ep, id=i) for i, ep in enumerate(episodes)]
     sha = episodes_sha256(episodes)
     steps = sum(len(ep.actions) for ep in episodes)

@@ -31,6 +31,7 @@ from torchrl_sym.train.recipe import setup_run, stage_steps
 @hydra.main(config_path="../configs", config_name="iql", version_base="1.3")
 def main(cfg) -> dict:
     run = setup_run(cfg)
+    cfg = run.cfg  # with the task file's per-dataset settings
     hp = cfg.iql
     hidden = list(hp.hidden)
 

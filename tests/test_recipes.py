@@ -219,3 +219,61 @@ def test_experiment_and_profile_presets_compose():
             and default.iql.temperature == 3.0
             and default.data.batch_size == 256
         )
+
+
+@pytest.mark.parametrize(
+    ("dataset", "task"),
+    [
+        ("torchrl_sym/hopper/medium-replay-v0", "hopper-medium-replay"),
+        ("mujoco/walker2d/medium-v0", "walker2d-medium"),
+        ("/data/halfcheetah-medium-expert-v2.hdf5", "halfcheetah-medium-expert"),
+        ("toy2d/moons", "toy2d-moons"),
+    ],
+)
+def test_task_name(dataset, task):
+    from torchrl_sym.train.recipe import task_name
+
+    assert task_name(dataset) == task
+
+
+def test_task_file_is_merged_and_command_line_wins(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from torchrl_sym.train import recipe
+
+    (tmp_path / "task" / "xql").mkdir(parents=True)
+    (tmp_path / "task" / "xql" / "hopper-medium.yaml").write_text(
+        "dataset: torchrl_sym/hopper/medium-v0\nxql:\n  beta_loss: 5.0\n  max_clip: 7.0\ndata:\n  batch_size: 1024\n"
+    )
+    base = OmegaConf.create(
+        {
+            "algo": "xql",
+            "task": None,
+            "dataset": "mujoco/hopper/medium-v0",
+            "xql": {"beta_loss": 2.0, "max_clip": 7.0},
+            "data": {"batch_size": 256},
+        }
+    )
+    monkeypatch.setattr(
+        recipe, "_command_line_overrides", lambda: ["data.batch_size=64", "profile=smoke"]
+    )
+    out = recipe.apply_task(base, tmp_path)
+    assert out.task == "hopper-medium" and out.xql.beta_loss == 5.0
+    assert out.data.batch_size == 64  # the command line beats the task file
+    assert "profile" not in out  # group choices are not config keys
+    assert out.dataset == "torchrl_sym/hopper/medium-v0"
+    # no task file for this dataset: unchanged; an explicit unknown task: a clear error
+    other = OmegaConf.merge(base, {"dataset": "toy2d/moons"})
+    assert recipe.apply_task(other, tmp_path) == other
+    with pytest.raises(FileNotFoundError, match="hopper-medum"):
+        recipe.apply_task(OmegaConf.merge(base, {"task": "hopper-medum"}), tmp_path)
+
+
+def test_shipped_task_files_hold_the_published_settings():
+    from omegaconf import OmegaConf
+
+    xql = OmegaConf.load(CONFIGS / "task" / "xql" / "walker2d-medium.yaml")
+    assert (xql.xql.beta_loss, xql.xql.max_clip, xql.data.batch_size) == (10.0, 7.0, 1024)
+    assert OmegaConf.load(CONFIGS / "task" / "sql" / "hopper-medium-expert.yaml").sql.alpha == 5.0
+    for algo in ("iql", "sql", "xql", "awac", "sfac"):
+        assert len(list((CONFIGS / "task" / algo).glob("*.yaml"))) == 9

@@ -211,10 +211,87 @@ def _run_dir(cfg) -> Path:
         return path
 
 
+def task_name(dataset: str) -> str:
+    """``<family>-<kind>`` for a dataset id or path: ``torchrl_sym/hopper/medium-replay-v0``,
+    ``mujoco/hopper/medium-replay-v0`` and ``/data/hopper-medium-replay-v2.hdf5`` all give
+    ``hopper-medium-replay``; ``toy2d/moons`` gives ``toy2d-moons``."""
+    import re
+
+    name = str(dataset)
+    if name.endswith((".hdf5", ".h5")):
+        stem = Path(name).stem
+    else:
+        parts = name.split("/")
+        stem = "-".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
+    return re.sub(r"-v\d+$", "", stem)
+
+
+def _config_dir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path)
+    except Exception:
+        pass
+    return None
+
+
+def apply_task(cfg, config_dir: Path | None = None):
+    """Merge ``configs/task/<algo>/<task>.yaml`` into ``cfg``; command-line overrides still win.
+
+    ``task`` is ``cfg.task`` when set, else derived from ``cfg.dataset`` (:func:`task_name`). A task
+    file holds the published per-dataset settings of an algorithm (and the dataset id, so that
+    ``task=hopper-medium`` alone picks data and settings). No file: ``cfg`` unchanged.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    config_dir = config_dir or _config_dir()
+    explicit = cfg.get("task")
+    task = explicit or task_name(cfg.dataset)
+    path = None if config_dir is None else config_dir / "task" / str(cfg.algo) / f"{task}.yaml"
+    if path is None or not path.is_file():
+        if explicit:
+            folder = None if config_dir is None else config_dir / "task" / str(cfg.algo)
+            known = (
+                sorted(p.stem for p in folder.glob("*.yaml")) if folder and folder.is_dir() else []
+            )
+            raise FileNotFoundError(
+                f"task={explicit!r}: no {path}; known tasks for {cfg.algo}: {known}."
+            )
+        return cfg
+    cli = _command_line_overrides()
+    merged = OmegaConf.merge(cfg, OmegaConf.load(path))
+    missing = object()
+    keep = [
+        o
+        for o in cli
+        if "=" in o and OmegaConf.select(cfg, o.split("=", 1)[0], default=missing) is not missing
+    ]
+    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(keep))
+    with open_dict(merged):
+        merged.task = task
+    return merged
+
+
+def _command_line_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [
+            o for o in HydraConfig.get().overrides.task if not o.startswith(("hydra", "~", "+"))
+        ]
+    except Exception:
+        return []
+
+
 def setup_run(cfg) -> Run:
-    """Seed, choose the device, make the run directory, save the config, load the data, log."""
+    """Apply the task file, seed, pick the device, make the run directory, save the config, load the
+    data, make the logger. Recipes read their settings from the returned ``run.cfg``."""
     from omegaconf import OmegaConf
 
+    cfg = apply_task(cfg)
     torch.manual_seed(int(cfg.seed))
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():

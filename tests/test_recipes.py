@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -277,3 +278,53 @@ def test_shipped_task_files_hold_the_published_settings():
     assert OmegaConf.load(CONFIGS / "task" / "sql" / "hopper-medium-expert.yaml").sql.alpha == 5.0
     for algo in ("iql", "sql", "xql", "awac", "sfac"):
         assert len(list((CONFIGS / "task" / algo).glob("*.yaml"))) == 9
+
+
+@pytest.mark.parametrize(
+    ("algo", "tags"),
+    [
+        (
+            "sfac",
+            [
+                "train/loss_behavior",
+                "train/csym",
+                "train/w2_nonzero_frac",
+                "train/r_clamped_frac",
+                "train/lr_sfac_3",
+            ],
+        ),
+        ("awac", ["train/loss_qvalue", "train/weight_ess"]),
+        ("sql", ["train/loss_value", "train/sparsity"]),
+        ("xql", ["train/loss_value", "train/clip_fraction", "train/value_scale"]),
+    ],
+)
+def test_sfac_and_baseline_recipes_smoke(tmp_path, recipe_dataset, algo, tags):
+    run_dir = tmp_path / "run"
+    _run(algo, "profile=smoke", f"dataset={recipe_dataset}", f"hydra.run.dir={run_dir}")
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 50
+    found = _tags(run_dir)
+    for tag in ("train/loss_actor", "eval/normalized_score", *tags):
+        assert tag in found, (tag, sorted(found))
+    for tag in tags:
+        assert all(np.isfinite(v) for _, v in found[tag])
+    if algo == "sfac":
+        # warm-up is 10% of the stage: the symmetry term is on at the last log step
+        assert found["train/symmetry_active"][-1][1] == 1.0
+
+
+def test_paper_presets_of_the_sfac_comparison():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for algo in ("sfac", "awac", "sql", "xql"):
+            cfg = compose(algo, overrides=["experiment=paper"], return_hydra_config=True)
+            assert cfg.train.steps == 1_000_000 and cfg.eval.interval == 10_000, algo
+            assert cfg.hydra.sweeper.params.seed == "0,1,2,3,4"
+        sfac = compose("sfac")
+        assert (sfac.sfac.divergence, sfac.sfac.n_loss, sfac.sfac.epsilon, sfac.sfac.kappa) == (
+            "jeffreys",
+            3,
+            0.2,
+            "balanced",
+        )
+        assert compose("awac").data.batch_size == 1024

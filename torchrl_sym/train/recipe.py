@@ -324,3 +324,47 @@ def setup_run(cfg) -> Run:
         buffer.info.num_transitions,
     )
     return Run(cfg=cfg, run_dir=run_dir, device=device, buffer=buffer, logger=logger)
+
+
+def network_optimizers(
+    loss, lr: float, networks, *, weight_decay: Mapping[str, float] | None = None
+) -> list:
+    """One Adam per network of a TorchRL loss (``<name>_network_params``), in ``networks`` order."""
+    weight_decay = dict(weight_decay or {})
+    opts = []
+    for name in networks:
+        params = getattr(loss, f"{name}_network_params", None)
+        if params is None:
+            raise AttributeError(f"{type(loss).__name__} has no {name}_network_params")
+        opts.append(
+            torch.optim.Adam(
+                params.values(True, True), lr=lr, weight_decay=weight_decay.get(name, 0.0)
+            )
+        )
+    return opts
+
+
+def train_one_stage(
+    run: Run, loss, optimizers, *, policy, tau: float, name: str, schedulers=()
+) -> dict[str, float]:
+    """The actor-critic recipes' shape: one ``train`` stage of ``train.steps`` updates of ``loss``
+    (all its ``loss_*`` terms, one optimizer per network), a Polyak target update every step,
+    evaluation of ``policy``; resumes from the run directory's latest checkpoint."""
+    from torchrl.objectives import SoftUpdate
+
+    from torchrl_sym.train.loop import Objective, TargetUpdate
+
+    stage = Stage(
+        "train",
+        stage_steps(run.cfg, run.cfg.train.steps),
+        objectives=[Objective(name, loss, list(optimizers), schedulers=list(schedulers))],
+        targets=[TargetUpdate(SoftUpdate(loss, tau=tau))],
+        evaluate=True,
+    )
+    return run.execute(run.make_loop([stage], modules={"loss": loss}, policy=policy))
+
+
+def cosine_schedule(optimizer, run: Run):
+    """Cosine decay of ``optimizer``'s learning rate to 0 over the main stage (IQL's actor)."""
+    steps = stage_steps(run.cfg, run.cfg.train.steps)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))

@@ -1,0 +1,230 @@
+"""Update speed of every loss beside TorchRL's own IQLLoss, eager and compiled, in one run.
+
+For each loss, one update is: forward on a batch, sum of the ``loss_*`` terms, backward, one Adam
+step per network, and the Polyak target update; at D4RL size (Hopper: observation 11, action 3,
+batch 256, 2×256 MLPs). Printed per loss:
+
+* updates/s eager and ``torch.compile`` d (inductor, whole update);
+* GFLOP per update, counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convs:
+  the work the update cannot avoid);
+* achieved GFLOP/s (compiled) and its fraction of this machine's large-matmul peak, measured in the
+  same run (a 2048³ float32 matmul), so the ratio holds whatever the load.
+
+    python benchmarks/bench_losses.py                  # all losses (several minutes: compiles)
+    python benchmarks/bench_losses.py --losses iql sfac --quick
+    python benchmarks/bench_losses.py --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+from tensordict import TensorDict
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+from torchrl.objectives import IQLLoss, SoftUpdate
+
+from torchrl_sym.models import (
+    make_gaussian_actor,
+    make_qvalue,
+    make_tanh_gaussian_actor,
+    make_value,
+)
+
+
+def _batch(n: int, obs_dim: int, act_dim: int, seed: int = 0) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        {
+            "observation": torch.randn(n, obs_dim, generator=g),
+            "action": (torch.rand(n, act_dim, generator=g) * 2 - 1) * (1 - 1e-5),
+            "next": {
+                "observation": torch.randn(n, obs_dim, generator=g),
+                "reward": torch.randn(n, 1, generator=g),
+                "done": torch.zeros(n, 1, dtype=torch.bool),
+                "terminated": torch.zeros(n, 1, dtype=torch.bool),
+            },
+        },
+        [n],
+    )
+
+
+def build_loss(name: str, obs_dim: int, act_dim: int, hidden: list[int]):
+    """The loss module of ``name`` with the networks its recipe uses."""
+    from torchrl_sym.objectives import AWACLoss, SfACLoss, SQLLoss, XQLLoss
+
+    if name == "iql":
+        loss = IQLLoss(
+            make_gaussian_actor(obs_dim, act_dim, hidden),
+            make_qvalue(obs_dim, act_dim, hidden),
+            make_value(obs_dim, hidden),
+            expectile=0.7,
+            temperature=3.0,
+            loss_function="l2",
+        )
+    elif name == "awac":
+        loss = AWACLoss(
+            make_gaussian_actor(obs_dim, act_dim, hidden), make_qvalue(obs_dim, act_dim, hidden)
+        )
+    elif name == "sql":
+        loss = SQLLoss(
+            make_gaussian_actor(obs_dim, act_dim, hidden),
+            make_qvalue(obs_dim, act_dim, hidden),
+            make_value(obs_dim, hidden),
+            alpha=2.0,
+        )
+    elif name == "xql":
+        loss = XQLLoss(
+            make_gaussian_actor(obs_dim, act_dim, hidden),
+            make_qvalue(obs_dim, act_dim, hidden),
+            make_value(obs_dim, hidden, layer_norm=True),
+        )
+    elif name == "sfac":
+        bounds = (-5.0, 2.0)
+        loss = SfACLoss(
+            make_tanh_gaussian_actor(obs_dim, act_dim, hidden, log_std_bounds=bounds),
+            make_qvalue(obs_dim, act_dim, hidden),
+            make_value(obs_dim, hidden),
+            make_tanh_gaussian_actor(obs_dim, act_dim, hidden, log_std_bounds=bounds),
+            behavior_warmup=0,
+        )
+    else:
+        raise ValueError(f"unknown loss {name!r}")
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
+def make_update(loss) -> Callable[[TensorDict], TensorDict]:
+    params = [p for p in loss.parameters() if p.requires_grad]
+    optim = torch.optim.Adam(params, lr=3e-4)
+    target = SoftUpdate(loss, tau=0.005)
+
+    def update(batch: TensorDict) -> TensorDict:
+        out = loss(batch)
+        total = sum(v for k, v in out.items() if k.startswith("loss_"))
+        optim.zero_grad(set_to_none=True)
+        total.backward()
+        optim.step()
+        target.step()
+        return out.detach()
+
+    return update
+
+
+def rate(fn: Callable[[], object], min_time: float, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time and calls >= 5:
+            return calls / elapsed
+
+
+def matmul_peak(n: int = 2048, min_time: float = 3.0) -> float:
+    """Large float32 matmul throughput in GFLOP/s (the machine's practical peak)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return rate(lambda: a @ b, min_time, warmup=2) * 2 * n**3 / 1e9
+
+
+class FlopCount(TorchDispatchMode):
+    """Counts FLOPs with ``torch.utils.flop_counter``'s formulas (matmuls, convolutions, attention).
+
+    ``FlopCounterMode`` itself also tracks modules, which fails on TensorDict modules (their
+    ``__bool__`` raises); the formulas are the same.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def flops_per_update(update, batch) -> float:
+    with FlopCount() as counter:
+        update(batch)
+    return counter.total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--losses", nargs="+", default=["iql", "awac", "sql", "xql", "sfac"])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--obs-dim", type=int, default=11)
+    parser.add_argument("--action-dim", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--min-time", type=float, default=5.0)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1 s timings")
+    parser.add_argument("--write", default=None, help="write the table (markdown) to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    min_time = 1.0 if args.quick else args.min_time
+    batch = _batch(args.batch, args.obs_dim, args.action_dim)
+    peak_before = matmul_peak(min_time=min_time)
+    rows = []
+    for name in args.losses:
+        torch.manual_seed(0)
+        loss = build_loss(name, args.obs_dim, args.action_dim, args.hidden)
+        update = make_update(loss)
+        flops = flops_per_update(update, batch)
+        eager = rate(lambda u=update: u(batch), min_time, warmup=5)
+        compiled = float("nan")
+        if not args.no_compile:
+            cupdate = torch.compile(update)
+            t0 = time.perf_counter()
+            cupdate(batch)
+            compile_s = time.perf_counter() - t0
+            compiled = rate(lambda u=cupdate: u(batch), min_time, warmup=5)
+        else:
+            compile_s = float("nan")
+        rows.append((name, eager, compiled, flops / 1e9, compile_s))
+        print(
+            f"{name:5s} eager {eager:7.1f}/s  compiled {compiled:7.1f}/s  {flops / 1e9:.3f} GFLOP/update  (compile {compile_s:.0f} s)",
+            flush=True,
+        )
+    peak = max(peak_before, matmul_peak(min_time=min_time))
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; large-matmul peak measured in this run: {peak:.0f} GFLOP/s.",
+        f"Batch {args.batch}, MLPs {args.hidden}, observation {args.obs_dim}, action {args.action_dim}.",
+        "",
+        "| loss | updates/s eager | updates/s compiled | compiled / eager | GFLOP per update | GFLOP/s compiled | fraction of peak | vs IQLLoss (compiled) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    iql = next((r for r in rows if r[0] == "iql"), None)
+    for name, eager, compiled, gflop, _ in rows:
+        achieved = compiled * gflop
+        rel = compiled / iql[2] if iql else float("nan")
+        label = "TorchRL IQLLoss" if name == "iql" else name
+        lines.append(
+            f"| {label} | {eager:.1f} | {compiled:.1f} | {compiled / eager:.2f} | {gflop:.3f} | {achieved:.1f} | {achieved / peak:.0%} | {rel:.2f} |"
+        )
+    table = "\n".join(lines)
+    print()
+    print(table)
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

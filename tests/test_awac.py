@@ -8,24 +8,37 @@ hand-built Gaussian in the same order (ã first, then a').
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import pytest
 import torch
-from tensordict import TensorDict
+from loss_harness import (
+    ACT,
+    GAMMA,
+    HIDDEN,
+    OBS,
+    B,
+    HandNetworks,
+    check_batch_untouched,
+    check_docstring_examples,
+    check_finite,
+    check_gradient_isolation,
+    check_keyword_call,
+    check_set_keys,
+    check_soft_update,
+    check_sum_reduction,
+    make_batch,
+    perturb_parameters,
+)
 from tensordict.nn import TensorDictModule
 from torch import nn
-from torchrl.objectives import IQLLoss, SoftUpdate
+from torchrl.objectives import IQLLoss
 
 import torchrl_sym.objectives.awac as awac_module
 from torchrl_sym.models import make_gaussian_actor, make_qvalue
 from torchrl_sym.objectives import AWACLoss
 
-B, OBS, ACT = 8, 3, 2
-HIDDEN = [16, 16]
-# TorchRL stores γ as a float32 buffer: 0.75 is exact in float32, so float64 checks stay tight
-GAMMA, LAMBDA, W_MAX = 0.75, 0.5, 100.0
+LAMBDA, W_MAX = 0.5, 100.0
 LOG_STD_BOUNDS = (-6.0, 0.0)  # rlkit's AWAC policy
 SEED = 1234
 
@@ -42,79 +55,19 @@ def _make_loss(dtype=torch.float64, seed=0, **kwargs) -> AWACLoss:
     kwargs = {"lambda_": LAMBDA, "w_max": W_MAX, "deactivate_vmap": True, **kwargs}
     loss = AWACLoss(actor, qvalue, num_qvalue_nets=2, **kwargs)
     loss.make_value_estimator(gamma=GAMMA)
-    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         # log σ: one component inside the bounds, one above (clipped to 0)
-        loss.actor_network_params["module", "0", "module", "log_std"].copy_(
-            torch.tensor([-0.7, 0.4], dtype=dtype)
-        )
-        online = loss.qvalue_network_params
-        target = loss.target_qvalue_network_params
-        for key, p in online.items(True, True):
-            # distinct heads, and target ≠ online, so using the wrong one shows up
-            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=dtype))
-            target[key].copy_(p + 0.05 * torch.randn(p.shape, generator=g, dtype=dtype))
+        perturb_parameters(loss, seed, dtype, log_std=(-0.7, 0.4))
         # a critic that cares about the action, so that A/λ spans several units
-        online["module", "4", "weight"].mul_(30.0)
-        target["module", "4", "weight"].mul_(30.0)
+        loss.qvalue_network_params["module", "4", "weight"].mul_(30.0)
+        loss.target_qvalue_network_params["module", "4", "weight"].mul_(30.0)
     return loss
-
-
-def _make_batch(dtype=torch.float64, seed=0) -> TensorDict:
-    g = torch.Generator().manual_seed(seed + 2)
-    terminated = torch.zeros(B, 1, dtype=torch.bool)
-    truncated = torch.zeros(B, 1, dtype=torch.bool)
-    terminated[[0, 3]] = True
-    truncated[1] = True  # truncated, not terminated: still bootstraps
-    return TensorDict(
-        {
-            "observation": torch.randn(B, OBS, generator=g, dtype=dtype),
-            "action": (torch.rand(B, ACT, generator=g, dtype=dtype) * 2 - 1) * (1 - 1e-5),
-            "next": {
-                "observation": torch.randn(B, OBS, generator=g, dtype=dtype),
-                "reward": torch.randn(B, 1, generator=g, dtype=dtype),
-                "terminated": terminated,
-                "truncated": truncated,
-                "done": terminated | truncated,
-            },
-        },
-        batch_size=[B],
-    )
-
-
-def _layers(params: TensorDict) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    keys = sorted(params.keys(), key=int)
-    return [(params[k, "weight"], params[k, "bias"]) for k in keys]
-
-
-def _mlp(layers, x: torch.Tensor) -> torch.Tensor:
-    """Linear → ReLU → … → Linear, written out."""
-    for w, b in layers[:-1]:
-        x = torch.relu(x @ w.T + b)
-    w, b = layers[-1]
-    return x @ w.T + b
 
 
 def _hand_networks(loss: AWACLoss):
     """Q_i (online), Q̄_i (target) and π's (loc, scale), reading the loss's parameters only."""
-    q_on = loss.qvalue_network_params.detach()["module"]
-    q_tg = loss.target_qvalue_network_params.detach()["module"]
-    a_p = loss.actor_network_params.detach()["module", "0", "module"]
-
-    def q(params, i, s, a):
-        return _mlp(_layers(params[i]), torch.cat([s, a], -1)).squeeze(-1)
-
-    def pi(s):
-        loc = torch.tanh(_mlp(_layers(a_p["mean"]), s))
-        return loc, a_p["log_std"].clamp(*LOG_STD_BOUNDS).exp().expand_as(loc)
-
-    def min_q(s, a):
-        return torch.minimum(q(q_on, 0, s, a), q(q_on, 1, s, a))
-
-    def min_q_bar(s, a):
-        return torch.minimum(q(q_tg, 0, s, a), q(q_tg, 1, s, a))
-
-    return (lambda i, s, a: q(q_on, i, s, a)), min_q, min_q_bar, pi
+    net = HandNetworks(loss, LOG_STD_BOUNDS)
+    return net.q, net.min_q, net.min_q_bar, net.pi
 
 
 def _log_prob(pi, s, a):
@@ -136,7 +89,7 @@ def _draw(pi, s):
 @pytest.mark.parametrize("weight_mode", ["batch_softmax", "exp_clip"])
 def test_awac_losses_equal_hand_written_spec_losses(weight_mode, entropy_coef):
     loss = _make_loss(weight_mode=weight_mode, entropy_coef=entropy_coef, deactivate_vmap=False)
-    data = _make_batch()
+    data = make_batch()
     torch.manual_seed(SEED)
     with torch.no_grad():
         out = loss(data)
@@ -183,19 +136,13 @@ def test_awac_losses_equal_hand_written_spec_losses(weight_mode, entropy_coef):
 
 
 def test_the_loss_does_not_modify_the_batch():
-    loss = _make_loss()
-    data = _make_batch()
-    data["action"][0] = torch.tensor([1.5, -2.0], dtype=data["action"].dtype)  # out of range
-    before = data.clone()
-    loss(data)
-    assert set(data.keys(True, True)) - set(before.keys(True, True)) == {"td_error"}
-    assert (data.exclude("td_error") == before).all()
+    check_batch_untouched(_make_loss(), make_batch())
 
 
 def test_delay_qvalue_false_bootstraps_from_the_online_critics():
     loss = _make_loss(delay_qvalue=False)
     assert "target_qvalue_network_params" not in dict(loss.named_children())
-    data = _make_batch()
+    data = make_batch()
     torch.manual_seed(SEED)
     with torch.no_grad():
         got, _ = loss.qvalue_loss(data)
@@ -217,7 +164,7 @@ def test_delay_qvalue_false_bootstraps_from_the_online_critics():
 def test_batch_softmax_weights_sum_to_one():
     for seed in range(3):
         loss = _make_loss(seed=seed)
-        out = loss(_make_batch(seed=seed))
+        out = loss(make_batch(seed=seed))
         # the reported multiplier is B·w, so mean_B(B·w) = Σ_B w
         torch.testing.assert_close(out["weight_mean"], torch.tensor(1.0, dtype=torch.float64))
         assert out["weight_max"] > 1.5
@@ -228,7 +175,7 @@ def test_equal_advantages_give_plain_behavior_cloning(weight_mode):
     loss = _make_loss(weight_mode=weight_mode)
     with torch.no_grad():  # Q_i(s, a) = b_i for every (s, a): A ≡ 0
         loss.qvalue_network_params["module", "4", "weight"].zero_()
-    data = _make_batch()
+    data = make_batch()
     out = loss(data)
     _, _, _, pi = _hand_networks(loss)
     log_pi = _log_prob(pi, data["observation"], data["action"])
@@ -240,7 +187,7 @@ def test_equal_advantages_give_plain_behavior_cloning(weight_mode):
 
 @pytest.mark.parametrize("weight_mode", ["batch_softmax", "exp_clip"])
 def test_infinite_temperature_recovers_behavior_cloning(weight_mode):
-    data = _make_batch()
+    data = make_batch()
     loss = _make_loss(weight_mode=weight_mode, lambda_=1e9)
     out = loss(data)
     _, _, _, pi = _hand_networks(loss)
@@ -260,7 +207,7 @@ class _Lookup(nn.Module):
 
 def test_exp_clip_equals_the_iql_actor_with_v_replaced_by_q_of_a_policy_sample():
     loss = _make_loss(weight_mode="exp_clip")
-    data = _make_batch()
+    data = make_batch()
     torch.manual_seed(SEED)
     got, _ = loss.actor_loss(data)
 
@@ -300,14 +247,6 @@ def test_exp_clip_equals_the_iql_actor_with_v_replaced_by_q_of_a_policy_sample()
 _GROUPS = ("actor_network_params", "qvalue_network_params")
 
 
-def _grads(params: TensorDict) -> list[torch.Tensor | None]:
-    return [p.grad for p in params.values(True, True)]
-
-
-def _is_zero(grads) -> bool:
-    return all(g is None or not g.any() for g in grads)
-
-
 @pytest.mark.parametrize("weight_mode", ["batch_softmax", "exp_clip"])
 @pytest.mark.parametrize(
     ("loss_key", "owner"),
@@ -317,22 +256,7 @@ def test_each_loss_reaches_only_its_own_network(loss_key, owner, weight_mode):
     loss = _make_loss(
         dtype=torch.float32, weight_mode=weight_mode, entropy_coef=0.2, deactivate_vmap=False
     )
-    for p in loss.parameters():
-        p.grad = None
-    out = loss(_make_batch(dtype=torch.float32))
-    out[loss_key].backward()
-    assert all(g is not None and g.any() for g in _grads(getattr(loss, owner))), owner
-    for other in _GROUPS:
-        if other != owner:
-            assert _is_zero(_grads(getattr(loss, other))), (loss_key, other)
-    for p in loss.target_qvalue_network_params.values(True, True):
-        assert not p.requires_grad and p.grad is None
-    param_ids = {id(p) for g in _GROUPS for p in getattr(loss, g).values(True, True)}
-    assert all(id(p) in param_ids for p in loss.parameters())
-    # the diagnostics carry no graph
-    for key, value in out.items():
-        if not key.startswith("loss_"):
-            assert not value.requires_grad, key
+    check_gradient_isolation(loss, make_batch(dtype=torch.float32), loss_key, owner, _GROUPS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,16 +273,11 @@ def test_losses_and_gradients_are_finite_for_extreme_values(weight_mode, q_offse
             # |Q| ≈ 1e6 and advantages of order 1e5: A/λ ≈ 1e6
             params["module", "4", "weight"].mul_(1e4)
             params["module", "4", "bias"].fill_(q_offset)
-    data = _make_batch(dtype=torch.float32)
+    data = make_batch(dtype=torch.float32)
     data["next", "reward"].fill_(reward)
     out = loss(data)
     assert out["advantage"].abs() > 100  # A/λ > 1000: exp(A/λ) would overflow
-    for key, value in out.items():
-        assert torch.isfinite(value).all(), key
-    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
-    for group in _GROUPS:
-        for g in _grads(getattr(loss, group)):
-            assert g is not None and torch.isfinite(g).all(), group
+    check_finite(loss, out, _GROUPS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,67 +286,20 @@ def test_losses_and_gradients_are_finite_for_extreme_values(weight_mode, q_offse
 
 
 def test_soft_update_moves_only_the_critic_targets():
-    loss = _make_loss()
-    targets = [name for name, _ in loss.named_children() if "target" in name]
-    assert targets == ["target_qvalue_network_params"]
-    updater = SoftUpdate(loss, tau=0.005)
-    before = loss.target_qvalue_network_params.clone()
-    with torch.no_grad():
-        for p in loss.qvalue_network_params.values(True, True):
-            p.add_(1.0)
-    updater.step()
-    after = loss.target_qvalue_network_params
-    for key, online in loss.qvalue_network_params.items(True, True):
-        expected = 0.995 * before[key] + 0.005 * online.detach()
-        torch.testing.assert_close(after[key], expected, rtol=0, atol=1e-12)
-        assert (after[key] != before[key]).all()
+    check_soft_update(_make_loss())
 
 
 def test_keyword_call_returns_the_out_keys_in_order():
-    loss = _make_loss()
-    data = _make_batch()
-    kwargs = {"_".join(k) if isinstance(k, tuple) else k: data.get(k) for k in loss.in_keys}
-    assert set(kwargs) == {
-        "action",
-        "observation",
-        "next_observation",
-        "next_reward",
-        "next_done",
-        "next_terminated",
-    }
-    torch.manual_seed(SEED)
-    outs = loss(**kwargs)
-    torch.manual_seed(SEED)
-    ref = loss(data)
-    assert len(outs) == len(loss.out_keys)
-    for key, value in zip(loss.out_keys, outs, strict=True):
-        torch.testing.assert_close(value, ref[key])
+    check_keyword_call(_make_loss(), make_batch(), seed=SEED)
 
 
 def test_set_keys_renames_the_batch_entries():
     loss, ref_loss = _make_loss(), _make_loss()
-    data = _make_batch()
-    renamed = data.clone()
-    renamed["next", "r"] = renamed["next"].pop("reward")
-    renamed["next", "term"] = renamed["next"].pop("terminated")
-    loss.set_keys(reward="r", terminated="term")
-    assert ("next", "r") in loss.in_keys and ("next", "reward") not in loss.in_keys
-    torch.manual_seed(SEED)
-    out = loss(renamed)
-    torch.manual_seed(SEED)
-    ref = ref_loss(data)
-    for key in ref.keys():
-        torch.testing.assert_close(out[key], ref[key])
+    check_set_keys(loss, ref_loss, make_batch(), seed=SEED)
 
 
 def test_sum_reduction_is_batch_size_times_mean():
-    data = _make_batch()
-    torch.manual_seed(SEED)
-    mean = _make_loss()(data.clone())
-    torch.manual_seed(SEED)
-    total = _make_loss(reduction="sum")(data.clone())
-    for key in ("loss_actor", "loss_qvalue"):
-        torch.testing.assert_close(total[key], B * mean[key])
+    check_sum_reduction(_make_loss, make_batch(), ("loss_actor", "loss_qvalue"), seed=SEED)
 
 
 def test_bad_arguments_are_named():
@@ -441,5 +313,4 @@ def test_bad_arguments_are_named():
 
 
 def test_docstring_example_runs():
-    result = doctest.testmod(awac_module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
+    check_docstring_examples(awac_module)

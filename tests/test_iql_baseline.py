@@ -10,8 +10,20 @@ import math
 
 import pytest
 import torch
+from loss_harness import (
+    GROUPS,
+    OWNERS,
+    HandNetworks,
+    ScalarValue,
+    check_gradient_isolation,
+    check_value_bootstrap_carries_no_value_gradient,
+    perturb_parameters,
+    samples_batch,
+    samples_loss,
+    spread_critics,
+    transitions,
+)
 from tensordict import TensorDict
-from torch import nn
 from torchrl.objectives import IQLLoss
 
 from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
@@ -39,22 +51,11 @@ def _make_loss(dtype=torch.float64, seed=0) -> IQLLoss:
         loss_function="l2",
     )
     loss.make_value_estimator(gamma=GAMMA)
-    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         # log σ: one component inside the bounds, one above (clipped to 2)
-        loss.actor_network_params["module", "0", "module", "log_std"].copy_(
-            torch.tensor([-0.7, 2.6], dtype=dtype)
-        )
-        online = loss.qvalue_network_params
-        target = loss.target_qvalue_network_params
-        for key, p in online.items(True, True):
-            # distinct heads, and target ≠ online, so using the wrong one shows up
-            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=dtype))
-            target[key].copy_(p + 0.05 * torch.randn(p.shape, generator=g, dtype=dtype))
+        perturb_parameters(loss, seed, dtype, log_std=(-0.7, 2.6))
         # spread the target critic so u = min Q̄ − V has both signs and β·u exceeds log 100
-        target["module", "4", "weight"].mul_(40.0)
-        target["module", "4", "bias"].copy_(torch.tensor([[0.3], [0.6]], dtype=dtype))
-        online["module", "4", "weight"].mul_(10.0)
+        spread_critics(loss, target_bias=(0.3, 0.6), dtype=dtype)
         loss.value_network_params["module", "4", "weight"].mul_(10.0)
     return loss
 
@@ -65,55 +66,14 @@ def _make_batch(dtype=torch.float64, seed=0) -> TensorDict:
     truncated = (torch.rand(B, 1, generator=g) < 0.25) & ~terminated
     terminated[0], truncated[1] = True, True  # both kinds present whatever the draw
     terminated[1] = False
-    return TensorDict(
-        {
-            "observation": torch.randn(B, OBS, generator=g, dtype=dtype),
-            # inside and outside [−1, 1]: the loss does not clip dataset actions
-            "action": 1.2 * torch.rand(B, ACT, generator=g, dtype=dtype) * 2 - 1.2,
-            "next": {
-                "observation": torch.randn(B, OBS, generator=g, dtype=dtype),
-                "reward": torch.randn(B, 1, generator=g, dtype=dtype),
-                "terminated": terminated,
-                "truncated": truncated,
-                "done": terminated | truncated,
-            },
-        },
-        batch_size=[B],
-    )
-
-
-def _layers(params: TensorDict) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (weight, bias) pairs of a TorchRL MLP's parameters, in layer order."""
-    keys = sorted(params.keys(), key=int)
-    return [(params[k, "weight"], params[k, "bias"]) for k in keys]
-
-
-def _mlp(layers, x: torch.Tensor) -> torch.Tensor:
-    """Linear → ReLU → … → Linear, written out."""
-    for w, b in layers[:-1]:
-        x = torch.relu(x @ w.T + b)
-    w, b = layers[-1]
-    return x @ w.T + b
+    # inside and outside [−1, 1]: the loss does not clip dataset actions
+    return transitions(g, terminated, truncated, OBS, ACT, lambda u: 1.2 * u * 2 - 1.2, dtype)
 
 
 def _hand_networks(loss: IQLLoss):
     """Callables Q_i, Q̄_i, V, (loc, scale) that read the loss's parameters and nothing else."""
-    q_on = loss.qvalue_network_params.detach()["module"]
-    q_tg = loss.target_qvalue_network_params.detach()["module"]
-    v_p = loss.value_network_params.detach()["module"]
-    a_p = loss.actor_network_params.detach()["module", "0", "module"]
-
-    def q(params, i, s, a):
-        return _mlp(_layers(params[i]), torch.cat([s, a], -1)).squeeze(-1)
-
-    def v(s):
-        return _mlp(_layers(v_p), s).squeeze(-1)
-
-    def pi(s):
-        loc = torch.tanh(_mlp(_layers(a_p["mean"]), s))
-        return loc, a_p["log_std"].clamp(-5.0, 2.0).exp().expand_as(loc)
-
-    return (lambda i, s, a: q(q_on, i, s, a)), (lambda i, s, a: q(q_tg, i, s, a)), v, pi
+    net = HandNetworks(loss, (-5.0, 2.0))
+    return net.q, net.q_bar, net.v, net.pi
 
 
 def test_iql_losses_equal_hand_written_spec_losses():
@@ -179,42 +139,8 @@ def test_iql_td_error_priority_is_max_head_squared_error():
 # ------------------------------------------------------------------------------------------------
 
 
-class _Scalar(nn.Module):
-    """V(s) = v for every state: one learnable scalar."""
-
-    def __init__(self):
-        super().__init__()
-        self.v = nn.Parameter(torch.zeros((), dtype=torch.float64))
-
-    def forward(self, observation):
-        return self.v.expand(*observation.shape[:-1], 1)
-
-
-class _ReadQ(nn.Module):
-    """Q(s, a) = w·s + b with s the stored sample q; w = 1, b = 0 are set below."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(1, 1, dtype=torch.float64)
-
-    def forward(self, observation, action):
-        return self.lin(observation)
-
-
 def _expectile_loss(tau: float) -> IQLLoss:
-    from tensordict.nn import TensorDictModule
-
-    actor = make_gaussian_actor(1, 1, [8]).to(torch.float64)
-    qvalue = TensorDictModule(
-        _ReadQ(), in_keys=["observation", "action"], out_keys=["state_action_value"]
-    )
-    value = TensorDictModule(_Scalar(), in_keys=["observation"], out_keys=["state_value"])
-    loss = IQLLoss(actor, qvalue, value, num_qvalue_nets=2, expectile=tau, loss_function="l2")
-    with torch.no_grad():
-        for params in (loss.qvalue_network_params, loss.target_qvalue_network_params):
-            params["module", "lin", "weight"].fill_(1.0)
-            params["module", "lin", "bias"].fill_(0.0)
-    return loss
+    return samples_loss(IQLLoss, ScalarValue(), actor_hidden=[8], expectile=tau, loss_function="l2")
 
 
 def _expectile_root(q: torch.Tensor, tau: float) -> float:
@@ -242,10 +168,7 @@ def _expectile_root(q: torch.Tensor, tau: float) -> float:
 
 def _minimize_value_loss(loss: IQLLoss, q: torch.Tensor) -> float:
     """argmin_v of IQLLoss.value_loss, found by L-BFGS on the value network's single parameter."""
-    data = TensorDict(
-        {"observation": q[:, None], "action": torch.zeros(len(q), 1, dtype=q.dtype)},
-        batch_size=[len(q)],
-    )
+    data = samples_batch(q)
     (v_param,) = loss.value_network_params.values(True, True)
     opt = torch.optim.LBFGS(
         [v_param],
@@ -286,9 +209,7 @@ def test_value_loss_minimizer_is_the_expectile(tau):
 def test_value_loss_is_the_hand_formula_at_any_v():
     q = torch.randn(200, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     loss = _expectile_loss(0.7)
-    data = TensorDict(
-        {"observation": q[:, None], "action": torch.zeros(200, 1, dtype=q.dtype)}, batch_size=[200]
-    )
+    data = samples_batch(q)
     (v_param,) = loss.value_network_params.values(True, True)
     for v in (-1.0, 0.0, 0.37, 2.0):
         with torch.no_grad():
@@ -306,53 +227,16 @@ def test_value_loss_is_the_hand_formula_at_any_v():
 # ------------------------------------------------------------------------------------------------
 
 
-def _grads(params: TensorDict) -> list[torch.Tensor | None]:
-    return [p.grad for p in params.values(True, True)]
-
-
-def _is_zero(grads) -> bool:
-    return all(g is None or not g.any() for g in grads)
-
-
-@pytest.mark.parametrize(
-    ("loss_key", "owner"),
-    [
-        ("loss_actor", "actor_network_params"),
-        ("loss_value", "value_network_params"),
-        ("loss_qvalue", "qvalue_network_params"),
-    ],
-)
+@pytest.mark.parametrize(("loss_key", "owner"), OWNERS)
 def test_each_loss_reaches_only_its_own_network(loss_key, owner):
     loss = _make_loss(dtype=torch.float32)
-    groups = ("actor_network_params", "value_network_params", "qvalue_network_params")
-    for p in loss.parameters():
-        p.grad = None
-    out = loss(_make_batch(dtype=torch.float32))
-    out[loss_key].backward()
-
-    own = _grads(getattr(loss, owner))
-    # every tensor of the owning network gets a gradient, and it is not zero
-    assert all(g is not None and g.any() for g in own), owner
-    for other in groups:
-        if other != owner:
-            assert _is_zero(_grads(getattr(loss, other))), (loss_key, other)
-    # target critics are buffers: never trainable, never any gradient
-    for p in loss.target_qvalue_network_params.values(True, True):
-        assert not p.requires_grad and p.grad is None
-    # nothing else in the module holds a gradient either
-    param_ids = {id(p) for g in groups for p in getattr(loss, g).values(True, True)}
-    assert all(id(p) in param_ids for p in loss.parameters())
+    data = _make_batch(dtype=torch.float32)
+    check_gradient_isolation(loss, data, loss_key, owner, GROUPS, diagnostics=False)
 
 
 def test_value_bootstrap_inside_q_loss_carries_no_value_gradient():
     """V(s') inside y is evaluated with detached (target) value parameters."""
     loss = _make_loss(dtype=torch.float32)
-    data = _make_batch(dtype=torch.float32)
-    loss_q, _ = loss.qvalue_loss(data)
-    loss_q.backward()
-    assert _is_zero(_grads(loss.value_network_params))
-    # yet y does depend on V: changing V changes L_Q
-    with torch.no_grad():
-        loss.value_network_params["module", "4", "bias"].add_(1.0)
-        loss_q2, _ = loss.qvalue_loss(_make_batch(dtype=torch.float32))
-    assert abs(float(loss_q2) - float(loss_q.detach())) > 1e-3
+    check_value_bootstrap_carries_no_value_gradient(
+        loss, lambda: _make_batch(dtype=torch.float32), ("module", "4", "bias")
+    )

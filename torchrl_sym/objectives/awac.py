@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, dispatch
+from tensordict import TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
 from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.objectives import LossModule
-from torchrl.objectives.utils import (
-    ValueEstimators,
-    _vmap_func,
-    dispatch_value_estimator,
-    distance_loss,
-)
-from torchrl.objectives.value import ValueEstimatorBase
+
+from torchrl_sym.objectives.in_sample import WeightedActorCriticLoss, check_loss_function
 
 __all__ = ["AWACLoss"]
 
 _WEIGHT_MODES = ("batch_softmax", "exp_clip")
-_DISTANCES = ("l2", "l1", "smooth_l1")
 
 
-class AWACLoss(LossModule):
+class AWACLoss(WeightedActorCriticLoss):
     r"""AWAC: a SAC-style twin critic and an advantage-weighted behavior-cloning actor.
 
     With ``N = num_qvalue_nets`` critics ``Q_i``, their Polyak targets ``Q̄_i`` and a
@@ -124,38 +116,6 @@ class AWACLoss(LossModule):
         >>> optim.step(); optim.zero_grad(); updater.step()
     """
 
-    @dataclass
-    class _AcceptedKeys:
-        """Keys read from (and written to) the batch.
-
-        Attributes:
-            action (NestedKey): the dataset action, also the key under which sampled actions are
-                fed to the critics. Defaults to ``"action"``.
-            state_action_value (NestedKey): the critics' output. Defaults to
-                ``"state_action_value"``.
-            priority (NestedKey): where ``forward`` writes the TD error. Defaults to
-                ``"td_error"``.
-            reward (NestedKey): under ``"next"``. Defaults to ``"reward"``.
-            done (NestedKey): under ``"next"``. Defaults to ``"done"``.
-            terminated (NestedKey): under ``"next"``; the bootstrap mask. Defaults to
-                ``"terminated"``.
-        """
-
-        action: NestedKey = "action"
-        state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-
-    tensor_keys: _AcceptedKeys
-    default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
     out_keys: ClassVar[list[str]] = [
         "loss_actor",
         "loss_qvalue",
@@ -165,13 +125,6 @@ class AWACLoss(LossModule):
         "weight_max",
         "weight_ess",
     ]
-
-    actor_network: ProbabilisticTensorDictSequential
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    qvalue_network: TensorDictModule
-    qvalue_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
 
     def __init__(
         self,
@@ -194,74 +147,36 @@ class AWACLoss(LossModule):
             raise ValueError(f"weight_mode must be one of {_WEIGHT_MODES}, got {weight_mode!r}.")
         if not (w_max > 0 and math.isfinite(w_max)):
             raise ValueError(f"w_max must be finite and > 0 (CORL: 100), got {w_max}.")
-        if loss_function not in _DISTANCES:
-            raise ValueError(f"loss_function must be one of {_DISTANCES}, got {loss_function!r}.")
+        check_loss_function(loss_function)
         if not entropy_coef >= 0:
             raise ValueError(f"entropy_coef must be ≥ 0 (the paper uses 0), got {entropy_coef}.")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
-        self._in_keys = None
-        super().__init__()
+        super().__init__(
+            actor_network,
+            qvalue_network,
+            num_qvalue_nets=num_qvalue_nets,
+            delay_qvalue=delay_qvalue,
+            reduction=reduction,
+            deactivate_vmap=deactivate_vmap,
+        )
         self.lambda_ = float(lambda_)
         self.weight_mode = weight_mode
         self.w_max = float(w_max)
         self.loss_function = loss_function
         self.entropy_coef = float(entropy_coef)
         self.delay_qvalue = delay_qvalue
-        self.num_qvalue_nets = num_qvalue_nets
-        self.reduction = reduction
-        self.deactivate_vmap = deactivate_vmap
 
-        self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
-        self.convert_to_functional(
-            qvalue_network,
-            "qvalue_network",
-            num_qvalue_nets,
-            create_target_params=delay_qvalue,
-        )
-        self._make_vmap()
-
-    def _make_vmap(self) -> None:
-        self._vmap_qvalue_networkN0 = _vmap_func(
-            self.qvalue_network,
-            (None, 0),
-            randomness=self.vmap_randomness,
-            pseudo_vmap=self.deactivate_vmap,
-        )
-
-    def _set_in_keys(self) -> None:
+    def _network_in_keys(self) -> list[NestedKey]:
         action = self.tensor_keys.action
         # sampled actions replace the critics' action input, so ("next", action) is not read
         q_keys = [key for key in self.qvalue_network.in_keys if key != action]
-        keys = [
-            action,
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
+        return [
             *self.actor_network.in_keys,
             *[("next", key) for key in self.actor_network.in_keys],
             *q_keys,
             *[("next", key) for key in q_keys],
         ]
-        self._in_keys = list(dict.fromkeys(keys))
-
-    @property
-    def in_keys(self):
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values):
-        self._in_keys = values
 
     # -------------------------------------------------------------------------------------------
-
-    def _min_q(self, tensordict: TensorDictBase, params: TensorDictBase) -> Tensor:
-        """``min_i Q_i(s, a)`` over the ensemble, shape = batch shape."""
-        td_q = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        q = self._vmap_qvalue_networkN0(td_q, params).get(self.tensor_keys.state_action_value)
-        return q.squeeze(-1).min(0).values
 
     def _sample_policy(
         self, tensordict: TensorDictBase, with_log_prob: bool
@@ -289,27 +204,16 @@ class AWACLoss(LossModule):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_π`` and its diagnostics; gradients reach the actor only."""
-        action_key = self.tensor_keys.action
-        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-            dist = self.actor_network.get_dist(
-                tensordict.select(*self.actor_network.in_keys, strict=False)
-            )
-        log_prob = dist.log_prob(tensordict.get(action_key))
-
+        log_prob = self._dataset_log_prob(tensordict)
         with torch.no_grad():
             params = self.qvalue_network_params.detach()
             q_data = self._min_q(tensordict, params)
             policy_action, _ = self._sample_policy(tensordict, with_log_prob=False)
             td_pi = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-            td_pi.set(action_key, policy_action)
+            td_pi.set(self.tensor_keys.action, policy_action)
             advantage = q_data - self._min_q(td_pi, params)
             weight = self._weights(advantage)
-        if log_prob.shape != weight.shape:
-            raise RuntimeError(
-                f"log π(a|s) has shape {tuple(log_prob.shape)} but the critics give "
-                f"{tuple(weight.shape)}: the actor's distribution must reduce the action dims."
-            )
-        loss = self._reduce_loss(-(weight * log_prob))
+        loss = self._weighted_regression(log_prob, weight)
         metadata = {
             "entropy": -log_prob.detach().mean(),
             "advantage": advantage.mean(),
@@ -319,61 +223,15 @@ class AWACLoss(LossModule):
         }
         return loss, metadata
 
-    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """``L_Q`` and ``td_error = (Q_i − y)²`` per critic; gradients reach the critics only."""
-        action_key = self.tensor_keys.action
-        with torch.no_grad():
-            next_td = tensordict.get("next")
-            next_action, next_log_prob = self._sample_policy(
-                next_td, with_log_prob=self.entropy_coef != 0
-            )
-            next_q = next_td.select(*self.qvalue_network.in_keys, strict=False)
-            next_q.set(action_key, next_action)
-            next_value = self._min_q(next_q, self.target_qvalue_network_params)
-            if next_log_prob is not None:
-                next_value = next_value - self.entropy_coef * next_log_prob
-            reward = tensordict.get(("next", self.tensor_keys.reward))
-            target = self.value_estimator.value_estimate(
-                tensordict.copy(), next_value=next_value.reshape(reward.shape)
-            ).reshape(next_value.shape)
-
-        td_q = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        pred = self._vmap_qvalue_networkN0(td_q, self.qvalue_network_params)
-        pred = pred.get(self.tensor_keys.state_action_value).squeeze(-1)
-        target = target.expand_as(pred)
-        loss = distance_loss(pred, target, loss_function=self.loss_function).sum(0)
-        loss = self._reduce_loss(loss)
-        return loss, {"td_error": (pred.detach() - target).pow(2)}
-
-    @dispatch
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """Both losses on one batch: ``ã`` is drawn first, then ``a'``."""
-        loss_actor, metadata = self.actor_loss(tensordict)
-        loss_qvalue, metadata_q = self.qvalue_loss(tensordict)
-        tensordict.set(self.tensor_keys.priority, metadata_q["td_error"].max(0).values)
-        out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue}
-        out.update({key: value.detach() for key, value in metadata.items()})
-        return TensorDict(out, batch_size=[])
-
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        """The TD target ``y``; ``gamma`` (default 0.99) is set here: ``make_value_estimator(gamma=γ)``."""
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value_target": "value_target",
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            value_network=None,  # the next-state value is computed here and passed in
-            **hyperparams,
+    def _next_state_value(self, tensordict: TensorDictBase) -> Tensor:
+        """``min_i Q̄_i(s', a') − α log π(a'|s')`` with one ``a' ~ π(·|s')`` per row."""
+        next_td = tensordict.get("next")
+        next_action, next_log_prob = self._sample_policy(
+            next_td, with_log_prob=self.entropy_coef != 0
         )
-        return self
+        next_q = next_td.select(*self.qvalue_network.in_keys, strict=False)
+        next_q.set(self.tensor_keys.action, next_action)
+        next_value = self._min_q(next_q, self.target_qvalue_network_params)
+        if next_log_prob is not None:
+            next_value = next_value - self.entropy_coef * next_log_prob
+        return next_value

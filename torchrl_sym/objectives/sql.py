@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, dispatch
-from tensordict.utils import NestedKey
+from tensordict import TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
 from torch import Tensor
-from torchrl.objectives import LossModule
-from torchrl.objectives.utils import (
-    ValueEstimators,
-    _vmap_func,
-    dispatch_value_estimator,
-    distance_loss,
-)
-from torchrl.objectives.value import ValueEstimatorBase
+
+from torchrl_sym.objectives.in_sample import InSampleActorCriticLoss, check_loss_function
 
 __all__ = ["SQLLoss"]
 
 _FORMS = ("code", "paper")
-_DISTANCES = ("l2", "l1", "smooth_l1")
 
 
-class SQLLoss(LossModule):
+class SQLLoss(InSampleActorCriticLoss):
     r"""SQL: an in-sample value fitted by the χ²-regularized (sparse) objective, IQL-style Q and actor.
 
     With critics ``Q_i``, their Polyak targets ``Q̄_i``, a state value ``V`` and a stochastic
@@ -121,39 +111,6 @@ class SQLLoss(LossModule):
         >>> optim.step(); optim.zero_grad(); updater.step()
     """
 
-    @dataclass
-    class _AcceptedKeys:
-        """Keys read from (and written to) the batch.
-
-        Attributes:
-            value (NestedKey): the value network's output. Defaults to ``"state_value"``.
-            action (NestedKey): the dataset action. Defaults to ``"action"``.
-            state_action_value (NestedKey): the critics' output. Defaults to
-                ``"state_action_value"``.
-            priority (NestedKey): where ``forward`` writes the TD error. Defaults to
-                ``"td_error"``.
-            reward (NestedKey): under ``"next"``. Defaults to ``"reward"``.
-            done (NestedKey): under ``"next"``. Defaults to ``"done"``.
-            terminated (NestedKey): under ``"next"``; the bootstrap mask. Defaults to
-                ``"terminated"``.
-        """
-
-        value: NestedKey = "state_value"
-        action: NestedKey = "action"
-        state_action_value: NestedKey = "state_action_value"
-        priority: NestedKey = "td_error"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
-
-    tensor_keys: _AcceptedKeys
-    default_keys = _AcceptedKeys
-    default_value_estimator = ValueEstimators.TD0
-    SUPPORTED_VALUE_ESTIMATORS = (
-        ValueEstimators.TD0,
-        ValueEstimators.TD1,
-        ValueEstimators.TDLambda,
-    )
     out_keys: ClassVar[list[str]] = [
         "loss_actor",
         "loss_qvalue",
@@ -163,16 +120,6 @@ class SQLLoss(LossModule):
         "weight_mean",
         "value",
     ]
-
-    actor_network: ProbabilisticTensorDictSequential
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    qvalue_network: TensorDictModule
-    qvalue_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
-    value_network: TensorDictModule
-    value_network_params: TensorDictParams
-    target_value_network_params: TensorDictParams
 
     def __init__(
         self,
@@ -192,73 +139,19 @@ class SQLLoss(LossModule):
             raise ValueError(f"alpha must be > 0 (SQL code: 2 for medium datasets), got {alpha}.")
         if form not in _FORMS:
             raise ValueError(f"form must be one of {_FORMS}, got {form!r}.")
-        if loss_function not in _DISTANCES:
-            raise ValueError(f"loss_function must be one of {_DISTANCES}, got {loss_function!r}.")
-        if not (actor_weight_max > 0 and math.isfinite(actor_weight_max)):
-            raise ValueError(f"actor_weight_max must be finite and > 0, got {actor_weight_max}.")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
-        self._in_keys = None
-        super().__init__()
+        check_loss_function(loss_function)
+        super().__init__(
+            actor_network,
+            qvalue_network,
+            value_network,
+            num_qvalue_nets=num_qvalue_nets,
+            actor_weight_max=actor_weight_max,
+            reduction=reduction,
+            deactivate_vmap=deactivate_vmap,
+        )
         self.alpha = float(alpha)
         self.form = form
         self.loss_function = loss_function
-        self.actor_weight_max = float(actor_weight_max)
-        self.num_qvalue_nets = num_qvalue_nets
-        self.reduction = reduction
-        self.deactivate_vmap = deactivate_vmap
-
-        self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
-        self.convert_to_functional(value_network, "value_network", create_target_params=False)
-        self.convert_to_functional(
-            qvalue_network, "qvalue_network", num_qvalue_nets, create_target_params=True
-        )
-        self._make_vmap()
-
-    def _make_vmap(self) -> None:
-        self._vmap_qvalue_networkN0 = _vmap_func(
-            self.qvalue_network,
-            (None, 0),
-            randomness=self.vmap_randomness,
-            pseudo_vmap=self.deactivate_vmap,
-        )
-
-    def _set_in_keys(self) -> None:
-        keys = [
-            self.tensor_keys.action,
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
-            *self.actor_network.in_keys,
-            *self.qvalue_network.in_keys,
-            *self.value_network.in_keys,
-            *[("next", key) for key in self.value_network.in_keys],
-        ]
-        self._in_keys = list(dict.fromkeys(keys))
-
-    @property
-    def in_keys(self):
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values):
-        self._in_keys = values
-
-    # -------------------------------------------------------------------------------------------
-
-    def _target_min_q(self, tensordict: TensorDictBase) -> Tensor:
-        """``min_i Q̄_i(s, a)`` with the target critics (buffers: no gradient), batch shape."""
-        td_q = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        td_q = self._vmap_qvalue_networkN0(td_q, self.target_qvalue_network_params)
-        return td_q.get(self.tensor_keys.state_action_value).squeeze(-1).min(0).values
-
-    def _value(self, tensordict: TensorDictBase, params: TensorDictBase) -> Tensor:
-        td = tensordict.select(*self.value_network.in_keys, strict=False)
-        with params.to_module(self.value_network, preserve_module_state=False):
-            self.value_network(td)
-        return td.get(self.tensor_keys.value).squeeze(-1)
 
     def _z(self, advantage: Tensor) -> Tensor:
         if self.form == "code":
@@ -279,72 +172,6 @@ class SQLLoss(LossModule):
         }
         return loss, metadata
 
-    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """``L_π`` and the ``entropy`` / ``weight_mean`` diagnostics; gradients reach ``π`` only."""
-        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-            dist = self.actor_network.get_dist(
-                tensordict.select(*self.actor_network.in_keys, strict=False)
-            )
-        log_prob = dist.log_prob(tensordict.get(self.tensor_keys.action))
-        with torch.no_grad():
-            min_q = self._target_min_q(tensordict)
-            value = self._value(tensordict, self.value_network_params.detach())
-            weight = (min_q - value).clamp(min=0.0, max=self.actor_weight_max)
-        if log_prob.shape != weight.shape:
-            raise RuntimeError(
-                f"log π(a|s) has shape {tuple(log_prob.shape)} but the critics give "
-                f"{tuple(weight.shape)}: the actor's distribution must reduce the action dims."
-            )
-        loss = self._reduce_loss(-(weight * log_prob))
-        return loss, {"entropy": -log_prob.detach().mean(), "weight_mean": weight.mean()}
-
-    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """``L_Q`` and ``td_error = (Q_i − y)²`` per critic; gradients reach the critics only."""
-        with torch.no_grad():
-            reward = tensordict.get(("next", self.tensor_keys.reward))
-            next_value = self._value(tensordict.get("next"), self.value_network_params.detach())
-            target = self.value_estimator.value_estimate(
-                tensordict.copy(), next_value=next_value.reshape(reward.shape)
-            ).reshape(next_value.shape)
-        td_q = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        pred = self._vmap_qvalue_networkN0(td_q, self.qvalue_network_params)
-        pred = pred.get(self.tensor_keys.state_action_value).squeeze(-1)
-        target = target.expand_as(pred)
-        loss = distance_loss(pred, target, loss_function=self.loss_function).sum(0)
-        loss = self._reduce_loss(loss)
-        return loss, {"td_error": (pred.detach() - target).pow(2)}
-
-    @dispatch
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """All three losses from the same parameters (as TorchRL's ``IQLLoss``)."""
-        loss_actor, metadata = self.actor_loss(tensordict)
-        loss_qvalue, metadata_q = self.qvalue_loss(tensordict)
-        loss_value, metadata_v = self.value_loss(tensordict)
-        metadata.update(metadata_v)
-        tensordict.set(self.tensor_keys.priority, metadata_q["td_error"].max(0).values)
-        out = {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, "loss_value": loss_value}
-        out.update({key: value.detach() for key, value in metadata.items()})
-        return TensorDict(out, batch_size=[])
-
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        """The TD target ``y``; ``gamma`` (default 0.99) is set here: ``make_value_estimator(gamma=γ)``."""
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value_target": "value_target",
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            **hyperparams,
-        )
-        return self
+    def _actor_weight(self, advantage: Tensor) -> Tensor:
+        """``clip(u₊, 0, w_max)``."""
+        return advantage.clamp(min=0.0, max=self.actor_weight_max)

@@ -159,7 +159,8 @@ def build(
     probe.close()
     evals = _read_evals(run_dir)
     expert_frames, medium_frames = select_snapshots(evals)
-    sac_command = f"python recipes/sac.py env={family} seed={cfg.seed} frames={cfg.frames}"
+    run_steps = max(f for f, _ in evals)
+    sac_command = f"python recipes/sac.py env={family} seed={cfg.seed} frames={run_steps}"
     build_command = (
         f"python -m torchrl_sym.data.policies.build {family} <sac run dir> --episodes {episodes}"
     )
@@ -184,7 +185,12 @@ def build(
             "kind": kind,
             "algorithm": "SAC (recipes/sac.py)",
             "training_env_steps": frames,
-            "sac_run_env_steps": max(f for f, _ in evals),
+            "sac_run_env_steps": run_steps,
+            "note": (
+                f"SAC trained for {run_steps:,} env steps on a 2-core CPU (D4RL's behavior policies had "
+                "about 1M); returns are correspondingly lower than D4RL's. SAC on CPU is reproducible "
+                "in distribution, not bit for bit, across machines."
+            ),
             "return_mean": mean,
             "return_std": std,
             "episodes": episodes,

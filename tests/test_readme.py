@@ -12,16 +12,13 @@ README = (ROOT / "README.md").read_text()
 
 def test_quickstart_runs(tmp_path):
     (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
-    # a small copy of the embedded default, so the test does not spend time generating 100k steps
+    # a small copy of the embedded default, so the test does not spend minutes generating 1M steps
     env = dict(
         os.environ,
         MINARI_DATASETS_PATH=str(tmp_path / "minari"),
         TORCHRL_SYM_DATA=str(tmp_path / "cache"),
     )
-    prepare = (
-        "from torchrl_sym.data.generate import rollout_episodes, write_minari_dataset\n"
-        "write_minari_dataset('torchrl_sym/hopper/random-v0', rollout_episodes('Hopper-v5', None, 1000, seed=0, progress=False), env_id='Hopper-v5')\n"
-    )
+    prepare = "from torchrl_sym.data.generate import generate_dataset\ngenerate_dataset('hopper', 'medium', num_transitions=1000, progress=False)\n"
     subprocess.run([sys.executable, "-c", prepare], check=True, env=env, cwd=tmp_path, timeout=120)
     proc = subprocess.run(
         [sys.executable, "-c", code],

@@ -214,7 +214,8 @@ def test_experiment_and_profile_presets_compose():
         smoke_paper = compose("iql", overrides=["experiment=paper", "profile=smoke"])
         assert smoke_paper.train.max_steps_per_stage == 50 and smoke_paper.eval.episodes == 1
         default = compose("iql")
-        assert default.train.steps == 10_000 and default.dataset == "torchrl_sym/hopper/random-v0"
+        assert default.train.steps == 10_000 and default.dataset == "torchrl_sym/hopper/medium-v0"
+        assert default.data.generate_transitions == 1_000_000
         assert (
             default.iql.expectile == 0.7
             and default.iql.temperature == 3.0

@@ -195,7 +195,7 @@ def make_offline_replay_buffer(
     reward_transform: str = "identity",
     normalize_observations: bool = False,
     toy2d_size: int = 100_000,
-    generate_transitions: int = 100_000,
+    generate_transitions: int = 1_000_000,
 ) -> OfflineReplayBuffer:
     """Load an offline dataset and wrap it in a TorchRL replay buffer of float32 TED batches.
 
@@ -264,7 +264,7 @@ def load_offline_dataset(
     reward_transform: str = "identity",
     normalize_observations: bool = False,
     toy2d_size: int = 100_000,
-    generate_transitions: int = 100_000,
+    generate_transitions: int = 1_000_000,
     seed: int | None = None,
 ) -> tuple[TensorDict, OfflineDatasetInfo]:
     """Load, validate and preprocess a dataset; return the TED TensorDict (CPU) and its info.
@@ -583,7 +583,8 @@ def _download_minari_or_raise(dataset_id: str, local: Sequence[str], download: b
     raise FileNotFoundError(
         f"Dataset '{dataset_id}' not found locally in {get_dataset_path()} and not downloaded: "
         f"{reason}. Local datasets: {known}. Create one with "
-        "`python -m torchrl_sym.data.generate <env> random` (writes torchrl_sym/<env>/random-v0), "
+        "`python -m torchrl_sym.data.generate <env> <kind>` (writes torchrl_sym/<env>/<kind>-v0; kinds: "
+        "random, medium, medium-replay, expert, medium-expert), "
         "with minari.create_dataset_from_buffers, or pass the path of a D4RL hdf5 file."
     )
 

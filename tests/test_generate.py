@@ -235,3 +235,25 @@ def test_first_use_generates_the_embedded_default_at_a_small_size(monkeypatch):
     monkeypatch.setattr(gen, "generate_dataset", lambda *a, **k: pytest.fail("generated twice"))
     assert make_offline_replay_buffer(dataset_id, 32).info.num_transitions == 200
     assert json.loads(json.dumps(gen.read_provenance(dataset_id)))["kind"] == "expert"
+
+
+def test_all_generates_every_env_and_kind_and_skips_existing(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(
+        gen,
+        "generate_dataset",
+        lambda env, kind, **kw: (
+            calls.append((env, kind, kw["num_transitions"])) or gen.dataset_id_for(env, kind)
+        ),
+    )
+    existing = gen.dataset_id_for("walker2d", "random")
+    monkeypatch.setattr("torchrl_sym.data.offline._local_minari_ids", lambda: [existing])
+    assert gen.main(["--all", "--transitions", "10"]) == 0
+    expected = [
+        (e, k, 10)
+        for e in gen.ENV_FAMILIES
+        for k in gen.DATASET_KINDS
+        if gen.dataset_id_for(e, k) != existing
+    ]
+    assert calls == expected and len(calls) == 14
+    assert f"{existing} exists" in capsys.readouterr().out

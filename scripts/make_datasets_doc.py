@@ -93,6 +93,22 @@ def render() -> str:
                 f"| {card['env_id']} | {kind} | {steps_txt} | {card['return_mean']:.1f} ± {card['return_std']:.1f} "
                 f"({card['episodes']} ep.) | {card['return_mean'] / expert:.2f} | {card['return_mean'] / d_hi:.2f} |"
             )
+    weak = []
+    for family in ENV_FAMILIES:
+        try:
+            expert = load_card(family, "expert")
+        except FileNotFoundError:
+            continue
+        share = expert["return_mean"] / D4RL_REF_SCORES[family][1]
+        if share < 0.25:
+            weak.append(
+                f"- `{family}`: the expert reaches only {share:.0%} of D4RL's expert return (SAC stopped "
+                f"at {expert['sac_run_env_steps']:,} steps), so its medium, medium-replay and medium-expert "
+                f"sets are far from D4RL's. Retrain with `python recipes/sac.py env={family} frames=1000000` "
+                f"and rebuild with `python -m torchrl_sym.data.policies.build {family} <run dir>`."
+            )
+    if weak:
+        lines += ["", "Policies well below D4RL's:", "", *weak]
     lines += [
         "",
         "## Datasets on this machine",
@@ -136,8 +152,9 @@ def render() -> str:
         "",
         "```python",
         "from torchrl_sym.data import make_offline_replay_buffer",
-        "rb = make_offline_replay_buffer('mujoco/hopper/medium-v0', 256)   # Minari, downloaded once",
-        "rb = make_offline_replay_buffer('/data/hopper-medium-v2.hdf5', 256, env='Hopper-v5')  # D4RL file",
+        "",
+        'rb = make_offline_replay_buffer("mujoco/hopper/medium-v0", 256)  # Minari, downloaded once',
+        'rb = make_offline_replay_buffer("/data/hopper-medium-v2.hdf5", 256, env="Hopper-v5")  # D4RL file',
         "```",
         "",
         "Recipes take the same ids: `python recipes/iql.py dataset=mujoco/hopper/medium-v0`. Minari",

@@ -257,3 +257,25 @@ def test_all_generates_every_env_and_kind_and_skips_existing(monkeypatch, capsys
     ]
     assert calls == expected and len(calls) == 14
     assert f"{existing} exists" in capsys.readouterr().out
+
+
+@needs_policies
+def test_datasets_doc_is_rendered_from_the_datasets():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_datasets_doc.py"
+    spec = importlib.util.spec_from_file_location("make_datasets_doc", path)
+    doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc)
+    family = SHIPPED[0]
+    dataset_id = gen.generate_dataset(
+        family, "medium", num_transitions=250, seed=0, num_envs=4, progress=False, overwrite=True
+    )
+    page = doc.render()
+    (row,) = [line for line in page.splitlines() if line.startswith(f"| `{dataset_id}` |")]
+    _, info = load_offline_dataset(dataset_id)
+    g = info.episode_returns.numpy()
+    assert f"| 250 | {info.num_episodes:,} | {g.mean():.1f} ± {g.std():.1f} |" in row
+    expert = load_card(family, "expert")
+    assert f"{expert['return_mean']:.1f} ± {expert['return_std']:.1f}" in page

@@ -663,3 +663,20 @@ def test_docs_tables_match_the_code():
             for cell, value in zip(row[3:], h):
                 assert _doc_number(cell) == pytest.approx(value, abs=1e-15), (row, mode)
     assert covered == {(n, m) for n in DIVERGENCE_NAMES for m in KAPPA_MODES}
+
+
+@pytest.mark.parametrize("name", ["js", "gan"])
+def test_js_and_gan_are_finite_with_finite_gradients_for_tiny_ratios(name):
+    div = get_divergence(name)
+    t = torch.tensor(
+        [1e-300, 1e-30, 1e-8, 0.3, 0.5, 0.7, 1.0, 3.0], dtype=torch.float64, requires_grad=True
+    )
+    value = div.f(t)
+    assert torch.isfinite(value).all()
+    # f(t) → f(0) as t → 0 (½ ln 2 for JS)
+    assert float(value[0]) == pytest.approx(
+        float(div.f(torch.zeros(1, dtype=torch.float64))[0]), abs=1e-12
+    )
+    value.sum().backward()
+    assert torch.isfinite(t.grad).all()
+    torch.testing.assert_close(t.grad, div.f_prime(t.detach()), rtol=1e-9, atol=1e-12)

@@ -106,11 +106,23 @@ def _safe_positive(t: Tensor) -> tuple[Tensor, Tensor]:
     return positive, torch.where(positive, t, torch.ones_like(t))
 
 
+def _js_log_ratio(t: Tensor) -> Tensor:
+    """``ln(2t/(1 + t))`` for ``t > 0``: log1p near t = 1 (accuracy of the O(x) terms), a plain log
+    for small t (where ``(t − 1)/(t + 1)`` rounds to −1 and log1p would give −inf). The unused
+    branch gets a harmless argument so no inf/NaN reaches the gradient."""
+    small = t < 0.5
+    near = torch.where(small, torch.ones_like(t), t)
+    far = torch.where(small, t, torch.ones_like(t))
+    return torch.where(
+        small, torch.log(2 * far) - torch.log1p(far), torch.log1p((near - 1) / (near + 1))
+    )
+
+
 def _f_js(t: Tensor) -> Tensor:
     # ½[t ln(2t/(1+t)) − ln((1+t)/2)] with log1p on arguments that vanish at t = 1, so the O(x²)
     # value near t = 1 comes from two O(x) terms rather than two O(1) ones.
     positive, ts = _safe_positive(t)
-    first = torch.where(positive, ts * torch.log1p((ts - 1) / (ts + 1)), torch.zeros_like(t))
+    first = torch.where(positive, ts * _js_log_ratio(ts), torch.zeros_like(t))
     return 0.5 * (first - torch.log1p((t - 1) / 2))
 
 
@@ -128,7 +140,7 @@ _DERIVATIVES = {
     "reverse_kl": lambda t: -1 / t,
     "pearson_chi2": lambda t: 2 * (t - 1),
     "jeffreys": lambda t: torch.log(t) + 1 - 1 / t,
-    "js": lambda t: 0.5 * torch.log1p((t - 1) / (t + 1)),
+    "js": lambda t: 0.5 * _js_log_ratio(t),
     "gan": lambda t: -torch.log1p(1 / t),
 }
 

@@ -48,6 +48,7 @@ Python floats, which ``torch.compile`` folds into constants.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -138,7 +139,7 @@ def _grid_from_marginals(
     )
 
 
-class NoiseSchedule(nn.Module):
+class NoiseSchedule(nn.Module, abc.ABC):
     """Base class: a VP marginal ``(α, σ)`` as a function of the model time, and sampling grids.
 
     Subclasses set ``discrete`` and implement :meth:`marginal`, :meth:`grid` and
@@ -155,15 +156,17 @@ class NoiseSchedule(nn.Module):
         self._grids: dict[int, SamplingGrid] = {}
 
     @property
+    @abc.abstractmethod
     def default_steps(self) -> int:
-        raise NotImplementedError
+        """Steps of the sampling grid used when none is given."""
 
+    @abc.abstractmethod
     def marginal(self, time: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(α, σ)`` at the model time ``time`` (same shape as ``time``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _build_grid(self, steps: int) -> SamplingGrid:
-        raise NotImplementedError
+        """The reverse grid with ``steps`` steps."""
 
     def grid(self, steps: int | None = None) -> SamplingGrid:
         """The reverse grid with ``steps`` steps (``None``: :attr:`default_steps`); cached."""
@@ -344,11 +347,13 @@ class ContinuousSchedule(NoiseSchedule):
     def default_steps(self) -> int:
         return self._default_steps
 
+    @abc.abstractmethod
     def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``log α_t`` elementwise."""
 
+    @abc.abstractmethod
     def log_alpha_float(self, t: float) -> float:
-        raise NotImplementedError
+        """``log α_t`` for a Python float (grid construction without tensors)."""
 
     def sigma2(self, t: torch.Tensor) -> torch.Tensor:
         """``σ_t² = 1 − α_t²``; subclasses may override it with a form precise near t = 0."""

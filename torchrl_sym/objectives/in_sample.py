@@ -165,7 +165,6 @@ class WeightedActorCriticLoss(LossModule):
     @abc.abstractmethod
     def _network_in_keys(self) -> list[NestedKey]:
         """The batch entries the networks read, besides the action and ``("next", r/done/term)``."""
-        raise NotImplementedError
 
     def _set_in_keys(self) -> None:
         keys = [
@@ -202,7 +201,6 @@ class WeightedActorCriticLoss(LossModule):
     @abc.abstractmethod
     def _next_state_value(self, tensordict: TensorDictBase) -> Tensor:
         """``V'(s')`` of the TD target, batch shape; called without gradient."""
-        raise NotImplementedError
 
     def _q_distance(self, pred: Tensor, target: Tensor) -> Tensor:
         """``ℓ(Q_i, y)`` elementwise, shape ``[N, *batch]``."""
@@ -243,7 +241,6 @@ class WeightedActorCriticLoss(LossModule):
     @abc.abstractmethod
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_π`` and its diagnostics; gradients reach the actor only."""
-        raise NotImplementedError
 
     # --- forward -----------------------------------------------------------------------------
 
@@ -383,7 +380,6 @@ class InSampleActorCriticLoss(WeightedActorCriticLoss):
     @abc.abstractmethod
     def _actor_weight(self, advantage: Tensor) -> Tensor:
         """``w = f(u)`` from ``u = min_i Q̄_i(s, a) − V(s)``, in ``[0, w_max]``."""
-        raise NotImplementedError
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_π`` and the ``entropy`` / ``weight_mean`` diagnostics; gradients reach ``π`` only."""
@@ -398,7 +394,6 @@ class InSampleActorCriticLoss(WeightedActorCriticLoss):
     @abc.abstractmethod
     def value_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_V`` and its diagnostics; gradients reach ``V`` only."""
-        raise NotImplementedError
 
     def _losses(
         self, tensordict: TensorDictBase

@@ -263,3 +263,11 @@ def test_schedules_hold_no_persistent_state_and_follow_dtype_casts():
         VPDiscreteSchedule(5, variance="exact")
     with pytest.raises(ValueError, match="betas"):
         LinearDiscreteSchedule(10, beta_start=0.0)
+
+
+def test_base_schedules_are_abstract():
+    from torchrl_sym.diffusion.schedules import ContinuousSchedule, NoiseSchedule
+
+    for cls in (NoiseSchedule, ContinuousSchedule):
+        with pytest.raises(TypeError, match="abstract"):
+            cls()

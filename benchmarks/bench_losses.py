@@ -18,11 +18,13 @@ batch 256, 2×256 MLPs). Printed per loss:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -102,6 +104,22 @@ def build_loss(name: str, obs_dim: int, act_dim: int, hidden: list[int]):
     return loss
 
 
+# Losses whose update is not "one loss module, one Adam" (staged or split losses) provide their own
+# cases from ``benchmarks/cases_<name>.py``:
+#   updates(obs_dim, act_dim, hidden, batch_size) -> list[(label, update(batch) -> TensorDict, batch)]
+#   extra_section(min_time) -> list[str]   (optional: markdown lines appended to the written page)
+EXTERNAL = {"srpo": "cases_srpo", "bdpo": "cases_bdpo"}
+
+
+def cases(name: str, obs_dim: int, act_dim: int, hidden: list[int], batch_size: int):
+    """``[(label, update, batch)]`` for loss ``name``."""
+    if name in EXTERNAL:
+        module = importlib.import_module(EXTERNAL[name])
+        return module.updates(obs_dim, act_dim, hidden, batch_size)
+    loss = build_loss(name, obs_dim, act_dim, hidden)
+    return [(name, make_update(loss), _batch(batch_size, obs_dim, act_dim))]
+
+
 def make_update(loss) -> Callable[[TensorDict], TensorDict]:
     params = [p for p in loss.parameters() if p.requires_grad]
     optim = torch.optim.Adam(params, lr=3e-4)
@@ -165,7 +183,12 @@ def flops_per_update(update, batch) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--losses", nargs="+", default=["iql", "awac", "sql", "xql", "sfac"])
+    parser.add_argument(
+        "--losses",
+        nargs="+",
+        default=["iql", "awac", "sql", "xql", "sfac"]
+        + [n for n, m in EXTERNAL.items() if (Path(__file__).parent / f"{m}.py").exists()],
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--obs-dim", type=int, default=11)
@@ -179,29 +202,34 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     min_time = 1.0 if args.quick else args.min_time
-    batch = _batch(args.batch, args.obs_dim, args.action_dim)
     peak_before = matmul_peak(min_time=min_time)
-    rows = []
+    rows, extra = [], []
     for name in args.losses:
         torch.manual_seed(0)
-        loss = build_loss(name, args.obs_dim, args.action_dim, args.hidden)
-        update = make_update(loss)
-        flops = flops_per_update(update, batch)
-        eager = rate(lambda u=update: u(batch), min_time, warmup=5)
-        compiled = float("nan")
-        if not args.no_compile:
-            cupdate = torch.compile(update)
-            t0 = time.perf_counter()
-            cupdate(batch)
-            compile_s = time.perf_counter() - t0
-            compiled = rate(lambda u=cupdate: u(batch), min_time, warmup=5)
-        else:
-            compile_s = float("nan")
-        rows.append((name, eager, compiled, flops / 1e9, compile_s))
-        print(
-            f"{name:5s} eager {eager:7.1f}/s  compiled {compiled:7.1f}/s  {flops / 1e9:.3f} GFLOP/update  (compile {compile_s:.0f} s)",
-            flush=True,
-        )
+        for label, update, batch in cases(
+            name, args.obs_dim, args.action_dim, args.hidden, args.batch
+        ):
+            flops = flops_per_update(update, batch)
+            eager = rate(lambda u=update, b=batch: u(b), min_time, warmup=5)
+            compiled, compile_s = float("nan"), float("nan")
+            if not args.no_compile:
+                cupdate = torch.compile(update)
+                t0 = time.perf_counter()
+                cupdate(batch)
+                compile_s = time.perf_counter() - t0
+                compiled = rate(lambda u=cupdate, b=batch: u(b), min_time, warmup=5)
+            rows.append((label, eager, compiled, flops / 1e9, compile_s))
+            print(
+                f"{label:14s} eager {eager:7.1f}/s  compiled {compiled:7.1f}/s  "
+                f"{flops / 1e9:.3f} GFLOP/update  (compile {compile_s:.0f} s)",
+                flush=True,
+            )
+        if name in EXTERNAL:
+            module = importlib.import_module(EXTERNAL[name])
+            if hasattr(module, "extra_section"):
+                section = module.extra_section(min_time)
+                print("\n".join(section), flush=True)
+                extra += [*section, ""]
     peak = max(peak_before, matmul_peak(min_time=min_time))
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -239,6 +267,7 @@ def main() -> None:
             "",
             table,
             "",
+            *extra,
             "Diffusion behavior model (BC updates/s, sampled actions/s): see [diffusion.md](diffusion.md).",
             "",
         ]

@@ -788,3 +788,57 @@ def test_docstring_example_runs():
     (test,) = [t for t in finder.find(sfac_module) if t.name.endswith("SfACLoss") and t.examples]
     result = runner.run(test)
     assert result.failed == 0 and result.attempted > 5
+
+
+@pytest.mark.parametrize("value_loss", ["expectile", "sparse", "policy"])
+def test_forward_shares_work_and_equals_the_individual_terms(value_loss):
+    """``forward`` computes each network once and gives what the ``*_loss`` methods give."""
+    torch.manual_seed(0)
+    loss = SfACLoss(
+        make_tanh_gaussian_actor(OBS, ACT, [16], log_std_bounds=(-5.0, 2.0)).to(F64),
+        make_qvalue(OBS, ACT, [16]).to(F64),
+        make_value(OBS, [16]).to(F64),
+        value_loss=value_loss,
+        behavior_warmup=0,
+        epsilon=0.5,
+    )
+    loss.make_value_estimator(gamma=GAMMA)
+    data = _random_batch(B=16, seed=5)
+    calls = {"actor_network": 0, "behavior_network": 0, "value_network": 0}
+    hooks = [
+        getattr(loss, name)
+        .module[0]
+        .register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+        if name != "value_network"
+        else loss.value_network.module.register_forward_hook(
+            lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
+        for name in calls
+    ]
+    torch.manual_seed(1)
+    out = loss(data)
+    for h in hooks:
+        h.remove()
+    # log π_θ once, log π̂_β once, V(s) once and V(s') once for the critic target; the policy
+    # value loss samples π_θ at s (value target) and at s' (critic target, instead of V(s'))
+    policy = value_loss == "policy"
+    assert calls == {
+        "actor_network": 3 if policy else 1,
+        "behavior_network": 1,
+        "value_network": 1 if policy else 2,
+    }
+    torch.manual_seed(1)
+    actor, meta = loss.actor_loss(data)
+    value, _ = loss.value_loss(data)
+    torch.manual_seed(1)
+    qvalue, _ = loss.qvalue_loss(data)
+    behavior, _ = loss.behavior_loss(data)
+    if value_loss == "policy":  # the sampled actions differ in order of draws: compare actor, q
+        torch.testing.assert_close(out["loss_actor"], actor, rtol=1e-12, atol=1e-12)
+    else:
+        torch.testing.assert_close(out["loss_value"], value, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out["loss_qvalue"], qvalue, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out["loss_actor"], actor, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out["loss_behavior"], behavior, rtol=1e-12, atol=1e-12)
+    for key in ("asym", "csym", "w_kl_mean", "w2_nonzero_frac", "r_clamped_frac"):
+        torch.testing.assert_close(out[key], meta[key], rtol=1e-12, atol=1e-12)

@@ -24,7 +24,7 @@ from torchrl.objectives.value import ValueEstimatorBase
 
 from torchrl_sym.divergences import FDivergence, get_divergence, n2_policy_weight
 
-__all__ = ["SfACLoss"]
+__all__ = ["SfACLoss", "conditional_symmetry_term"]
 
 _PRESETS = {
     "iql_compatible": {"kl_weight": "exp", "value_loss": "expectile"},
@@ -507,20 +507,24 @@ class SfACLoss(LossModule):
         x = 2 * y / (2 * c2 + disc.sqrt())
         return torch.where(no_root, torch.zeros_like(x), (1 + x).clamp(min=0))
 
-    def _series_value(self, d: Tensor) -> Tensor:
-        """``Σ_n h_n dⁿ`` over the configured orders."""
-        total = torch.zeros_like(d)
-        for n, h_n in self._series:
-            total = total + h_n * d**n
-        return total
-
     # ---------------------------------------------------------------------------------- losses
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        loss_actor, metadata = self.actor_loss(tensordict)
+        # Every network runs once per update: log π_θ, log π̂_β (its gradient trains π̂_β, its
+        # detached value enters the ratio), min Q̄ and V(s) (advantage and value loss) are shared
+        # by the terms instead of being recomputed by each ``*_loss`` method.
+        action = self._action(tensordict)
+        log_pi = self._log_prob("actor_network", tensordict, action)
+        log_beta = self._log_prob("behavior_network", tensordict, action)
+        value = self._state_value(tensordict)
+        with torch.no_grad():
+            min_q = self._min_target_q(tensordict)
+        loss_actor, metadata = self._actor_terms(
+            tensordict, log_pi, log_beta.detach(), min_q - value.detach()
+        )
+        loss_value = self._value_terms(tensordict, value, min_q)
         loss_qvalue, _ = self.qvalue_loss(tensordict)
-        loss_value, _ = self.value_loss(tensordict)
-        loss_behavior, _ = self.behavior_loss(tensordict)
+        loss_behavior = self._reduce_loss(-log_beta, tensordict=tensordict)
         if self.training:
             self.step_count.add_(1)
         out = TensorDict(
@@ -550,11 +554,25 @@ class SfACLoss(LossModule):
         log_pi = self._log_prob("actor_network", tensordict, action)
         with torch.no_grad():
             advantage = self._min_target_q(tensordict) - self._state_value(tensordict)
-            if log_pi.shape != advantage.shape:
-                raise RuntimeError(
-                    f"log π(a|s) has shape {tuple(log_pi.shape)} but the advantage "
-                    f"{tuple(advantage.shape)}; the actor's log_prob must sum over action dims."
-                )
+            log_beta = (
+                self._log_prob("behavior_network", tensordict, action) if self._series else None
+            )
+        return self._actor_terms(tensordict, log_pi, log_beta, advantage)
+
+    def _actor_terms(
+        self,
+        tensordict: TensorDictBase,
+        log_pi: Tensor,
+        log_beta: Tensor | None,
+        advantage: Tensor,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The actor loss from ``log π_θ(a|s)``, the detached ``log π̂_β(a|s)`` and ``A_v``."""
+        if log_pi.shape != advantage.shape:
+            raise RuntimeError(
+                f"log π(a|s) has shape {tuple(log_pi.shape)} but the advantage "
+                f"{tuple(advantage.shape)}; the actor's log_prob must sum over action dims."
+            )
+        with torch.no_grad():
             w_star = self.policy_weight(advantage)
             if self.kl_weight == "exp":
                 w_kl = torch.exp(advantage / self.tau)
@@ -565,16 +583,14 @@ class SfACLoss(LossModule):
         asym = -(w_kl * log_pi)
 
         if self._series:
-            with torch.no_grad():
-                log_beta = self._log_prob("behavior_network", tensordict, action)
-                log_w = torch.where(support, w_star, torch.ones_like(w_star)).log()
-            # rows outside supp π* are selected away, never multiplied by 0 (no inf/NaN leaks)
-            log_r = torch.where(support, log_pi - log_beta - log_w, torch.zeros_like(log_pi))
-            low, high = self._log_r_low, self._log_r_high
-            outside = log_r > high if low is None else (log_r > high) | (log_r < low)
-            clamped = support & outside
-            r_c = log_r.clamp(min=low, max=high).exp()
-            csym = torch.where(support, w_star * self._series_value(r_c - 1), torch.zeros_like(r_c))
+            csym, clamped = conditional_symmetry_term(
+                log_pi,
+                log_beta,
+                w_star,
+                self._series,
+                log_r_low=self._log_r_low,
+                log_r_high=self._log_r_high,
+            )
             csym = torch.where(self.symmetry_active(), csym, torch.zeros_like(csym))
         else:
             clamped = torch.zeros_like(support)
@@ -596,12 +612,21 @@ class SfACLoss(LossModule):
         """``L_V`` of the configured ``value_loss`` (only V receives gradients)."""
         value = self._state_value(tensordict)
         if self.value_loss_type == "policy":
+            min_q = None
+        else:
+            with torch.no_grad():
+                min_q = self._min_target_q(tensordict)
+        return self._value_terms(tensordict, value, min_q), {}
+
+    def _value_terms(
+        self, tensordict: TensorDictBase, value: Tensor, min_q: Tensor | None
+    ) -> Tensor:
+        """``L_V`` from ``V(s)`` and the detached ``min Q̄(s, a)`` of the dataset action."""
+        if self.value_loss_type == "policy":
             with torch.no_grad():
                 target = self._min_target_q(self._sample_policy(tensordict))
             loss = 0.5 * (value - target).pow(2)
         else:
-            with torch.no_grad():
-                min_q = self._min_target_q(tensordict)
             u = min_q - value
             if self.value_loss_type == "expectile":
                 weight = torch.where(
@@ -614,7 +639,7 @@ class SfACLoss(LossModule):
                 alpha = self.tau2 / 2
                 z = 1 + u / (2 * alpha)
                 loss = z.clamp(min=0).pow(2) + value / alpha
-        return self._reduce_loss(loss, tensordict=tensordict), {}
+        return self._reduce_loss(loss, tensordict=tensordict)
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
         """``L_Q = Σ_i mean_B ℓ(Q_i(s, a), y)`` with a detached TD(0) target ``y``."""
@@ -645,6 +670,40 @@ class SfACLoss(LossModule):
         """``L_β = −mean_B log π̂_β(a|s)`` (maximum likelihood of the dataset actions)."""
         log_beta = self._log_prob("behavior_network", tensordict, self._action(tensordict))
         return self._reduce_loss(-log_beta, tensordict=tensordict), {}
+
+
+def conditional_symmetry_term(
+    log_pi: Tensor,
+    log_beta: Tensor,
+    w_star: Tensor,
+    series,
+    *,
+    log_r_low: float | None,
+    log_r_high: float,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-row ``w* Σ_n h_n (r_c − 1)ⁿ`` and the rows whose ratio was clamped (both ``[B]``).
+
+    ``r = π_θ(a|s) / (π̂_β(a|s) w*)`` is formed in log space from ``log_pi`` (differentiated),
+    ``log_beta`` and ``w* = π*/π_D`` (both treated as constants), clamped to
+    ``[log_r_low, log_r_high]`` (``None``: no lower bound) and exponentiated. ``series`` is a
+    sequence of ``(n, h_n)``. Rows with ``w* = 0`` (outside ``supp π*``) are exactly 0 and are
+    selected away, never multiplied by 0, so no ``inf``/``NaN`` leaks into the gradient. This is
+    :class:`SfACLoss`'s symmetry term before the batch mean; the Sf-AC toy
+    (:mod:`torchrl_sym.toys.sfac`) calls it with exact densities.
+    """
+    support = w_star > 0
+    log_w = torch.where(support, w_star, torch.ones_like(w_star)).log()
+    log_r = torch.where(support, log_pi - log_beta.detach() - log_w, torch.zeros_like(log_pi))
+    outside = (
+        log_r > log_r_high if log_r_low is None else (log_r > log_r_high) | (log_r < log_r_low)
+    )
+    r_c = log_r.clamp(min=log_r_low, max=log_r_high).exp()
+    d = r_c - 1
+    total = torch.zeros_like(d)
+    for n, h_n in series:
+        total = total + h_n * d**n
+    csym = torch.where(support, w_star.detach() * total, torch.zeros_like(r_c))
+    return csym, support & outside
 
 
 def _positive(value: float, what: str, *, allow_inf: bool = False) -> float:

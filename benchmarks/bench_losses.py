@@ -18,6 +18,7 @@ batch 256, 2×256 MLPs). Printed per loss:
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import os
 import platform
@@ -111,8 +112,64 @@ def build_loss(name: str, obs_dim: int, act_dim: int, hidden: list[int]):
 EXTERNAL = {"srpo": "cases_srpo", "bdpo": "cases_bdpo"}
 
 
+def hand_written_iql(obs_dim: int, act_dim: int, hidden: list[int]):
+    """IQL written as plain PyTorch (no TensorDict, no LossModule): the reference for how fast
+    an update of this size can run. Same networks, losses and optimizer as TorchRL's IQLLoss
+    with ``expectile=0.7, temperature=3, loss_function="l2"`` and a Gaussian actor."""
+    from torch import nn
+
+    def mlp(i, o):
+        layers, d = [], i
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        return nn.Sequential(*layers, nn.Linear(d, o))
+
+    actor, q1, q2, v = (
+        mlp(obs_dim, 2 * act_dim),
+        mlp(obs_dim + act_dim, 1),
+        mlp(obs_dim + act_dim, 1),
+        mlp(obs_dim, 1),
+    )
+    tq1, tq2 = copy.deepcopy(q1).requires_grad_(False), copy.deepcopy(q2).requires_grad_(False)
+    nets = [actor, q1, q2, v]
+    optim = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=3e-4)
+    online = [p for n in (q1, q2) for p in n.parameters()]
+    targets = [p for n in (tq1, tq2) for p in n.parameters()]
+
+    def update(batch: TensorDict) -> TensorDict:
+        s, a = batch["observation"], batch["action"]
+        s2, r = batch["next", "observation"], batch["next", "reward"].squeeze(-1)
+        nd = (~batch["next", "terminated"]).squeeze(-1).float()
+        sa = torch.cat([s, a], -1)
+        with torch.no_grad():
+            min_q = torch.minimum(tq1(sa), tq2(sa)).squeeze(-1)
+            y = r + 0.99 * nd * v(s2).squeeze(-1)
+        value = v(s).squeeze(-1)
+        u = min_q - value
+        loss_v = (torch.where(u < 0, 0.3, 0.7) * u.pow(2)).mean()
+        loss_q = (q1(sa).squeeze(-1) - y).pow(2).mean() + (q2(sa).squeeze(-1) - y).pow(2).mean()
+        loc, log_scale = actor(s).chunk(2, -1)
+        scale = nn.functional.softplus(log_scale) + 1e-4
+        log_prob = torch.distributions.Normal(loc, scale).log_prob(a).sum(-1)
+        w = torch.exp((min_q - value.detach()) * 3.0).clamp(max=100.0)
+        loss_actor = -(w * log_prob).mean()
+        optim.zero_grad(set_to_none=True)
+        (loss_v + loss_q + loss_actor).backward()
+        optim.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(targets, online, 0.005)
+        return TensorDict({"loss_actor": loss_actor.detach(), "loss_qvalue": loss_q.detach()}, [])
+
+    return update
+
+
 def cases(name: str, obs_dim: int, act_dim: int, hidden: list[int], batch_size: int):
     """``[(label, update, batch)]`` for loss ``name``."""
+    if name == "iql_hand":
+        return [
+            (name, hand_written_iql(obs_dim, act_dim, hidden), _batch(batch_size, obs_dim, act_dim))
+        ]
     if name in EXTERNAL:
         module = importlib.import_module(EXTERNAL[name])
         return module.updates(obs_dim, act_dim, hidden, batch_size)
@@ -186,7 +243,7 @@ def main() -> None:
     parser.add_argument(
         "--losses",
         nargs="+",
-        default=["iql", "awac", "sql", "xql", "sfac"]
+        default=["iql", "iql_hand", "awac", "sql", "xql", "sfac"]
         + [n for n, m in EXTERNAL.items() if (Path(__file__).parent / f"{m}.py").exists()],
     )
     parser.add_argument("--batch", type=int, default=256)
@@ -243,7 +300,7 @@ def main() -> None:
     for name, eager, compiled, gflop, _ in rows:
         achieved = compiled * gflop
         rel = compiled / iql[2] if iql else float("nan")
-        label = "TorchRL IQLLoss" if name == "iql" else name
+        label = {"iql": "TorchRL IQLLoss", "iql_hand": "IQL, hand-written PyTorch"}.get(name, name)
         lines.append(
             f"| {label} | {eager:.1f} | {compiled:.1f} | {compiled / eager:.2f} | {gflop:.3f} | {achieved:.1f} | {achieved / peak:.0%} | {rel:.2f} |"
         )

@@ -1,0 +1,33 @@
+"""benchmarks/bench_losses.py runs and writes its table (timings are not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_losses_writes_the_table(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_losses.py"),
+            *("--losses", "iql", "iql_hand", "sfac"),
+            *("--no-compile", "--threads", "1", "--min-time", "0.05", "--batch", "32"),
+            *("--hidden", "32", "32", "--write", str(page)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| loss | updates/s eager |")
+    labels = [row.split("|")[1].strip() for row in rows[1:]]
+    assert labels == ["TorchRL IQLLoss", "IQL, hand-written PyTorch", "sfac"]
+    for row in rows[1:]:
+        eager, gflop = float(row.split("|")[2]), float(row.split("|")[5])
+        assert eager > 0 and gflop > 0

@@ -238,27 +238,8 @@ def flops_per_update(update, batch) -> float:
     return counter.total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--losses",
-        nargs="+",
-        default=["iql", "iql_hand", "awac", "sql", "xql", "sfac"]
-        + [n for n, m in EXTERNAL.items() if (Path(__file__).parent / f"{m}.py").exists()],
-    )
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    parser.add_argument("--obs-dim", type=int, default=11)
-    parser.add_argument("--action-dim", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--min-time", type=float, default=5.0)
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="1 s timings")
-    parser.add_argument("--write", default=None, help="write the table (markdown) to this file")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    min_time = 1.0 if args.quick else args.min_time
+def measure(args, min_time: float, *, extras: bool) -> tuple[list[str], list[str]]:
+    """Time every case at the current thread count; the markdown table and the extra sections."""
     peak_before = matmul_peak(min_time=min_time)
     rows, extra = [], []
     for name in args.losses:
@@ -281,7 +262,7 @@ def main() -> None:
                 f"{flops / 1e9:.3f} GFLOP/update  (compile {compile_s:.0f} s)",
                 flush=True,
             )
-        if name in EXTERNAL:
+        if extras and name in EXTERNAL:
             module = importlib.import_module(EXTERNAL[name])
             if hasattr(module, "extra_section"):
                 section = module.extra_section(min_time)
@@ -289,9 +270,8 @@ def main() -> None:
                 extra += [*section, ""]
     peak = max(peak_before, matmul_peak(min_time=min_time))
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; large-matmul peak measured in this run: {peak:.0f} GFLOP/s.",
-        f"Batch {args.batch}, MLPs {args.hidden}, observation {args.obs_dim}, action {args.action_dim}.",
+        f"**{torch.get_num_threads()} thread(s)**; large-matmul peak measured in this run: "
+        f"{peak:.0f} GFLOP/s.",
         "",
         "| loss | updates/s eager | updates/s compiled | compiled / eager | GFLOP per update | GFLOP/s compiled | fraction of peak | vs IQLLoss (compiled) |",
         "|---|---|---|---|---|---|---|---|",
@@ -304,9 +284,40 @@ def main() -> None:
         lines.append(
             f"| {label} | {eager:.1f} | {compiled:.1f} | {compiled / eager:.2f} | {gflop:.3f} | {achieved:.1f} | {achieved / peak:.0%} | {rel:.2f} |"
         )
-    table = "\n".join(lines)
     print()
-    print(table)
+    print("\n".join(lines), flush=True)
+    return lines, extra
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--losses",
+        nargs="+",
+        default=["iql", "iql_hand", "awac", "sql", "xql", "sfac"]
+        + [n for n, m in EXTERNAL.items() if (Path(__file__).parent / f"{m}.py").exists()],
+    )
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--obs-dim", type=int, default=11)
+    parser.add_argument("--action-dim", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=None, help="one table per thread count"
+    )
+    parser.add_argument("--min-time", type=float, default=5.0)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1 s timings")
+    parser.add_argument("--write", default=None, help="write the table (markdown) to this file")
+    args = parser.parse_args()
+    min_time = 1.0 if args.quick else args.min_time
+    tables, extra = [], []
+    for i, threads in enumerate(args.threads or [torch.get_num_threads()]):
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()  # fresh compile caches: the same update code is compiled per loss
+        table, section = measure(args, min_time, extras=i == 0)
+        tables += [*table, ""]
+        extra += section
+    table = "\n".join(tables)
     if args.write:
         page = [
             "# Benchmarks",
@@ -321,6 +332,10 @@ def main() -> None:
             "run, so the fraction holds whatever else the machine is doing.",
             "",
             f"Command: `python benchmarks/bench_losses.py {' '.join(sys.argv[1:])}`",
+            "",
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}. Batch {args.batch}, MLPs {args.hidden}, observation "
+            f"{args.obs_dim}, action {args.action_dim}.",
             "",
             table,
             "",

@@ -16,7 +16,7 @@ def test_bench_losses_writes_the_table(tmp_path):
             sys.executable,
             str(ROOT / "benchmarks" / "bench_losses.py"),
             *("--losses", "iql", "iql_hand", "sfac"),
-            *("--no-compile", "--threads", "1", "--min-time", "0.05", "--batch", "32"),
+            *("--no-compile", "--threads", "1", "2", "--min-time", "0.05", "--batch", "32"),
             *("--hidden", "32", "32", "--write", str(page)),
         ],
         capture_output=True,
@@ -24,10 +24,13 @@ def test_bench_losses_writes_the_table(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in page.read_text().splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| loss | updates/s eager |")
-    labels = [row.split("|")[1].strip() for row in rows[1:]]
+    text = page.read_text()
+    assert "**1 thread(s)**" in text and "**2 thread(s)**" in text  # one table per thread count
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [i for i, row in enumerate(rows) if row.startswith("| loss | updates/s eager |")]
+    assert header == [0, 4]
+    labels = [row.split("|")[1].strip() for row in rows[1:4]]
     assert labels == ["TorchRL IQLLoss", "IQL, hand-written PyTorch", "sfac"]
-    for row in rows[1:]:
+    for row in rows[1:4] + rows[5:]:
         eager, gflop = float(row.split("|")[2]), float(row.split("|")[5])
         assert eager > 0 and gflop > 0

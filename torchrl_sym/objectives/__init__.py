@@ -4,6 +4,14 @@ from torchrl_sym.objectives.awac import AWACLoss
 from torchrl_sym.objectives.diffusion_bc import DiffusionBehaviorLoss
 from torchrl_sym.objectives.sfac import SfACLoss
 from torchrl_sym.objectives.sql import SQLLoss
+from torchrl_sym.objectives.srpo import SRPOLoss
 from torchrl_sym.objectives.xql import XQLLoss
 
-__all__ = ["AWACLoss", "DiffusionBehaviorLoss", "SQLLoss", "SfACLoss", "XQLLoss"]
+__all__ = [
+    "AWACLoss",
+    "DiffusionBehaviorLoss",
+    "SQLLoss",
+    "SRPOLoss",
+    "SfACLoss",
+    "XQLLoss",
+]

@@ -1,0 +1,244 @@
+"""recipes/srpo.py end to end: three checkpointed stages, exact resume across stages, reuse of an
+earlier run's behavior model and critic, the paper preset and the per-task β of specs/srpo.md §6."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+DATASET = "test/hopper/srpo-recipe-v0"
+# small networks and batches: the stages' logic, not their size, is under test
+TINY = [
+    "srpo.behavior.hidden_dim=32",
+    "srpo.behavior.num_blocks=1",
+    "srpo.behavior.batch_size=64",
+    "srpo.critic.hidden=[32,32]",
+    "srpo.policy.hidden=[32,32]",
+    "data.batch_size=64",
+    "logger.backend=none",
+    "train.progress=false",
+    "eval.episodes=1",
+    "eval.max_steps=20",
+]
+# spec §6, utils.temperature_coefficients
+BETAS = {
+    "halfcheetah-medium": 0.2,
+    "halfcheetah-medium-replay": 0.2,
+    "halfcheetah-medium-expert": 0.01,
+    "hopper-medium": 0.05,
+    "hopper-medium-replay": 0.2,
+    "hopper-medium-expert": 0.01,
+    "walker2d-medium": 0.05,
+    "walker2d-medium-replay": 0.5,
+    "walker2d-medium-expert": 0.1,
+}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    import minari
+
+    from torchrl_sym.data.generate import rollout_episodes, write_minari_dataset
+
+    if DATASET not in minari.list_local_datasets():
+        episodes = rollout_episodes("Hopper-v5", None, 1500, seed=0, progress=False)
+        write_minari_dataset(DATASET, episodes, env_id="Hopper-v5")
+    return DATASET
+
+
+def _run(*overrides, check=True, timeout=300):
+    cmd = [sys.executable, str(ROOT / "recipes" / "srpo.py"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def _ckpt(run_dir: Path, step: int) -> dict:
+    return torch.load(run_dir / "checkpoints" / f"ckpt_{step:09d}.pt", weights_only=False)
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("srpo_recipe", ROOT / "recipes" / "srpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_runs_the_three_stages_with_the_default_networks(tmp_path, dataset):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    _run("profile=smoke", f"dataset={dataset}", f"hydra.run.dir={run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 150  # 50 steps of each stage
+    state = _ckpt(run_dir, 150)
+    assert state["stage_index"] == 3 and set(state["modules"]) == {"behavior", "critic", "policy"}
+    # the checkpoints at the end of stages 1 and 2 exist too (keep=2 keeps the last two)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt_*.pt")) == [
+        "ckpt_000000125.pt",
+        "ckpt_000000150.pt",
+    ]
+    (events,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    tags = {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+    assert tags["behavior/loss_diffusion"] == [25, 50]
+    assert tags["critic/loss_qvalue"] == [75, 100] and tags["critic/loss_value"] == [75, 100]
+    for tag in (
+        "policy/loss_actor",
+        "policy/q_mean",
+        "policy/score_term_norm",
+        "policy/q_term_norm",
+    ):
+        assert tags[tag] == [125, 150], tag
+    assert tags["eval/normalized_score"] == [150]  # only the policy stage evaluates
+    # the actor's lr follows a cosine to 0 over its stage
+    assert acc.Scalars("policy/lr_srpo")[-1].value == pytest.approx(0.0, abs=1e-9)
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "beta: 0.05" in cfg and "weight: vds" in cfg and "reward_transform: return_range" in cfg
+    # the policy stage read the critic stage's target heads and the behavior stage's ε-network
+    policy = state["modules"]["policy"]
+    for key, value in state["modules"]["critic"].items():
+        if key.startswith("target_qvalue_network_params"):
+            assert torch.equal(policy[key], value)
+    for key, value in state["modules"]["behavior"].items():
+        if key.startswith("actor_network_params"):
+            assert torch.equal(policy["behavior_" + key.removeprefix("actor_")], value)
+
+
+def test_resume_inside_the_critic_stage_is_exact(tmp_path, dataset):
+    common = [
+        f"dataset={dataset}",
+        *TINY,
+        "srpo.behavior.steps=20",
+        "srpo.critic.steps=20",
+        "train.steps=20",
+        "checkpoint.interval=10",
+        "checkpoint.keep=10",
+        "eval.interval=10",
+    ]
+    straight = tmp_path / "straight"
+    _run(*common, f"hydra.run.dir={straight}")
+    cut = tmp_path / "cut"
+    shutil.copytree(straight, cut)
+    # as if killed after step 30 (stage 'critic', step 10): later checkpoints never happened
+    for p in (cut / "checkpoints").glob("ckpt_*.pt"):
+        if int(p.stem.split("_")[1]) > 30:
+            p.unlink()
+    assert _ckpt(cut, 30)["stage_name"] == "critic"
+    _run(*common, f"resume={cut}", f"hydra.run.dir={tmp_path / 'other'}")
+    assert json.loads((cut / "summary.json").read_text())["resumed"] is True
+    a, b = _ckpt(straight, 60), _ckpt(cut, 60)
+    for name in ("behavior", "critic", "policy"):
+        for key, value in a["modules"][name].items():
+            assert torch.equal(value, b["modules"][name][key]), (name, key)
+    with open(straight / "eval_returns.csv") as f1, open(cut / "eval_returns.csv") as f2:
+        assert list(csv.DictReader(f1)) == list(csv.DictReader(f2))
+
+
+def test_init_from_an_earlier_run_skips_stages_one_and_two(tmp_path, dataset):
+    common = [f"dataset={dataset}", *TINY, "eval.interval=10"]
+    first = tmp_path / "first"
+    _run(*common, "srpo.behavior.steps=10", "srpo.critic.steps=10", "train.steps=10",
+         f"hydra.run.dir={first}")  # fmt: skip
+    second = tmp_path / "second"
+    _run(*common, f"srpo.init_from={first}", "train.steps=15", "srpo.beta=0.2",
+         f"hydra.run.dir={second}")  # fmt: skip
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["global_step"] == 15  # only the policy stage ran
+    old, new = _ckpt(first, 30), _ckpt(second, 15)
+    for name in ("behavior", "critic"):
+        for key, value in old["modules"][name].items():
+            assert torch.equal(value, new["modules"][name][key]), (name, key)
+    # the new policy is trained from scratch on them (its actor differs from the first run's)
+    actor_keys = [k for k in old["modules"]["policy"] if k.startswith("actor_network_params")]
+    assert any(
+        not torch.equal(old["modules"]["policy"][k], new["modules"]["policy"][k])
+        for k in actor_keys
+    )
+    # errors: no checkpoint there, or a run whose critic stage is unfinished
+    recipe = _load_recipe()
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        recipe.load_earlier_stages(str(tmp_path / "nothing"), None, None, "cpu")
+    ckpt = tmp_path / "unfinished.pt"
+    state = _ckpt(first, 30)
+    state.update(stage_index=1, stage_name="critic", stage_step=5, global_step=15)
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match="not finished"):
+        recipe.load_earlier_stages(str(ckpt), None, None, "cpu")
+    state["modules"].pop("critic")
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match="not an srpo checkpoint"):
+        recipe.load_earlier_stages(str(ckpt), None, None, "cpu")
+
+
+def test_paper_preset_and_default_budgets():
+    from hydra import compose, initialize_config_dir
+
+    recipe = _load_recipe()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        paper = compose("srpo", overrides=["experiment=paper"])
+        assert recipe.budgets(paper) == {
+            "behavior": 2_000_000,
+            "critic": 1_500_000,
+            "policy": 1_000_000,
+            "behavior_batch_size": 2048,
+        }
+        assert (paper.eval.interval, paper.eval.episodes, paper.data.batch_size) == (
+            20_000,
+            20,
+            256,
+        )
+        smoke = compose("srpo", overrides=["experiment=paper", "profile=smoke"])
+        assert recipe.budgets(smoke)["behavior"] == 50 and recipe.budgets(smoke)["policy"] == 50
+        default = compose("srpo")
+        assert recipe.budgets(default) == {
+            "behavior": 2000,
+            "critic": 3000,
+            "policy": 3000,
+            "behavior_batch_size": 256,
+        }
+        assert default.dataset == "torchrl_sym/hopper/medium-v0"
+        hp = default.srpo
+        assert (hp.weight, hp.t_min, hp.t_max, hp.eps_baseline, hp.q_reduce) == (
+            "vds",
+            0.02,
+            0.98,
+            False,
+            "mean",
+        )
+        assert (hp.critic.expectile, hp.critic.tau, hp.critic.discount) == (0.7, 0.005, 0.99)
+        assert (hp.behavior.weight_decay, hp.behavior.t_min, hp.behavior.dropout) == (
+            0.01,
+            1e-3,
+            0.1,
+        )
+
+
+def test_task_files_hold_the_per_task_beta():
+    from omegaconf import OmegaConf
+
+    from torchrl_sym.train.recipe import apply_task
+
+    assert sorted(p.stem for p in (CONFIGS / "task" / "srpo").glob("*.yaml")) == sorted(BETAS)
+    base = OmegaConf.load(CONFIGS / "srpo.yaml")
+    for task, beta in BETAS.items():
+        env, kind = task.split("-", 1)
+        cfg = OmegaConf.merge(base, {"task": None, "dataset": f"torchrl_sym/{env}/{kind}-v0"})
+        merged = apply_task(cfg, CONFIGS)
+        assert merged.srpo.beta == beta and merged.task == task

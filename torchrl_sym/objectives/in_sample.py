@@ -53,6 +53,8 @@ from torchrl.objectives.utils import (
 )
 from torchrl.objectives.value import ValueEstimatorBase
 
+from torchrl_sym.objectives._ensemble import ensemble_call
+
 __all__ = ["InSampleActorCriticLoss", "WeightedActorCriticLoss"]
 
 _DISTANCES = ("l2", "l1", "smooth_l1")
@@ -153,7 +155,10 @@ class WeightedActorCriticLoss(LossModule):
         self._make_vmap()
 
     def _make_vmap(self) -> None:
-        self._vmap_qvalue_networkN0 = _vmap_func(
+        # an MLP critic runs as batched matmuls over the stacked heads (same numbers as vmap,
+        # faster compiled; torchrl_sym/objectives/_ensemble.py); any other module is vmapped
+        fast = None if self.deactivate_vmap else ensemble_call(self.qvalue_network)
+        self._vmap_qvalue_networkN0 = fast or _vmap_func(
             self.qvalue_network,
             (None, 0),
             randomness=self.vmap_randomness,

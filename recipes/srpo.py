@@ -39,7 +39,6 @@ import torch
 from tensordict import TensorDict
 from torchrl.objectives import IQLLoss, SoftUpdate
 
-from torchrl_sym.data.offline import OfflineReplayBuffer
 from torchrl_sym.diffusion import DiffusionBehaviorActor, ResidualMLPNoisePredictor, VPSDESchedule
 from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
 from torchrl_sym.objectives import DiffusionBehaviorLoss, SRPOLoss
@@ -146,11 +145,9 @@ def main(cfg) -> dict:
     bc_opt = torch.optim.AdamW(
         bc_loss.actor_network_params.values(True, True), lr=b.lr, weight_decay=b.weight_decay
     )
-    behavior_buffer = OfflineReplayBuffer(
-        run.buffer.storage._storage,  # the same tensors, another batch size and sampler
-        run.info,
-        batch_size=steps["behavior_batch_size"],
-        seed=int(cfg.seed) + 1,
+    # the same tensors, another batch size and sampler
+    behavior_buffer = run.buffer.with_batch_size(
+        steps["behavior_batch_size"], seed=int(cfg.seed) + 1
     )
 
     # ---- stage 2: the IQL critic (twin Q, V, Polyak target)

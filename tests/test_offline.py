@@ -462,3 +462,13 @@ def test_missing_torchrl_sym_dataset_is_generated_on_first_use_then_reused(monke
 
     monkeypatch.setattr(generate, "generate_dataset", no_generation)
     assert make_offline_replay_buffer(dataset_id, 16).info.num_transitions == 120
+
+
+def test_with_batch_size_shares_the_data_and_has_its_own_sampler():
+    buffer = make_offline_replay_buffer("toy2d/8gaussians", 32, seed=0, toy2d_size=1000)
+    big = buffer.with_batch_size(128, seed=1)
+    assert big.data["action"].data_ptr() == buffer.data["action"].data_ptr()  # no copy
+    assert big.info is buffer.info
+    assert big.sample().batch_size == (128,) and buffer.sample().batch_size == (32,)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        buffer.with_batch_size(0, seed=None)

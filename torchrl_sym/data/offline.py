@@ -159,6 +159,18 @@ class OfflineReplayBuffer(TensorDictReplayBuffer):
         self.info = info
         self._generator = generator
 
+    @property
+    def data(self) -> TensorDictBase:
+        """The whole dataset (the storage's TensorDict, ``[num_transitions]``; do not write)."""
+        return self._storage._storage
+
+    def with_batch_size(self, batch_size: int, *, seed: int | None) -> OfflineReplayBuffer:
+        """Another buffer over the same tensors (no copy) with its own batch size and sampler,
+        e.g. a pretraining stage that samples larger batches than the main stage."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        return OfflineReplayBuffer(self.data, self.info, batch_size=batch_size, seed=seed)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "sampler": self._sampler.state_dict(),

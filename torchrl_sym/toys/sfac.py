@@ -99,10 +99,9 @@ def objective(name: str, target: MoGTarget, density: torch.Tensor) -> torch.Tens
     raise ValueError(f"Unknown fit objective {name!r}; expected one of {FIT_OBJECTIVES}.")
 
 
-def fit_tanh_normal(
-    name: str, target: MoGTarget, *, inits=((-0.5, -1.0), (0.0, -1.0), (0.5, -1.0), (0.5, -2.5))
-) -> tuple[float, float]:
-    """``(μ, σ)`` minimizing objective ``name`` (L-BFGS from each init, the best kept; log σ ∈ [−5, 2])."""
+def _fit_grid(value_of_density, target: MoGTarget, inits, what: str) -> tuple[float, float]:
+    """``(μ, σ)`` minimizing ``value_of_density(π_θ on the grid)`` by L-BFGS from each init (the
+    best kept; log σ ∈ [−5, 2])."""
     best = None
     for mu0, ls0 in inits:
         mu = torch.tensor(float(mu0), dtype=torch.float64, requires_grad=True)
@@ -117,22 +116,29 @@ def fit_tanh_normal(
 
         def closure(opt=opt, mu=mu, ls=ls):
             opt.zero_grad()
-            value = objective(
-                name, target, tanh_normal_density(target.grid, mu, ls.clamp(-5.0, 2.0))
-            )
+            value = value_of_density(tanh_normal_density(target.grid, mu, ls.clamp(-5.0, 2.0)))
             value.backward()
             return value
 
         opt.step(closure)
         with torch.no_grad():
             value = float(
-                objective(name, target, tanh_normal_density(target.grid, mu, ls.clamp(-5.0, 2.0)))
+                value_of_density(tanh_normal_density(target.grid, mu, ls.clamp(-5.0, 2.0)))
             )
         if math.isfinite(value) and (best is None or value < best[0]):
             best = (value, float(mu.detach()), float(ls.detach().clamp(-5.0, 2.0).exp()))
     if best is None:
-        raise RuntimeError(f"No finite fit for objective {name!r}.")
+        raise RuntimeError(f"No finite fit for {what}.")
     return best[1], best[2]
+
+
+def fit_tanh_normal(
+    name: str, target: MoGTarget, *, inits=((-0.5, -1.0), (0.0, -1.0), (0.5, -1.0), (0.5, -2.5))
+) -> tuple[float, float]:
+    """``(μ, σ)`` minimizing objective ``name`` (L-BFGS from each init, the best kept; log σ ∈ [−5, 2])."""
+    return _fit_grid(
+        lambda density: objective(name, target, density), target, inits, f"objective {name!r}"
+    )
 
 
 # ------------------------------------------------------------------ (iv) the §4 sample estimator
@@ -285,32 +291,13 @@ def _summary(target: MoGTarget, mu: float, sigma: float) -> dict:
 
 
 def _fit_limit(divergence: str, target: MoGTarget, kappa) -> tuple[float, float]:
-    best = None
-    for mu0, ls0 in ((0.0, -1.0), (0.5, -1.0), (0.5, -2.5)):
-        mu = torch.tensor(mu0, dtype=torch.float64, requires_grad=True)
-        ls = torch.tensor(ls0, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS(
-            [mu, ls],
-            max_iter=500,
-            tolerance_grad=1e-12,
-            tolerance_change=1e-14,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure(opt=opt, mu=mu, ls=ls):
-            opt.zero_grad()
-            density = tanh_normal_density(target.grid, mu, ls.clamp(-5.0, 2.0))
-            value = support_objective(divergence, target, density, kappa=kappa)
-            value.backward()
-            return value
-
-        opt.step(closure)
-        with torch.no_grad():
-            density = tanh_normal_density(target.grid, mu, ls.clamp(-5.0, 2.0))
-            value = float(support_objective(divergence, target, density, kappa=kappa))
-        if math.isfinite(value) and (best is None or value < best[0]):
-            best = (value, float(mu.detach()), float(ls.detach().clamp(-5.0, 2.0).exp()))
-    return best[1], best[2]
+    """The grid fit of :func:`support_objective`: the limit of the (iv) estimator fits."""
+    return _fit_grid(
+        lambda density: support_objective(divergence, target, density, kappa=kappa),
+        target,
+        ((0.0, -1.0), (0.5, -1.0), (0.5, -2.5)),
+        f"the {divergence} limit",
+    )
 
 
 def run(cfg, out_dir, seed: int = 0) -> dict:

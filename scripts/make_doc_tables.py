@@ -82,7 +82,47 @@ def toy2d_srpo() -> list[str]:
     return lines
 
 
+def toy2d_bdpo() -> list[str]:
+    result = _load("bdpo")
+    etas = result["etas"]
+    head = " | ".join(f"η = {eta}" for eta in etas)
+    lines = [f"| | {head} |", "|---|" + "---|" * len(etas)]
+
+    def row(label, fmt):
+        lines.append(f"| {label} | " + " | ".join(fmt(e) for e in etas.values()) + " |")
+
+    row(
+        "MMD² to the target: actor / behavior",
+        lambda e: f"{e['mmd_policy']:.3f} / {e['mmd_behavior']:.3f}",
+    )
+    row(
+        "mean energy: actor / behavior / target",
+        lambda e: (
+            f"{e['energy_policy']:.3f} / {e['energy_behavior']:.3f} / {e['energy_target']:.3f}"
+        ),
+    )
+    row(
+        "`E_{x_N} V̄_N(x_N)` vs `η log E_data exp(E/η)`",
+        lambda e: f"{e['value_at_noise']:.3f} vs {e['soft_value']:.3f}",
+    )
+    lines += [
+        "",
+        "Cluster frequencies (k = 0..7 = N, NW, W, SW, S, SE, E, NE; energy k/7):",
+        "",
+        f"| | {head} |",
+        "|---|" + "---|" * len(etas),
+    ]
+    for key, label in (
+        ("clusters_policy", "actor"),
+        ("clusters_expected", "`w_k ∝ exp(k/(7η))`"),
+        ("clusters_behavior", "behavior"),
+    ):
+        row(label, lambda e, key=key: " / ".join(f"{x:.3f}" for x in e[key]))
+    return lines
+
+
 BUILDERS: dict[str, Callable[[], list[str]]] = {
+    "toy2d_bdpo": toy2d_bdpo,
     "toy2d_sfac": toy2d_sfac,
     "toy2d_srpo": toy2d_srpo,
 }

@@ -1,6 +1,7 @@
 """TorchRL LossModules of torchrl_sym, one per file."""
 
 from torchrl_sym.objectives.awac import AWACLoss
+from torchrl_sym.objectives.bdpo import BDPOLoss
 from torchrl_sym.objectives.diffusion_bc import DiffusionBehaviorLoss
 from torchrl_sym.objectives.sfac import SfACLoss
 from torchrl_sym.objectives.sql import SQLLoss
@@ -9,6 +10,7 @@ from torchrl_sym.objectives.xql import XQLLoss
 
 __all__ = [
     "AWACLoss",
+    "BDPOLoss",
     "DiffusionBehaviorLoss",
     "SQLLoss",
     "SRPOLoss",

@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-# named like a task, so that configs/task/bdpo/walker2d-medium.yaml applies (dataset= still wins)
+# named like a task, so that configs/tasks/bdpo/walker2d-medium.yaml applies (dataset= still wins)
 DATASET = "test/walker2d/medium-v0"
 TINY = [
     "bdpo.actor_hidden=[32,32]",

@@ -243,8 +243,8 @@ def test_task_file_is_merged_and_command_line_wins(tmp_path, monkeypatch):
 
     from torchrl_sym.train import recipe
 
-    (tmp_path / "task" / "xql").mkdir(parents=True)
-    (tmp_path / "task" / "xql" / "hopper-medium.yaml").write_text(
+    (tmp_path / "tasks" / "xql").mkdir(parents=True)
+    (tmp_path / "tasks" / "xql" / "hopper-medium.yaml").write_text(
         "dataset: torchrl_sym/hopper/medium-v0\nxql:\n  beta_loss: 5.0\n  max_clip: 7.0\ndata:\n  batch_size: 1024\n"
     )
     base = OmegaConf.create(
@@ -274,11 +274,11 @@ def test_task_file_is_merged_and_command_line_wins(tmp_path, monkeypatch):
 def test_shipped_task_files_hold_the_published_settings():
     from omegaconf import OmegaConf
 
-    xql = OmegaConf.load(CONFIGS / "task" / "xql" / "walker2d-medium.yaml")
+    xql = OmegaConf.load(CONFIGS / "tasks" / "xql" / "walker2d-medium.yaml")
     assert (xql.xql.beta_loss, xql.xql.max_clip, xql.data.batch_size) == (10.0, 7.0, 1024)
-    assert OmegaConf.load(CONFIGS / "task" / "sql" / "hopper-medium-expert.yaml").sql.alpha == 5.0
+    assert OmegaConf.load(CONFIGS / "tasks" / "sql" / "hopper-medium-expert.yaml").sql.alpha == 5.0
     for algo in ("iql", "sql", "xql", "awac", "sfac"):
-        assert len(list((CONFIGS / "task" / algo).glob("*.yaml"))) == 9
+        assert len(list((CONFIGS / "tasks" / algo).glob("*.yaml"))) == 9
 
 
 @pytest.mark.parametrize(
@@ -329,3 +329,23 @@ def test_paper_presets_of_the_sfac_comparison():
             "balanced",
         )
         assert compose("awac").data.batch_size == 1024
+
+
+def test_task_on_the_command_line_applies_its_file(tmp_path, recipe_dataset):
+    """``task=<name>`` is a plain override (``configs/tasks`` is not a hydra config group)."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    _run(
+        "xql",
+        "task=walker2d-medium",
+        f"dataset={recipe_dataset}",  # the command line beats the task file's dataset
+        "profile=smoke",
+        "logger.backend=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert cfg.task == "walker2d-medium" and cfg.dataset == recipe_dataset
+    assert (cfg.xql.beta_loss, cfg.data.batch_size) == (10.0, 1024)  # from the task file
+    proc = _run("xql", "task=walker2d-medum", "profile=smoke", check=False)
+    assert proc.returncode != 0 and "known tasks for xql" in proc.stderr

@@ -235,7 +235,7 @@ def test_task_files_hold_the_per_task_beta():
 
     from torchrl_sym.train.recipe import apply_task
 
-    assert sorted(p.stem for p in (CONFIGS / "task" / "srpo").glob("*.yaml")) == sorted(BETAS)
+    assert sorted(p.stem for p in (CONFIGS / "tasks" / "srpo").glob("*.yaml")) == sorted(BETAS)
     base = OmegaConf.load(CONFIGS / "srpo.yaml")
     for task, beta in BETAS.items():
         env, kind = task.split("-", 1)

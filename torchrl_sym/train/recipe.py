@@ -239,7 +239,7 @@ def _config_dir() -> Path | None:
 
 
 def apply_task(cfg, config_dir: Path | None = None):
-    """Merge ``configs/task/<algo>/<task>.yaml`` into ``cfg``; command-line overrides still win.
+    """Merge ``configs/tasks/<algo>/<task>.yaml`` into ``cfg``; command-line overrides still win.
 
     ``task`` is ``cfg.task`` when set, else derived from ``cfg.dataset`` (:func:`task_name`). A task
     file holds the published per-dataset settings of an algorithm (and the dataset id, so that
@@ -250,10 +250,10 @@ def apply_task(cfg, config_dir: Path | None = None):
     config_dir = config_dir or _config_dir()
     explicit = cfg.get("task")
     task = explicit or task_name(cfg.dataset)
-    path = None if config_dir is None else config_dir / "task" / str(cfg.algo) / f"{task}.yaml"
+    path = None if config_dir is None else config_dir / "tasks" / str(cfg.algo) / f"{task}.yaml"
     if path is None or not path.is_file():
         if explicit:
-            folder = None if config_dir is None else config_dir / "task" / str(cfg.algo)
+            folder = None if config_dir is None else config_dir / "tasks" / str(cfg.algo)
             known = (
                 sorted(p.stem for p in folder.glob("*.yaml")) if folder and folder.is_dir() else []
             )

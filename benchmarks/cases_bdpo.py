@@ -26,23 +26,6 @@ NUM_STEPS, ENSEMBLE, SAMPLES = 5, 10, 10
 EPS_HIDDEN, CRITIC_HIDDEN = [256] * 4, [256] * 3
 
 
-def _batch(n: int, obs_dim: int, act_dim: int, seed: int = 0) -> TensorDict:
-    g = torch.Generator().manual_seed(seed)
-    return TensorDict(
-        {
-            "observation": torch.randn(n, obs_dim, generator=g),
-            "action": (torch.rand(n, act_dim, generator=g) * 2 - 1) * (1 - 1e-5),
-            "next": {
-                "observation": torch.randn(n, obs_dim, generator=g),
-                "reward": torch.randn(n, 1, generator=g),
-                "done": torch.zeros(n, 1, dtype=torch.bool),
-                "terminated": torch.zeros(n, 1, dtype=torch.bool),
-            },
-        },
-        [n],
-    )
-
-
 def make_loss(obs_dim: int, act_dim: int) -> BDPOLoss:
     def diffusion():
         return DiffusionBehaviorActor(
@@ -97,6 +80,8 @@ def updates(
         _clipped_step(actor_opt, out["loss_actor"])
         actor_ema.step()
         return out.detach()
+
+    from bench_losses import _batch  # the same synthetic D4RL-size batch as every loss
 
     batch = _batch(batch_size, obs_dim, act_dim)
     return [("bdpo-critic", critic, batch), ("bdpo-actor", actor, batch)]

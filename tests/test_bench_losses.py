@@ -34,3 +34,23 @@ def test_bench_losses_writes_the_table(tmp_path):
     for row in rows[1:4] + rows[5:]:
         eager, gflop = float(row.split("|")[2]), float(row.split("|")[5])
         assert eager > 0 and gflop > 0
+
+
+def test_bench_losses_runs_the_staged_cases_of_srpo_and_bdpo(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_losses.py"),
+            *("--losses", "srpo", "bdpo", "--no-compile", "--threads", "1"),
+            *("--min-time", "0.05", "--batch", "8", "--hidden", "16", "--write", str(page)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = page.read_text()
+    labels = [row.split("|")[1].strip() for row in text.splitlines() if row.startswith("| ")]
+    assert {"srpo policy", "bdpo-critic", "bdpo-actor"} <= set(labels)
+    assert "SRPO / diffusion" in text  # the acting-speed section of cases_srpo

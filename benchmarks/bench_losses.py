@@ -12,7 +12,10 @@ batch 256, 2×256 MLPs). Printed per loss:
 
     python benchmarks/bench_losses.py                  # all losses (several minutes: compiles)
     python benchmarks/bench_losses.py --losses iql sfac --quick
-    python benchmarks/bench_losses.py --write docs/benchmarks.md
+    python benchmarks/bench_losses.py --threads 1 2 --write docs/benchmarks.md   # one table per count
+
+Besides the losses, ``iql_hand`` is IQL written in plain PyTorch (the reference for how fast an
+update of this size can run); ``srpo`` and ``bdpo`` come from ``benchmarks/cases_<algo>.py``.
 """
 
 from __future__ import annotations

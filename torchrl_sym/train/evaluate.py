@@ -39,6 +39,7 @@ def evaluate_policy(
     num_episodes: int = 10,
     max_steps: int = 1000,
     seed: int | None = None,
+    exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
 ) -> Tensor:
     """Runs ``num_episodes`` deterministic episodes and returns their undiscounted returns.
 
@@ -59,6 +60,8 @@ def evaluate_policy(
         num_episodes: number of episodes (>= 1).
         max_steps: step limit per episode (>= 1).
         seed: base seed of the episodes, or None to continue the env's random stream.
+        exploration_type: ``DETERMINISTIC`` (the default: the policy's mode/mean) or ``RANDOM``
+            (sampled actions, drawn from torch's global generator).
 
     Returns:
         Float64 CPU tensor of shape ``[num_episodes]``: the return of each episode.
@@ -88,7 +91,7 @@ def evaluate_policy(
         policy.eval()
     returns = torch.empty(num_episodes, dtype=torch.float64)
     try:
-        with set_exploration_type(ExplorationType.DETERMINISTIC), torch.no_grad():
+        with set_exploration_type(exploration_type), torch.no_grad():
             for episode in range(num_episodes):
                 if seed is not None:
                     env.set_seed(seed + episode)
@@ -268,6 +271,11 @@ class Evaluator:
     def state_dict(self) -> dict[str, Any]:
         """The evaluation history, ``{"version": 1, "history": [(step, return, score), ...]}``."""
         return {"version": _STATE_VERSION, "history": [tuple(entry) for entry in self.history]}
+
+    def reset(self) -> None:
+        """Forgets every evaluation and truncates the CSV to its header: a run that restarts from
+        step 0 (no loadable checkpoint) never writes a step twice."""
+        self.load_state_dict({"version": _STATE_VERSION, "history": []})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores the history and drops CSV rows of evaluations after the restored ones.

@@ -122,6 +122,29 @@ class Stage:
             raise ValueError(f"Stage '{self.name}': objective names must be unique, got {names}.")
 
 
+def _check_shapes(name: str, current: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
+    """One short error for a checkpoint whose networks differ from this run's (instead of a dump
+    of every mismatching tensor)."""
+    for key, value in current.items():
+        other = saved.get(key)
+        if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor):
+            if value.shape != other.shape:
+                raise ValueError(
+                    f"Checkpoint module '{name}': {key} has shape {tuple(other.shape)} in the "
+                    f"checkpoint and {tuple(value.shape)} in this run; the networks were built "
+                    "with other sizes. Resume with the configuration the run was started with."
+                )
+    extra = sorted(set(saved) - set(current))
+    missing = sorted(set(current) - set(saved))
+    if extra or missing:
+        raise ValueError(
+            f"Checkpoint module '{name}' does not match this run's networks (missing "
+            f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+            f"{extra[:3]}{'...' if len(extra) > 3 else ''}). Resume with the configuration the run "
+            "was started with."
+        )
+
+
 def _check_cadence(what: str, every: int, start: int) -> None:
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"{what}: every must be a positive int, got {every!r}.")
@@ -197,12 +220,21 @@ class OfflineLoop:
         self.global_step = 0
         self.last_metrics: dict[str, float] = {}
         self.timings: dict[str, float] = {}
+        self._completed: dict[str, int] = {}  # steps each finished stage ran
+        self._elapsed_before = 0.0  # wall seconds of earlier segments of this run (checkpointed)
+        self._segment_start: float | None = None
 
     # ------------------------------------------------------------------------------ state
 
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Wall seconds this run has trained, over every segment (resumed launches included)."""
+        running = 0.0 if self._segment_start is None else time.perf_counter() - self._segment_start
+        return self._elapsed_before + running
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -230,6 +262,10 @@ class OfflineLoop:
             if hasattr(self.evaluator, "state_dict")
             else None,
             "rng": rng_state(),
+            # so that a launch resuming from the final checkpoint still reports the last metrics
+            "last_metrics": dict(self.last_metrics),
+            "completed": dict(self._completed),
+            "elapsed_seconds": self.elapsed_seconds,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -248,6 +284,7 @@ class OfflineLoop:
                 f"Checkpoint lacks the modules {sorted(missing)}; it holds {sorted(state['modules'])}."
             )
         for k, m in self.modules.items():
+            _check_shapes(k, m.state_dict(), state["modules"][k])
             m.load_state_dict(state["modules"][k])
         for s in self.stages:
             for o in s.objectives:
@@ -265,6 +302,33 @@ class OfflineLoop:
         self.stage_index = int(state["stage_index"])
         self.stage_step = int(state["stage_step"])
         self.global_step = int(state["global_step"])
+        self.last_metrics = dict(state.get("last_metrics", {}))
+        self._completed = {k: int(v) for k, v in state.get("completed", {}).items()}
+        last = self.stages[-1]
+        done = self._completed.get(last.name)
+        if self.stage_index >= len(self.stages) and done is not None and last.steps > done:
+            # a finished run resumed with a larger budget for its last stage continues that stage
+            logger.info(
+                "Stage '%s' ran %d steps and now has %d: continuing it.",
+                last.name,
+                done,
+                last.steps,
+            )
+            self.stage_index, self.stage_step = len(self.stages) - 1, done
+            del self._completed[last.name]
+        for stage in self.stages[: self.stage_index]:
+            ran = self._completed.get(stage.name)
+            if ran is not None and stage.steps > ran:
+                logger.warning(
+                    "Stage '%s' finished after %d steps; its new budget of %d is not used (the "
+                    "run has moved on to later stages).",
+                    stage.name,
+                    ran,
+                    stage.steps,
+                )
+        self._elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        if self._segment_start is not None:
+            self._segment_start = time.perf_counter()
 
     def save_checkpoint(self) -> Path | None:
         if self.checkpoints is None:
@@ -336,6 +400,7 @@ class OfflineLoop:
         """Run (or continue) every stage to its end; return the last evaluation's metrics."""
         from tqdm.auto import tqdm
 
+        self._segment_start = time.perf_counter()
         bar = tqdm(
             total=self.total_steps,
             initial=self.global_step,
@@ -346,10 +411,13 @@ class OfflineLoop:
             while self.stage_index < len(self.stages):
                 stage = self.stages[self.stage_index]
                 self._run_stage(stage, bar)
+                self._completed[stage.name] = max(self.stage_step, stage.steps)
                 self.stage_index += 1
                 self.stage_step = 0
                 self.save_checkpoint()
         finally:
+            self._elapsed_before = self.elapsed_seconds
+            self._segment_start = None
             bar.close()
             if self.logger is not None and hasattr(self.logger, "experiment"):
                 flush = getattr(self.logger.experiment, "flush", None)

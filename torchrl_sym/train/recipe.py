@@ -17,6 +17,7 @@ Run directory layout: ``config.yaml`` (the resolved config), ``checkpoints/ckpt_
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torchrl_sym.data import (
 from torchrl_sym.train.evaluate import Evaluator
 from torchrl_sym.train.loop import OfflineLoop, Stage
 
-__all__ = ["LOGGER_BACKENDS", "Run", "make_logger", "setup_run"]
+__all__ = ["LOGGER_BACKENDS", "Run", "make_logger", "prepare_run", "setup_run"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Run:
     device: torch.device
     buffer: OfflineReplayBuffer
     logger: Any
+    lock: Any = None  # the run directory's RunDirLock, released when execute() ends
+    resume_record: Any = None  # this launch's resume overrides (prepare_run), or None
 
     @property
     def info(self) -> OfflineDatasetInfo:
@@ -160,21 +163,50 @@ class Run:
         )
 
     def execute(self, loop: OfflineLoop) -> dict[str, float]:
-        """Resume if the run directory holds a checkpoint, run to the end, write a summary."""
+        """Resume from the run directory's latest loadable checkpoint (if any), run to the end,
+        write ``summary.json``; release the directory's lock.
+
+        A resumed launch that finds no loadable checkpoint (killed before the first one, or every
+        one corrupt) restarts from step 0: it says so, and truncates ``eval_returns.csv`` to its
+        header so that no step is written twice.
+        """
+        try:
+            return self._execute(loop)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _execute(self, loop: OfflineLoop) -> dict[str, float]:
+        import json
+
         resumed = loop.resume(map_location=self.device)
         if resumed:
             log.info("Resuming %s at global step %d", self.run_dir, loop.global_step)
+        elif self.resume_record is not None:
+            log.warning(
+                "resume=%s: no loadable checkpoint in %s; the run restarts from step 0 "
+                "(evaluation rows of the earlier attempt are dropped from eval_returns.csv).",
+                self.run_dir,
+                self.run_dir / "checkpoints",
+            )
+        if not resumed and hasattr(loop.evaluator, "reset"):
+            loop.evaluator.reset()
+        if self.resume_record is not None:
+            from torchrl_sym.train.recipe import write_resume_record
+
+            write_resume_record(self.run_dir, self.cfg, self.resume_record)
         start = time.perf_counter()
         metrics = loop.run()
         summary = {
             "global_step": loop.global_step,
             "seconds": time.perf_counter() - start,
+            "total_seconds": loop.elapsed_seconds,
             "resumed": resumed,
             **metrics,
         }
-        import json
-
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, default=float))
+        os.replace(tmp, self.run_dir / "summary.json")
         log.info("Finished: %s", summary)
         return metrics
 
@@ -192,13 +224,7 @@ def _compile_arg(value):
 
 
 def _run_dir(cfg) -> Path:
-    if cfg.get("resume"):
-        path = Path(str(cfg.resume)).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"resume={cfg.resume!r} is not a run directory; pass the directory of an earlier run."
-            )
-        return path
+    """A fresh run's directory: hydra's output directory, else ``cfg.run_dir`` or ``runs/<algo>-<time>``."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -286,44 +312,175 @@ def _command_line_overrides() -> list[str]:
         return []
 
 
-def setup_run(cfg) -> Run:
-    """Apply the task file, seed, pick the device, make the run directory, save the config, load the
-    data, make the logger. Recipes read their settings from the returned ``run.cfg``."""
+def _hydra_context():
+    """``(config_name, command-line overrides, is_multirun)`` of the running hydra app, or None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except Exception:
+        return None
+    return hc.job.config_name, list(hc.overrides.task), hc.mode == RunMode.MULTIRUN
+
+
+def _defaults_config(config_name: str):
+    """The recipe's configuration composed without any command-line override."""
+    from hydra import compose
+
+    return compose(config_name=config_name, overrides=[])
+
+
+def prepare_run(cfg, *, recipe_algo: str | None = None):
+    """The run directory and configuration of a launch, validated before anything is written.
+
+    A fresh run applies its task file (:func:`apply_task`) and runs in hydra's output directory. A
+    launch with ``resume=DIR`` continues the run DIR holds: its configuration is ``DIR/config.yaml``
+    with only this command line's overrides on top (:func:`torchrl_sym.train.rundir.resume_config`;
+    keys that decide what the checkpoints hold are refused), ``DIR/config.yaml`` is left as it is,
+    and the launch's command line and effective configuration are recorded under
+    ``DIR/resumes/<time>/`` once the checkpoint has loaded.
+
+    Then it seeds every global RNG, takes the directory's writer lock, and checks that the
+    checkpoint directory is writable.
+
+    Returns:
+        ``(cfg, run_dir, lock, resume_record)``; ``resume_record`` is None for a fresh run.
+    """
     from omegaconf import OmegaConf
 
-    cfg = apply_task(cfg)
-    torch.manual_seed(int(cfg.seed))
+    from torchrl_sym.train.rundir import (
+        ResumeError,
+        RunDirLock,
+        check_writable,
+        overridden_keys,
+        resume_config,
+        seed_everything,
+    )
+
+    hydra_ctx = _hydra_context()
+    record = None
+    if cfg.get("resume"):
+        run_dir = Path(str(cfg.resume)).expanduser()
+        if hydra_ctx is not None and hydra_ctx[2]:
+            raise ResumeError(
+                f"resume={str(cfg.resume)!r} in a multirun (-m): every job would continue the same "
+                "run. Resume one run at a time, without -m."
+            )
+        if hydra_ctx is not None:
+            from hydra.core.hydra_config import HydraConfig
+
+            hydra_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+            if hydra_dir != run_dir.resolve():
+                raise ResumeError(
+                    f"resume={str(cfg.resume)!r} and hydra.run.dir={str(hydra_dir)!r} name two "
+                    "directories; a resumed run writes its own directory: drop hydra.run.dir."
+                )
+            config_name, command_line, _ = hydra_ctx
+            keys = overridden_keys(cfg, _defaults_config(config_name), command_line)
+        else:  # called without hydra (a composed or hand-made config): every key is an override
+            command_line = []
+            keys = [k for k in _leaf_keys(cfg) if k != "resume"]
+        cfg, changes = resume_config(run_dir, cfg, keys, recipe_algo=recipe_algo)
+        record = {"command_line": command_line, "changes": changes}
+    else:
+        cfg = apply_task(cfg) if "dataset" in cfg else cfg  # recipes/sac.py trains in an env
+        run_dir = _run_dir(cfg)
+        if (run_dir / "config.yaml").exists():
+            raise ResumeError(
+                f"{run_dir} already holds a run (config.yaml); continue it with resume={run_dir}, "
+                "or start a new run in another directory."
+            )
+    seed_everything(int(cfg.seed))
+    lock = RunDirLock(run_dir).acquire()
+    try:
+        check_writable(run_dir / "checkpoints")
+        if record is None:
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    except BaseException:
+        lock.release()
+        raise
+    return cfg, run_dir, lock, record
+
+
+def _leaf_keys(cfg) -> list[str]:
+    from torchrl_sym.train.rundir import _flatten
+
+    return list(_flatten(cfg))
+
+
+def write_resume_record(run_dir: Path, cfg, record: Mapping[str, Any]) -> Path:
+    """Writes a resumed segment's command line, changed keys and effective configuration to
+    ``run_dir/resumes/<time>/`` (``overrides.yaml``, ``config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    folder = run_dir / "resumes" / stamp
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = run_dir / "resumes" / f"{stamp}_{n}"
+    folder.mkdir(parents=True)
+    OmegaConf.save(
+        OmegaConf.create(
+            {
+                "command_line": list(record["command_line"]),
+                "changed": {
+                    k: {"run": old, "now": new} for k, (old, new) in record["changes"].items()
+                },
+            }
+        ),
+        folder / "overrides.yaml",
+    )
+    OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+    return folder
+
+
+def setup_run(cfg) -> Run:
+    """Prepare the run directory and configuration (:func:`prepare_run`: task file, resume,
+    seeding, writer lock), pick the device, load the data, make the logger. Recipes read their
+    settings from the returned ``run.cfg``."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was requested but CUDA is not available; use device=cpu.")
-    run_dir = _run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    data = cfg.data
-    buffer = make_offline_replay_buffer(
-        cfg.dataset,
-        int(data.batch_size),
-        device=device,
-        seed=int(cfg.seed),
-        env=cfg.get("env", "auto"),
-        action_clip=data.get("action_clip", "auto"),
-        reward_transform=data.reward_transform,
-        normalize_observations=bool(data.normalize_observations),
-        generate_transitions=int(data.generate_transitions),
-    )
-    logger = make_logger(
-        cfg.logger.backend,
-        run_dir,
-        project=cfg.logger.project,
-        run_name=f"{cfg.algo}-{Path(str(cfg.dataset)).name}-s{cfg.seed}",
-    )
+    cfg, run_dir, lock, record = prepare_run(cfg, recipe_algo=str(cfg.algo))
+    try:
+        data = cfg.data
+        buffer = make_offline_replay_buffer(
+            cfg.dataset,
+            int(data.batch_size),
+            device=device,
+            seed=int(cfg.seed),
+            env=cfg.get("env", "auto"),
+            action_clip=data.get("action_clip", "auto"),
+            reward_transform=data.reward_transform,
+            normalize_observations=bool(data.normalize_observations),
+            generate_transitions=int(data.generate_transitions),
+        )
+        logger = make_logger(
+            cfg.logger.backend,
+            run_dir,
+            project=cfg.logger.project,
+            run_name=f"{cfg.algo}-{Path(str(cfg.dataset)).name}-s{cfg.seed}",
+        )
+    except BaseException:
+        lock.release()
+        raise
     log.info(
         "Run directory: %s; dataset %s (%d transitions)",
         run_dir,
         buffer.info.dataset_id,
         buffer.info.num_transitions,
     )
-    return Run(cfg=cfg, run_dir=run_dir, device=device, buffer=buffer, logger=logger)
+    return Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        buffer=buffer,
+        logger=logger,
+        lock=lock,
+        resume_record=record,
+    )
 
 
 def network_optimizers(

@@ -12,6 +12,7 @@ import torch
 
 from torchrl_sym.data.scores import (
     D4RL_REF_SCORES,
+    ReferenceScoresError,
     env_family,
     normalized_score,
     reference_scores,
@@ -61,6 +62,10 @@ SPELLINGS = {
     ],
 }
 ALL_SPELLINGS = [(family, name) for family, names in SPELLINGS.items() for name in names]
+# torchrl_sym/... and mujoco/... datasets define their own references, never D4RL's constants
+# (test_generated_ids_use_the_shipped_cards, test_mujoco_ids_not_on_disk_raise).
+OWN_REFS = ("torchrl_sym/", "mujoco/")
+D4RL_SPELLINGS = [(f, name) for f, name in ALL_SPELLINGS if not name.startswith(OWN_REFS)]
 ZERO_RETURN_SCORE = {
     "halfcheetah": 2.2567,
     "hopper": 0.6229,
@@ -87,6 +92,11 @@ def test_constants() -> None:
 
 
 @pytest.mark.parametrize(("family", "name"), ALL_SPELLINGS)
+def test_env_family_of_every_spelling(family: str, name: str) -> None:
+    assert env_family(name) == family
+
+
+@pytest.mark.parametrize(("family", "name"), D4RL_SPELLINGS)
 def test_env_family_and_reference_points(family: str, name: str) -> None:
     assert env_family(name) == family
     r_min, r_max = D4RL_REF_SCORES[family]
@@ -239,3 +249,98 @@ def test_local_minari_dataset_without_refs_falls_back_to_family() -> None:
     dataset = _make_tiny_minari_dataset("test/hopper/norefs-v0")
     assert reference_scores("test/hopper/norefs-v0") == D4RL_REF_SCORES["hopper"]
     assert reference_scores(dataset) == D4RL_REF_SCORES["hopper"]
+
+
+# ------------------------------------------------- ids whose datasets define their own references
+
+
+def _card_mean(family: str, kind: str) -> float:
+    from torchrl_sym.data.policies import load_card
+
+    return float(load_card(family, kind)["return_mean"])
+
+
+@pytest.mark.parametrize("family", ["hopper", "halfcheetah", "walker2d"])
+@pytest.mark.parametrize("kind", ["random", "medium", "medium-replay", "expert", "medium-expert"])
+def test_generated_ids_use_the_shipped_cards(family: str, kind: str) -> None:
+    from torchrl_sym.data import generate
+
+    dataset_id = f"torchrl_sym/{family}/{kind}-v0"
+    want = (_card_mean(family, "random"), _card_mean(family, "expert"))
+    # not on disk (the Minari root is empty): the v0 cards, exactly what generate records
+    assert reference_scores(dataset_id) == want == generate._reference_returns(family)
+    assert want != D4RL_REF_SCORES[family]
+    assert normalized_score(dataset_id, want[1]) == pytest.approx(100.0, abs=1e-12)
+    assert normalized_score(dataset_id, want[0]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_hopper_expert_v0_is_not_d4rl() -> None:
+    lo, hi = reference_scores("torchrl_sym/hopper/expert-v0")
+    assert (round(lo, 1), round(hi, 1)) == (19.8, 1653.1)
+    # also through objects that only carry the id (the info of a dataset without recorded refs)
+    info = SimpleNamespace(
+        ref_min_score=None,
+        ref_max_score=None,
+        dataset_id="torchrl_sym/hopper/expert-v0",
+        env_id="Hopper-v5",
+    )
+    assert reference_scores(info) == (lo, hi)
+    storage = SimpleNamespace(metadata={"dataset_id": "torchrl_sym/hopper/expert-v0"})
+    assert reference_scores(SimpleNamespace(storage=storage)) == (lo, hi)
+
+
+def test_a_version_maps_to_its_card_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from torchrl_sym.data import policies
+
+    with pytest.raises(ReferenceScoresError) as err:
+        reference_scores("torchrl_sym/hopper/medium-v1")
+    msg = str(err.value)
+    assert "'torchrl_sym/hopper/medium-v1'" in msg and "v1" in msg and "ref_min_score" in msg
+    # a card set for v1 (its own files) serves v1 ids; v0 keeps its cards
+    for kind, mean in (("random", 5.0), ("expert", 105.0)):
+        (tmp_path / f"hopper_{kind}_v1.json").write_text(json.dumps({"return_mean": mean}))
+    monkeypatch.setitem(
+        policies.CARD_SETS,
+        1,
+        {k: str(tmp_path / f"{{family}}_{k}_v1.json") for k in ("random", "expert")},
+    )
+    assert reference_scores("torchrl_sym/hopper/medium-v1") == (5.0, 105.0)
+    assert normalized_score("torchrl_sym/hopper/expert-v1", 55.0) == 50.0
+    assert reference_scores("torchrl_sym/hopper/medium-v0")[1] == _card_mean("hopper", "expert")
+    with pytest.raises(ReferenceScoresError, match="walker2d"):
+        reference_scores("torchrl_sym/walker2d/medium-v1")  # no walker2d card in that set
+
+
+@pytest.mark.parametrize("name", ["torchrl_sym/ant/medium-v0", "torchrl_sym/hopper/medim-v0"])
+def test_torchrl_sym_ids_without_cards_raise(name: str) -> None:
+    with pytest.raises(ReferenceScoresError) as err:
+        normalized_score(name, 1.0)
+    msg = str(err.value)
+    assert repr(name) in msg and "not on disk" in msg
+    assert "{'ref_min_score': R_min, 'ref_max_score': R_max}" in msg
+
+
+@pytest.mark.parametrize("name", ["mujoco/hopper/medium-v0", "mujoco/halfcheetah/expert-v0"])
+def test_mujoco_ids_not_on_disk_raise(name: str) -> None:
+    with pytest.raises(ReferenceScoresError) as err:
+        normalized_score(name, 1.0)
+    msg = str(err.value)
+    assert repr(name) in msg and "not on disk" in msg and "minari.download_dataset" in msg
+    assert "ref_min_score" in msg
+    assert isinstance(err.value, ValueError)
+    # no fallback to the env's D4RL constants through an object's env_id either
+    info = SimpleNamespace(ref_min_score=None, dataset_id=name, env_id="Hopper-v5")
+    with pytest.raises(ReferenceScoresError):
+        reference_scores(info)
+    # the way out the message names: the references themselves
+    assert normalized_score({"ref_min_score": 0.0, "ref_max_score": 10.0}, 5.0) == 50.0
+
+
+def test_local_mujoco_dataset_uses_its_recorded_references() -> None:
+    _make_tiny_minari_dataset("mujoco/hopper/tiny-v0", ref_min_score=-1.0, ref_max_score=3.0)
+    assert reference_scores("mujoco/hopper/tiny-v0") == (-1.0, 3.0)
+    _make_tiny_minari_dataset("mujoco/hopper/tinynorefs-v0")
+    with pytest.raises(ReferenceScoresError, match="records no ref_min_score"):
+        reference_scores("mujoco/hopper/tinynorefs-v0")

@@ -25,8 +25,12 @@ Rollouts are vectorized over ``num_envs`` environments stepped in lockstep with 
 call per step, and deterministic given the seed: the ``i``-th episode to start resets with
 ``seed + i``, and actions are drawn from generators seeded with ``seed``. The last episodes are cut
 at the transition budget (neither terminated nor truncated: their final next-observation is real).
-A dataset is written whole or not at all: it is built under a temporary Minari root beside the real
-one and moved into place by one ``rename``.
+A dataset is written whole or not at all: it is built under a staging Minari root
+(``<root>/.tmp-*``, holding a ``writer.json`` with the writer's pid and host) and moved into place
+by one ``rename``. A staging directory left by a killed writer is removed by the next write (or
+load) once that pid is no longer alive on this host; a live writer's is never touched. An existing
+dataset, readable or not, is only replaced with ``overwrite=True`` (``--overwrite``), and that is
+checked before any rollout.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +56,9 @@ __all__ = [
     "dataset_id_for",
     "episodes_sha256",
     "generate_dataset",
+    "parse_generated_id",
+    "rebuild_command",
+    "remove_stale_staging",
     "rollout_episodes",
     "write_minari_dataset",
 ]
@@ -60,15 +67,78 @@ logger = logging.getLogger(__name__)
 
 DATASET_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 ENV_FAMILIES = ("hopper", "halfcheetah", "walker2d")
-DATASET_VERSION = 0
+# The newest dataset version (torchrl_sym.data.policies.CURRENT_VERSION). Without an explicit
+# version, a family's datasets are built from its newest shipped policies (latest_version): v1 where
+# they exist, else v0 (the SAC policies of the first release), which stays buildable (--version 0).
+DATASET_VERSION = 1
+_GENERATED_ID = re.compile(r"^torchrl_sym/(?P<family>[^/]+)/(?P<kind>[a-z-]+)-v(?P<version>\d+)$")
 
 # (observations [K, S], step index) -> actions [K, A]; draws its noise from its own generator.
 BatchPolicy = Callable[[np.ndarray], np.ndarray]
 
 
-def dataset_id_for(env: str, kind: str, version: int = DATASET_VERSION) -> str:
-    """``torchrl_sym/<family>/<kind>-v<version>`` for an env name such as "hopper" or "Hopper-v5"."""
+def latest_version(env: str) -> int:
+    """The newest dataset version with shipped policies for ``env``'s family (0 if none newer)."""
+    from torchrl_sym.data.policies import CARD_SETS, available_policies
+
+    family = _family(env)
+    for version in sorted(CARD_SETS, reverse=True):
+        if (family, "expert") in available_policies(version):
+            return version
+    return 0
+
+
+def dataset_id_for(env: str, kind: str, version: int | None = None) -> str:
+    """``torchrl_sym/<family>/<kind>-v<version>`` for an env name such as "hopper" or "Hopper-v5"
+    (``version=None``: the family's :func:`latest_version`)."""
+    version = latest_version(env) if version is None else version
     return f"torchrl_sym/{_family(env)}/{kind}-v{version}"
+
+
+def parse_generated_id(dataset_id: str) -> tuple[str, str, int] | None:
+    """``(family, kind, version)`` of an id ``torchrl_sym/<family>/<kind>-v<N>`` naming one of this
+    module's env families and kinds (any version), else None.
+
+    >>> parse_generated_id("torchrl_sym/hopper/medium-replay-v0")
+    ('hopper', 'medium-replay', 0)
+    """
+    match = _GENERATED_ID.match(dataset_id) if isinstance(dataset_id, str) else None
+    if match is None or match["family"] not in ENV_FAMILIES or match["kind"] not in DATASET_KINDS:
+        return None
+    return match["family"], match["kind"], int(match["version"])
+
+
+def rebuild_command(dataset_id: str) -> str | None:
+    """The command that rebuilds the local dataset ``dataset_id`` in place (with ``--overwrite``),
+    or None if this module does not build that id. It is the command recorded in the dataset's
+    ``provenance.json`` (same size and seed) when that is readable, else the default one
+    (1,000,000 transitions, seed 0)."""
+    from torchrl_sym.data.policies import CARD_SETS
+
+    parts = parse_generated_id(dataset_id)
+    if parts is None or parts[2] not in CARD_SETS:
+        return None
+    family, kind, version = parts
+    base = f"python -m torchrl_sym.data.generate {family} {kind}"
+    command = f"{base} --version {version}"
+    try:
+        recorded = (read_provenance(dataset_id) or {}).get("command")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, str) and recorded.startswith(base + " "):
+        # the recorded size and seed; v0 datasets recorded no --version
+        command = recorded if "--version" in recorded else f"{recorded} --version {version}"
+    return command + " --overwrite"
+
+
+def remove_stale_staging(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove staging directories under the Minari root (default: the current one) whose writer
+    process is dead; return them. See the module docstring."""
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    from torchrl_sym.data._staging import remove_stale_staging as remove
+
+    return remove(Path(root) if root is not None else Path(get_dataset_path()))
 
 
 def _family(env: str) -> str:
@@ -94,13 +164,15 @@ def uniform_policy(action_space, seed: int) -> BatchPolicy:
     return act
 
 
-def behavior_policy(env: str, kind: str, seed: int) -> BatchPolicy:
-    """The shipped ``kind`` policy, sampling with a torch generator seeded with ``seed``."""
+def behavior_policy(env: str, kind: str, seed: int, version: int | None = None) -> BatchPolicy:
+    """The shipped ``kind`` policy of dataset ``version``, sampling with a torch generator seeded
+    with ``seed``."""
     import torch
 
     from torchrl_sym.data.policies import load_behavior_policy
 
-    policy = load_behavior_policy(env, kind)
+    version = latest_version(env) if version is None else version
+    policy = load_behavior_policy(env, kind, version)
     generator = torch.Generator().manual_seed(seed)
 
     def act(obs: np.ndarray) -> np.ndarray:
@@ -221,13 +293,17 @@ def write_minari_dataset(
     import minari
     from minari.storage.datasets_root_dir import get_dataset_path
 
+    from torchrl_sym.data._staging import make_staging_dir
+
     root = Path(get_dataset_path())
     final = root / dataset_id
-    if (final / "data").exists() and not overwrite:
+    if final.exists() and not overwrite:
         raise FileExistsError(
-            f"Minari dataset '{dataset_id}' already exists at {final}; pass overwrite=True to replace it."
+            f"Minari dataset '{dataset_id}' already exists at {final}; pass overwrite=True "
+            "(--overwrite) to replace it."
         )
-    staging = root / f".tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_staging(root)
+    staging = make_staging_dir(root)
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(staging)
     try:
@@ -295,7 +371,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _replay_episodes(env: str):
+def _replay_episodes(env: str, version: int):
     from minari.data_collector import EpisodeBuffer
 
     from torchrl_sym.data.policies import load_medium_replay
@@ -309,19 +385,21 @@ def _replay_episodes(env: str):
             terminations=e["terminations"].astype(bool),
             truncations=e["truncations"].astype(bool),
         )
-        for i, e in enumerate(load_medium_replay(env))
+        for i, e in enumerate(load_medium_replay(env, version))
     ]
 
 
-def _local_or_rollout(family: str, kind: str, num_transitions: int, seed: int, rollout: dict):
-    """The episodes of ``torchrl_sym/<family>/<kind>-v0`` if it exists with this size and seed (rollouts
+def _local_or_rollout(
+    family: str, kind: str, num_transitions: int, seed: int, rollout: dict, version: int
+):
+    """The episodes of ``torchrl_sym/<family>/<kind>-v<version>`` if it exists with this size and seed (rollouts
     are deterministic, so reading it equals rolling out again), else a fresh rollout."""
     import minari
     from minari.data_collector import EpisodeBuffer
 
     from torchrl_sym.envs import resolve_env_id
 
-    dataset_id = dataset_id_for(family, kind)
+    dataset_id = dataset_id_for(family, kind, version)
     prov = read_provenance(dataset_id) if dataset_id in _local_ids() else None
     if prov and prov.get("seed") == seed and prov.get("transitions") == num_transitions:
         return [
@@ -336,7 +414,7 @@ def _local_or_rollout(family: str, kind: str, num_transitions: int, seed: int, r
             )
             for ep in minari.load_dataset(dataset_id).iterate_episodes()
         ]
-    policy = behavior_policy(family, kind, seed)
+    policy = behavior_policy(family, kind, seed, version)
     return rollout_episodes(resolve_env_id(family), policy, num_transitions, seed=seed, **rollout)
 
 
@@ -346,14 +424,16 @@ def _local_ids() -> list[str]:
     return _local_minari_ids()
 
 
-def _reference_returns(family: str) -> tuple[float | None, float | None]:
-    """(random mean return, expert mean return) from the shipped cards, or Nones without cards."""
-    from torchrl_sym.data.policies import load_card
+def _reference_returns(
+    family: str, version: int | None = None
+) -> tuple[float | None, float | None]:
+    """(random mean return, expert mean return) from the shipped cards of this dataset version
+    (:func:`torchrl_sym.data.policies.reference_returns`, which :func:`normalized_score` also
+    reads for an id that is not on disk), or Nones without cards."""
+    from torchrl_sym.data.policies import reference_returns
 
     try:
-        return float(load_card(family, "random")["return_mean"]), float(
-            load_card(family, "expert")["return_mean"]
-        )
+        return reference_returns(family, latest_version(family) if version is None else version)
     except FileNotFoundError:
         return None, None
 
@@ -367,16 +447,29 @@ def generate_dataset(
     num_envs: int = 32,
     overwrite: bool = False,
     progress: bool = True,
+    version: int | None = None,
 ) -> str:
-    """Generate ``torchrl_sym/<family>/<kind>-v0`` locally (see the module docstring); return its id."""
+    """Generate ``torchrl_sym/<family>/<kind>-v<version>`` locally (see the module docstring) from
+    that version's shipped policies; return its id."""
     from torchrl_sym.data.policies import load_card
     from torchrl_sym.envs import resolve_env_id
 
     if kind not in DATASET_KINDS:
         raise ValueError(f"Unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}.")
+    from minari.storage.datasets_root_dir import get_dataset_path
+
     family = _family(env)
     env_id = resolve_env_id(family)
-    dataset_id = dataset_id_for(family, kind)
+    version = latest_version(family) if version is None else int(version)
+    dataset_id = dataset_id_for(family, kind, version)
+    if kind != "random":  # fail before any rollout when the version has no policies for family
+        load_card(family, "expert", version)
+    final = Path(get_dataset_path(dataset_id))
+    if final.exists() and not overwrite:  # checked before the rollouts, not after them
+        raise FileExistsError(
+            f"Minari dataset '{dataset_id}' already exists at {final}; pass overwrite=True "
+            "(--overwrite) to replace it."
+        )
     rollout = {"num_envs": num_envs, "progress": progress}
     policies: dict[str, dict | str] = {}
     if kind == "random":
@@ -384,22 +477,26 @@ def generate_dataset(
         policies["random"] = "uniform random actions"
     elif kind in ("medium", "expert"):
         episodes = rollout_episodes(
-            env_id, behavior_policy(family, kind, seed), num_transitions, seed=seed, **rollout
+            env_id,
+            behavior_policy(family, kind, seed, version),
+            num_transitions,
+            seed=seed,
+            **rollout,
         )
-        policies[kind] = load_card(family, kind)
+        policies[kind] = load_card(family, kind, version)
     elif kind == "medium-replay":
-        episodes = _replay_episodes(family)
-        policies["medium-replay"] = load_card(family, "medium")
+        episodes = _replay_episodes(family, version)
+        policies["medium-replay"] = load_card(family, "medium", version)
     else:
         # D4RL's medium-expert is the medium dataset followed by the expert dataset
         episodes = []
         for part in ("medium", "expert"):
-            episodes += _local_or_rollout(family, part, num_transitions, seed, rollout)
-            policies[part] = load_card(family, part)
+            episodes += _local_or_rollout(family, part, num_transitions, seed, rollout, version)
+            policies[part] = load_card(family, part, version)
     episodes = [dataclasses.replace(ep, id=i) for i, ep in enumerate(episodes)]
     sha = episodes_sha256(episodes)
     steps = sum(len(ep.actions) for ep in episodes)
-    ref_min, ref_max = _reference_returns(family)
+    ref_min, ref_max = _reference_returns(family, version)
     provenance = {
         "dataset_id": dataset_id,
         "env_id": env_id,
@@ -412,7 +509,8 @@ def generate_dataset(
         "ref_max_score": ref_max,
         "sha256": sha,
         "versions": _versions(),
-        "command": f"python -m torchrl_sym.data.generate {family} {kind} --transitions {num_transitions} --seed {seed}",
+        "dataset_version": version,
+        "command": f"python -m torchrl_sym.data.generate {family} {kind} --transitions {num_transitions} --seed {seed} --version {version}",
     }
     refs = {} if ref_max is None else {"ref_min_score": ref_min, "ref_max_score": ref_max}
     write_minari_dataset(
@@ -445,6 +543,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-envs", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        help="dataset version (default: the family's newest with shipped policies; 0: the first "
+        "release's SAC policies)",
+    )
     args = parser.parse_args(argv)
     if args.all == bool(args.env or args.kind):
         parser.error("give ENV KIND, or --all")
@@ -458,8 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     from torchrl_sym.data.offline import _local_minari_ids
 
     for env, kind in jobs:
-        if args.all and not args.overwrite and dataset_id_for(env, kind) in _local_minari_ids():
-            print(f"{dataset_id_for(env, kind)} exists (--overwrite to rebuild)")
+        target = dataset_id_for(env, kind, args.version)
+        if args.all and not args.overwrite and target in _local_minari_ids():
+            print(f"{target} exists (--overwrite to rebuild)")
             continue
         try:
             dataset_id = generate_dataset(
@@ -469,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 num_envs=args.num_envs,
                 overwrite=args.overwrite,
+                version=args.version,
             )
         except (ValueError, FileExistsError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)

@@ -17,8 +17,11 @@ Sources, chosen from the id:
   local Minari root (``MINARI_DATASETS_PATH`` or ``~/.minari/datasets``); with ``download=True`` an id
   that is not local is downloaded with :func:`minari.download_dataset` when the remote answers
   (never attempted when ``TORCHRL_SYM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``). A missing
-  ``torchrl_sym/<env>/<kind>-v0`` id that :mod:`torchrl_sym.data.generate` can build is generated
-  on first use instead.
+  ``torchrl_sym/<env>/<kind>-v1`` (or ``-v0``) id that :mod:`torchrl_sym.data.generate` can build is generated
+  on first use instead. Only a dataset that is not on disk at all is generated or downloaded: one
+  that is there but corrupt or incomplete (unreadable ``metadata.json``, truncated
+  ``main_data.hdf5``, an episode without its arrays) raises :class:`DatasetError`, which names the
+  file and the command that rebuilds it.
 * a **D4RL-v2 hdf5 file** given by path: ``observations``, ``actions``, ``rewards``, ``terminals``,
   ``timeouts`` and optionally ``next_observations``.
 * a **2-D toy bandit** ``"toy2d/<name>"`` (see :mod:`torchrl_sym.data.toy2d`), or any TED
@@ -26,9 +29,12 @@ Sources, chosen from the id:
 
 Minari and D4RL conversions are cached as memory-mapped TensorDicts under ``root`` (default
 ``$TORCHRL_SYM_DATA`` or ``~/.cache/torchrl_sym/datasets``), keyed by a fingerprint of the source
-files, and written atomically (a temporary directory renamed into place), so a killed conversion never
-leaves a half-written cache. Unlike TorchRL 0.14.1's ``MinariExperienceReplay`` (which calls
-``memmap_like`` after filling its buffer and so stores zeros), the cache holds the data.
+files, and written atomically (a staging directory renamed into place once the data passed every
+check, including the env shape check), so a killed conversion never leaves a half-written cache and
+a rejected file leaves none. A cache whose files do not match the sizes recorded when it was written
+is discarded and converted again from its source. Unlike TorchRL 0.14.1's
+``MinariExperienceReplay`` (which calls ``memmap_like`` after filling its buffer and so stores
+zeros), the cache holds the data.
 
 Preprocessing is applied once, in memory, after loading:
 
@@ -49,11 +55,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +75,7 @@ from torchrl.data.replay_buffers.writers import ImmutableDatasetWriter
 __all__ = [
     "ACTION_CLIP",
     "REWARD_TRANSFORMS",
+    "DatasetError",
     "OfflineDatasetInfo",
     "OfflineReplayBuffer",
     "load_offline_dataset",
@@ -80,12 +88,33 @@ ACTION_CLIP = 1.0 - 1e-5
 REWARD_TRANSFORMS = ("identity", "return_range", "minus_one")
 OBSERVATION_STD_EPS = 1e-3
 # Bump when the cached layout or the conversion changes: old caches are then ignored.
-_CACHE_VERSION = 1
+# 2: dataset.json records the size of every cached file, checked on each load.
+_CACHE_VERSION = 2
 _TED_FLOAT_KEYS = ("observation", "action", ("next", "observation"), ("next", "reward"))
 _TED_FLAG_KEYS = (("next", "done"), ("next", "terminated"), ("next", "truncated"))
 # Written last into a finished cache directory (tensordict writes its own meta.json).
 _MARKER = "dataset.json"
 _REMOTE_HOSTS = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}
+_EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
+# minari's id syntax: [namespace/]name-v<N> of word characters, '-' and '_' (no '.', no leading '/')
+_MINARI_ID = re.compile(r"^(?:[-\w][-\w/]*[-\w]/)?[-\w]+?-v\d+$")
+
+
+class DatasetError(ValueError):
+    """A dataset that is on disk but cannot be used: corrupt, truncated or incomplete.
+
+    The message names the dataset, the offending file and what is wrong with it, and says how to
+    rebuild it. A broken dataset is never regenerated or downloaded over silently.
+
+    Attributes:
+        dataset_id: the id or path that was asked for.
+        path: the offending file or directory.
+    """
+
+    def __init__(self, message: str, *, dataset_id: str, path: os.PathLike | str):
+        super().__init__(message)
+        self.dataset_id = dataset_id
+        self.path = Path(path)
 
 
 @dataclass
@@ -228,13 +257,22 @@ def make_offline_replay_buffer(
         reward_transform: one of ``"identity"``, ``"return_range"``, ``"minus_one"``.
         normalize_observations: standardize observations with the dataset mean and std + 1e-3.
         toy2d_size: number of points drawn for a ``"toy2d/<name>"`` id.
-        generate_transitions: size of a ``torchrl_sym/<env>/<kind>-v0`` dataset that is not on
+        generate_transitions: size of a ``torchrl_sym/<env>/<kind>-v<N>`` dataset that is not on
             disk and that :mod:`torchrl_sym.data.generate` can build: it is generated on first use
-            (with a message and a progress bar) and reused afterwards.
+            (with a message and a progress bar) and reused afterwards. One that is on disk but
+            broken raises :class:`DatasetError` instead of being generated again.
 
     Returns:
         An :class:`OfflineReplayBuffer`: ``rb.sample()`` gives a ``[batch_size]`` TensorDict on
         ``device``; ``rb.info`` is the :class:`OfflineDatasetInfo`.
+
+    Raises:
+        DatasetError: a dataset on disk is corrupt or incomplete (names the file and how to
+            rebuild it), or a D4RL file has 0 rows.
+        IsADirectoryError: a directory was given where a D4RL file is expected.
+        FileNotFoundError: an unknown Minari id (not local, not downloaded) or a missing file.
+        ValueError: a string that is neither a Minari id nor an existing file; bad arrays,
+            non-finite values, shapes that do not fit the env, bad arguments.
 
     Example:
         >>> from torchrl_sym.data import make_offline_replay_buffer
@@ -294,6 +332,8 @@ def load_offline_dataset(
         toy2d_size=toy2d_size,
         seed=seed,
         generate_transitions=generate_transitions,
+        # a conversion that fails the env shape check is never committed to the cache
+        validate=lambda data, meta: _check_env(data, meta, env),
     )
     data = raw.to_tensordict() if raw.is_memmap() else raw.clone()
     env_id = _check_env(data, meta, env)
@@ -350,9 +390,12 @@ def default_cache_root() -> Path:
 
 
 def _load_raw(
-    dataset_id, *, root, download, toy2d_size, seed, generate_transitions
+    dataset_id, *, root, download, toy2d_size, seed, generate_transitions, validate=None
 ) -> tuple[TensorDictBase, dict]:
-    """Dispatch on the id; return raw float32 TED data (with an ``episode_end`` flag) and metadata."""
+    """Dispatch on the id; return raw float32 TED data (with an ``episode_end`` flag) and metadata.
+
+    ``validate(data, meta)`` checks a fresh conversion before it is written to the cache.
+    """
     if isinstance(dataset_id, TensorDictBase):
         data = _validated_ted(dataset_id, "the TensorDict passed as dataset_id")
         return data, {"dataset_id": "<tensordict>", "source": "tensordict", "env_id": None}
@@ -362,11 +405,45 @@ def _load_raw(
             f"TensorDict; got {type(dataset_id).__name__}."
         )
     name = os.fspath(dataset_id)
-    if name.startswith("toy2d/"):
+    if isinstance(dataset_id, str) and name.startswith("toy2d/"):
         return _load_toy2d(name, toy2d_size, seed)
-    if name.endswith((".hdf5", ".h5")) or os.path.isfile(name):
-        return _load_d4rl_cached(Path(name), root)
-    return _load_minari_cached(name, root, download, generate_transitions)
+    path = Path(name)
+    hdf5_name = name.endswith((".hdf5", ".h5"))
+    # a str in minari's id syntax is a Minari id, unless a file of that name exists
+    if isinstance(dataset_id, str) and not hdf5_name and _MINARI_ID.match(name):
+        if not path.is_file():
+            return _load_minari_cached(name, root, download, generate_transitions, validate)
+    if path.is_dir():
+        raise IsADirectoryError(_directory_message(path))
+    if hdf5_name or path.is_file():
+        return _load_d4rl_cached(path, root, validate)
+    if isinstance(dataset_id, os.PathLike):
+        raise FileNotFoundError(
+            f"No file exists at '{path}'. Pass the path of an existing D4RL-v2 hdf5 file, or a "
+            "Minari id as a str ('namespace/name-v<N>')."
+        )
+    raise ValueError(
+        f"'{name}' is not a Minari dataset id (expected '[namespace/]name-v<N>', e.g. "
+        "'mujoco/hopper/medium-v0' or 'torchrl_sym/hopper/medium-v0') and no file exists at that "
+        "path. Pass a Minari id, the path of an existing D4RL-v2 hdf5 file, 'toy2d/<name>', or a "
+        "TED TensorDict."
+    )
+
+
+def _directory_message(path: Path) -> str:
+    msg = f"'{path}' is a directory, not a D4RL-v2 hdf5 file."
+    inside = sorted(p.name for p in path.glob("*") if p.is_file() and p.suffix in (".hdf5", ".h5"))
+    if inside:
+        shown = ", ".join(inside[:5]) + (", ..." if len(inside) > 5 else "")
+        msg += f" It holds {shown}: pass the path of one of those files."
+    else:
+        msg += " Pass the path of the .hdf5 file itself."
+    if (path / "data" / "metadata.json").is_file() or (path / "metadata.json").is_file():
+        msg += (
+            " It looks like a Minari dataset directory: pass its id ('namespace/name-v<N>') "
+            "instead, with MINARI_DATASETS_PATH set to the Minari root that holds it."
+        )
+    return msg
 
 
 def _load_toy2d(name: str, size: int, seed: int | None):
@@ -411,7 +488,9 @@ def _validated_ted(data: TensorDictBase, what: str) -> TensorDict:
     return out
 
 
-def _load_d4rl_cached(path: Path, root) -> tuple[TensorDictBase, dict]:
+def _load_d4rl_cached(path: Path, root, validate=None) -> tuple[TensorDictBase, dict]:
+    if path.is_dir():
+        raise IsADirectoryError(_directory_message(path))
     if not path.is_file():
         raise FileNotFoundError(
             f"D4RL dataset file '{path}' does not exist. Pass the path of a D4RL-v2 hdf5 file "
@@ -420,7 +499,9 @@ def _load_d4rl_cached(path: Path, root) -> tuple[TensorDictBase, dict]:
     st = path.stat()
     fingerprint = _digest([str(path.resolve()), st.st_size, st.st_mtime_ns, _CACHE_VERSION])
     meta = {"dataset_id": str(path), "source": "d4rl", "env_id": None}
-    return _cached(root, f"d4rl/{path.stem}", fingerprint, meta, lambda: _convert_d4rl(path))
+    return _cached(
+        root, f"d4rl/{path.stem}", fingerprint, meta, lambda: _convert_d4rl(path), validate
+    )
 
 
 def _convert_d4rl(path: Path) -> tuple[TensorDict, dict]:
@@ -447,6 +528,14 @@ def _convert_d4rl(path: Path) -> tuple[TensorDict, dict]:
         raise ValueError(
             f"D4RL file '{path}': arrays must share the first dimension N = {n} and observations/"
             f"actions must be 2-D; got shapes { {k: v.shape for k, v in arrays.items()} }."
+        )
+    if n == 0:
+        raise DatasetError(
+            f"D4RL file '{path}' has 0 rows (shapes "
+            f"{ {k: v.shape for k, v in arrays.items()} }): it holds no transitions. Pass a file "
+            "with data, or export or download it again if it was cut short.",
+            dataset_id=str(path),
+            path=path,
         )
     obs = arrays["observations"]
     terminals = arrays["terminals"].astype(bool).reshape(n)
@@ -486,47 +575,47 @@ def _convert_d4rl(path: Path) -> tuple[TensorDict, dict]:
 
 
 def _generate_if_ours(dataset_id: str, num_transitions: int) -> bool:
-    """Generate a missing ``torchrl_sym/<env>/<kind>-v0`` dataset that this library can build."""
+    """Generate a missing ``torchrl_sym/<env>/<kind>-v<N>`` dataset that this library can build
+    (a version with shipped policies: v0 or v1)."""
     from torchrl_sym.data import generate
+    from torchrl_sym.data.policies import CARD_SETS
 
-    parts = dataset_id.split("/")
-    if len(parts) != 3 or parts[0] != "torchrl_sym":
+    parts = generate.parse_generated_id(dataset_id)
+    if parts is None or parts[2] not in CARD_SETS:
         return False
-    kind = parts[2].rsplit("-v", 1)[0]
-    if kind not in generate.DATASET_KINDS:
-        return False
-    try:
-        expected = generate.dataset_id_for(parts[1], kind)
-    except ValueError:
-        return False
-    if expected != dataset_id:
+    family, kind, version = parts
+    if generate.dataset_id_for(family, kind, version) != dataset_id:
         return False
     logger.warning(
         "Dataset %s is not on disk: generating it now (%d transitions; done once, then reused).",
         dataset_id,
         num_transitions,
     )
-    generate.generate_dataset(parts[1], kind, num_transitions=num_transitions)
+    generate.generate_dataset(family, kind, num_transitions=num_transitions, version=version)
     return True
 
 
 def _load_minari_cached(
-    dataset_id: str, root, download: bool, generate_transitions: int
+    dataset_id: str, root, download: bool, generate_transitions: int, validate=None
 ) -> tuple[TensorDictBase, dict]:
-    import minari
     from minari.storage.datasets_root_dir import get_dataset_path
 
-    local = _local_minari_ids()
-    if dataset_id not in local:
+    from torchrl_sym.data._staging import remove_stale_staging
+
+    remove_stale_staging(get_dataset_path())  # left by generators that were killed
+    path = Path(get_dataset_path(dataset_id))
+    # Only a dataset that is not on disk at all is generated or downloaded; one that is there but
+    # unreadable (which minari.list_local_datasets silently leaves out) raises in _open_minari.
+    if not path.exists():
         if not _generate_if_ours(dataset_id, generate_transitions):
-            _download_minari_or_raise(dataset_id, local, download)
-    data_dir = Path(get_dataset_path(dataset_id)) / "data"
+            _download_minari_or_raise(dataset_id, _local_minari_ids(), download)
+    dataset = _open_minari(dataset_id, path)
+    data_dir = path / "data"
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())
     fingerprint = _digest(
         [dataset_id, _CACHE_VERSION]
         + [(str(p.relative_to(data_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     )
-    dataset = minari.load_dataset(dataset_id)
     md = dataset.storage.metadata
     env_id = None
     if dataset.env_spec is not None:
@@ -540,8 +629,94 @@ def _load_minari_cached(
         "action_space_bounds": _box_bounds(dataset.action_space),
     }
     return _cached(
-        root, f"minari/{dataset_id}", fingerprint, meta, lambda: _convert_minari(dataset)
+        root,
+        f"minari/{dataset_id}",
+        fingerprint,
+        meta,
+        lambda: _convert_minari(dataset),
+        validate,
     )
+
+
+def _rebuild_hint(dataset_id: str) -> str:
+    """How to replace the broken local dataset ``dataset_id``."""
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    from torchrl_sym.data.generate import rebuild_command
+
+    command = rebuild_command(dataset_id)
+    if command is not None:
+        return (
+            "It was not regenerated automatically (only a dataset that is missing is built on "
+            f"first use); rebuild it with `{command}`."
+        )
+    return (
+        f"Delete the dataset directory {get_dataset_path(dataset_id)} and download it again "
+        f"(minari.download_dataset({dataset_id!r}), or load it with download=True), or recreate "
+        "it the way it was made."
+    )
+
+
+def _broken(dataset_id: str, path: Path, problem: str) -> DatasetError:
+    return DatasetError(
+        f"Dataset '{dataset_id}' is corrupt or incomplete: {path} {problem}. "
+        + _rebuild_hint(dataset_id),
+        dataset_id=dataset_id,
+        path=path,
+    )
+
+
+def _open_minari(dataset_id: str, path: Path):
+    """``minari.load_dataset(dataset_id)`` after checking its files; :class:`DatasetError` if any is
+    missing, unreadable, truncated or inconsistent."""
+    import h5py
+    import minari
+
+    data_dir = path / "data"
+    if not data_dir.is_dir():
+        raise _broken(
+            dataset_id, path, "has no data/ folder (an interrupted download, copy or deletion?)"
+        )
+    meta_file = data_dir / "metadata.json"
+    if not meta_file.is_file():
+        raise _broken(dataset_id, meta_file, "is missing")
+    try:
+        md = json.loads(meta_file.read_text())
+    except UnicodeDecodeError as err:
+        raise _broken(dataset_id, meta_file, f"is not valid JSON (not UTF-8 text: {err})") from err
+    except ValueError as err:
+        raise _broken(dataset_id, meta_file, f"is not valid JSON ({err})") from err
+    except OSError as err:
+        raise _broken(dataset_id, meta_file, f"cannot be read ({err})") from err
+    if not isinstance(md, dict):
+        raise _broken(
+            dataset_id, meta_file, f"holds a JSON {type(md).__name__}, not the metadata object"
+        )
+    if md.get("dataset_id") != dataset_id:
+        raise _broken(
+            dataset_id,
+            meta_file,
+            f"records dataset_id {md.get('dataset_id')!r}, not {dataset_id!r} (a moved or "
+            "mixed-up dataset)",
+        )
+    if md.get("data_format", "hdf5") == "hdf5":
+        main = data_dir / "main_data.hdf5"
+        if not main.is_file():
+            raise _broken(dataset_id, main, "is missing")
+        try:
+            h5py.File(main, "r").close()
+        except OSError as err:
+            raise _broken(
+                dataset_id, main, f"cannot be opened as HDF5: it is truncated or corrupt ({err})"
+            ) from err
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as err:  # minari raises several types for inconsistent metadata
+        raise _broken(
+            dataset_id,
+            meta_file,
+            f"does not describe a loadable dataset ({type(err).__name__}: {err})",
+        ) from err
 
 
 def _local_minari_ids() -> list[str]:
@@ -595,7 +770,7 @@ def _download_minari_or_raise(dataset_id: str, local: Sequence[str], download: b
     raise FileNotFoundError(
         f"Dataset '{dataset_id}' not found locally in {get_dataset_path()} and not downloaded: "
         f"{reason}. Local datasets: {known}. Create one with "
-        "`python -m torchrl_sym.data.generate <env> <kind>` (writes torchrl_sym/<env>/<kind>-v0; kinds: "
+        "`python -m torchrl_sym.data.generate <env> <kind>` (writes torchrl_sym/<env>/<kind>-v1; kinds: "
         "random, medium, medium-replay, expert, medium-expert), "
         "with minari.create_dataset_from_buffers, or pass the path of a D4RL hdf5 file."
     )
@@ -640,7 +815,7 @@ def _convert_minari(dataset) -> tuple[TensorDict, dict]:
         k: [] for k in ("obs", "next_obs", "act", "rew", "term", "trunc", "end")
     }
     n_episodes = dataset.total_episodes
-    episodes = dataset.storage.get_episodes(range(n_episodes))
+    episodes = _checked_episodes(dataset)
     for episode in tqdm(episodes, total=n_episodes, desc=f"converting {dataset_id}", leave=False):
         obs = _flat_observations(episode["observations"], dataset_id)
         actions = np.asarray(episode["actions"]).reshape(len(episode["actions"]), -1)
@@ -648,9 +823,11 @@ def _convert_minari(dataset) -> tuple[TensorDict, dict]:
         if steps == 0:
             continue
         if obs.shape[0] != steps + 1:
-            raise ValueError(
-                f"Minari dataset '{dataset_id}', episode {episode['id']}: {obs.shape[0]} observations "
-                f"for {steps} actions; expected {steps + 1}."
+            raise _broken(
+                dataset_id,
+                _episode_file(dataset),
+                f"(episode {episode['id']}) holds {obs.shape[0]} observations for {steps} "
+                f"actions; expected {steps + 1}",
             )
         parts["obs"].append(obs[:-1])
         parts["next_obs"].append(obs[1:])
@@ -675,6 +852,52 @@ def _convert_minari(dataset) -> tuple[TensorDict, dict]:
         what=f"Minari dataset '{dataset_id}'",
     )
     return data, {}
+
+
+def _episode_file(dataset) -> Path:
+    data_dir = Path(dataset.storage.data_path)
+    main = data_dir / "main_data.hdf5"
+    return main if main.is_file() else data_dir
+
+
+def _checked_episodes(dataset):
+    """``dataset``'s episodes in order; an episode that cannot be read raises :class:`DatasetError`
+    naming the file, the episode and (HDF5) the arrays it lacks."""
+    dataset_id = dataset.id
+    done = 0
+    try:
+        for episode in dataset.storage.get_episodes(range(dataset.total_episodes)):
+            yield episode
+            done += 1
+    except DatasetError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, IndexError, AssertionError) as err:
+        file = _episode_file(dataset)
+        raise _broken(dataset_id, file, _episode_problem(file, done, err)) from err
+
+
+def _episode_problem(file: Path, index: int, err: Exception) -> str:
+    """What is wrong with episode ``index`` of a Minari HDF5 file (``err`` when unknown)."""
+    reason = f"{type(err).__name__}: {err}"
+    if file.suffix != ".hdf5":
+        return f"has an episode that cannot be read (episode {index}; {reason})"
+    import h5py
+
+    group = f"episode_{index}"
+    try:
+        with h5py.File(file, "r") as f:
+            if group not in f:
+                return (
+                    f"has no group '{group}', but metadata.json counts more episodes than that "
+                    f"(the file holds {sum(k.startswith('episode_') for k in f)})"
+                )
+            keys = sorted(f[group].keys())
+    except OSError:
+        return f"cannot be read at group '{group}' ({reason})"
+    missing = [k for k in _EPISODE_KEYS if k not in keys]
+    if missing:
+        return f"lacks the arrays {missing} in group '{group}' (it has {keys})"
+    return f"cannot be read at group '{group}' ({reason})"
 
 
 def _ted_from_arrays(obs, next_obs, actions, rewards, terminated, truncated, episode_end, *, what):
@@ -707,38 +930,105 @@ def _digest(parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _cached(root, name: str, fingerprint: str, meta: dict, convert) -> tuple[TensorDictBase, dict]:
+def _cached(
+    root,
+    name: str,
+    fingerprint: str,
+    meta: dict,
+    convert,
+    validate: Callable[[TensorDictBase, dict], Any] | None = None,
+) -> tuple[TensorDictBase, dict]:
     """Load ``name`` from the cache if its fingerprint matches; else convert and store atomically.
 
-    The conversion is written to a fresh temporary directory beside the target, completed with a
-    ``dataset.json`` written last, then renamed into place: a reader sees a whole cache or none.
+    A fresh conversion is checked (``validate(data, meta)``, e.g. the env shape check) before
+    anything is written; then it is written into a staging directory beside the target (holding a
+    ``writer.json`` for :mod:`~torchrl_sym.data._staging`), completed with a ``dataset.json``
+    written last that records the size of every file, and renamed into place: a reader sees a whole
+    cache or none, and a rejected dataset leaves nothing. A cache whose files do not match the
+    recorded sizes, or that cannot be loaded, is moved aside and converted again from the source.
     """
+    from torchrl_sym.data._staging import make_staging_dir, remove_stale_staging
+
     base = Path(root) if root is not None else default_cache_root()
     target = base / name / fingerprint
     meta = dict(meta, cache_path=target)
-    if (target / _MARKER).is_file():
-        try:
-            data = TensorDict.load_memmap(target)
-            return data, meta
-        except Exception as err:  # a damaged cache is rebuilt, never trusted
-            logger.warning("Ignoring unreadable cache %s (%s); converting again.", target, err)
-            shutil.rmtree(target, ignore_errors=True)
+    remove_stale_staging(target.parent)  # left by conversions that were killed
+    if target.exists():
+        problem = _cache_problem(target)
+        if problem is None:
+            try:
+                return TensorDict.load_memmap(target), meta
+            except Exception as err:  # a damaged cache is rebuilt, never trusted
+                problem = f"cannot be loaded ({type(err).__name__}: {err})"
+        logger.warning(
+            "Conversion cache of %s is damaged: %s; discarding it and converting again from the "
+            "source.",
+            meta["dataset_id"],
+            problem,
+        )
+        _discard(target)
     data, extra = convert()
     meta.update(extra)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}"
+    if validate is not None:
+        validate(data, meta)
+    tmp = make_staging_dir(target.parent, tag=f"{fingerprint}-")
     try:
         data.memmap(tmp)
+        files = {
+            p.relative_to(tmp).as_posix(): p.stat().st_size
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != "writer.json"
+        }
+        record = {k: v for k, v in meta.items() if k != "cache_path"}
         with open(tmp / _MARKER, "w") as f:
-            json.dump({k: v for k, v in meta.items() if k != "cache_path"}, f, default=str)
+            json.dump(dict(record, cache_files=files), f, default=str)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / _MARKER).is_file():  # not a concurrent writer's finished copy
+            if _cache_problem(target) is not None:  # not a concurrent writer's finished copy
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return TensorDict.load_memmap(target), meta
+
+
+def _cache_problem(target: Path) -> str | None:
+    """What is wrong with the cache directory ``target`` (naming the file), or None if intact."""
+    marker = target / _MARKER
+    try:
+        record = json.loads(marker.read_text())
+        files = record["cache_files"]
+        if not isinstance(files, dict):
+            raise TypeError(f"cache_files is a {type(files).__name__}")
+    except FileNotFoundError:
+        return f"{marker} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{marker} is unreadable or lacks its file list ({type(err).__name__}: {err})"
+    for rel, size in files.items():
+        path = target / rel
+        try:
+            actual = path.stat().st_size
+        except OSError:
+            return f"{path} is missing"
+        if actual != size:
+            return f"{path} has {actual} bytes, {size} when it was written (truncated or replaced)"
+    return None
+
+
+def _discard(target: Path) -> None:
+    """Move a damaged cache aside (one rename, so no reader sees half of it), then delete it."""
+    from torchrl_sym.data._staging import STAGING_PREFIX, WRITER_FILE, writer_record
+
+    trash = target.parent / f"{STAGING_PREFIX}discard-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(target, trash)
+    except OSError:
+        return  # already moved or replaced by a concurrent process
+    try:  # if this process dies while deleting, the next load removes the rest
+        (trash / WRITER_FILE).write_text(json.dumps(writer_record()) + "\n")
+    except OSError:
+        pass
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,8 +14,17 @@ Where the reference returns come from, first match wins (:func:`reference_scores
    there, so their scores mean what D4RL's mean.
 2. a string naming a *local* Minari dataset (``minari.list_local_datasets()``; nothing is ever
    downloaded) whose metadata holds reference scores;
-3. the D4RL-v2 locomotion constants below, looked up by environment family (:func:`env_family`),
-   also for objects that only carry an ``env_id`` / ``dataset_id``.
+3. a generated id ``torchrl_sym/<family>/<kind>-v<N>`` that is not on disk: the shipped policy
+   cards of dataset version ``N`` (``R_min`` = the random card's ``return_mean``, ``R_max`` = the
+   expert card's; :func:`torchrl_sym.data.policies.reference_returns`), the same numbers
+   :mod:`torchrl_sym.data.generate` records in the dataset. A version without cards, or a family
+   without them, raises :class:`ReferenceScoresError`;
+4. a Minari ``mujoco/...`` id that is not on disk (or records no references) raises
+   :class:`ReferenceScoresError`: Minari's MuJoCo datasets were collected in the v5 envs and carry
+   their own ``ref_min_score`` / ``ref_max_score`` in their metadata, not D4RL's constants;
+5. the D4RL-v2 locomotion constants below, looked up by environment family (:func:`env_family`),
+   for every other name (``"hopper-medium-v2"``, ``"Hopper-v5"``, a D4RL file) and for objects
+   that only carry an ``env_id`` / ``dataset_id``.
 
 D4RL constants (``d4rl/infos.py``, ``REF_MIN_SCORE`` / ``REF_MAX_SCORE``, identical for every
 ``-v2`` dataset of one environment; ``specs/baselines.md`` §0):
@@ -48,6 +57,7 @@ import torch
 
 __all__ = [
     "D4RL_REF_SCORES",
+    "ReferenceScoresError",
     "env_family",
     "normalized_score",
     "reference_scores",
@@ -73,6 +83,16 @@ _FAMILY_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 _ANTMAZE = re.compile(r"(?<![a-z0-9])ant[-_ ]?maze")
 _FILE_SUFFIXES = (".hdf5", ".h5", ".hdf", ".npz", ".npy", ".pkl", ".pt")
+_HOW_TO_SUPPLY = (
+    "To supply references, pass the loaded dataset or its info instead of the id "
+    "(make_offline_replay_buffer(...).info, minari.load_dataset(...)), or the references "
+    "themselves as a mapping {'ref_min_score': R_min, 'ref_max_score': R_max} (or any object "
+    "with those attributes)."
+)
+
+
+class ReferenceScoresError(ValueError):
+    """No reference returns are known for a dataset id that has its own (not D4RL's)."""
 
 
 def env_family(name: str | os.PathLike[str]) -> str:
@@ -134,6 +154,50 @@ def _local_minari_metadata(dataset_id: str) -> Mapping[str, Any] | None:
     return minari.list_local_datasets().get(dataset_id)
 
 
+def _card_reference_scores(dataset_id: str, where: str) -> tuple[float, float]:
+    """References of a generated ``torchrl_sym/<family>/<kind>-v<N>`` id from the shipped cards."""
+    from torchrl_sym.data.generate import parse_generated_id
+    from torchrl_sym.data.policies import reference_returns
+
+    parts = parse_generated_id(dataset_id)
+    if parts is None:
+        raise ReferenceScoresError(
+            f"No reference scores for {dataset_id!r}: the dataset {where}, and it is not one "
+            "torchrl_sym.data.generate builds ('torchrl_sym/<family>/<kind>-v<N>' with family "
+            "hopper, halfcheetah or walker2d and kind random, medium, medium-replay, expert or "
+            f"medium-expert), so no policy cards define them. {_HOW_TO_SUPPLY}"
+        )
+    family, _kind, version = parts
+    try:
+        return reference_returns(family, version)
+    except FileNotFoundError as err:
+        raise ReferenceScoresError(
+            f"No reference scores for {dataset_id!r}: the dataset {where} and the shipped "
+            f"policy cards do not cover it ({str(err).rstrip('.')}). Once the dataset is on "
+            "disk its id works (torchrl_sym.data.generate records the references in it). "
+            f"{_HOW_TO_SUPPLY}"
+        ) from err
+
+
+def _reference_scores_for_id(text: str, local: Mapping[str, Any] | None) -> tuple[float, float]:
+    """References for a dataset id string whose local metadata (if any) holds none."""
+    where = (
+        "is on disk but its metadata records no ref_min_score / ref_max_score"
+        if local is not None
+        else "is not on disk"
+    )
+    if text.startswith("torchrl_sym/"):
+        return _card_reference_scores(text, where)
+    if text.startswith("mujoco/"):
+        raise ReferenceScoresError(
+            f"No reference scores for {text!r}: the dataset {where}. Minari's MuJoCo datasets "
+            "record their own references (from the v5 envs), which are not D4RL's constants, so "
+            f"none are assumed. Download it (minari.download_dataset({text!r})), which makes its "
+            f"recorded references available. {_HOW_TO_SUPPLY}"
+        )
+    return D4RL_REF_SCORES[env_family(text)]
+
+
 def _reference_scores(obj: Any) -> tuple[float, float]:
     for source in (obj, getattr(obj, "info", None)):
         if source is not None and (refs := _refs_from(source)) is not None:
@@ -145,7 +209,7 @@ def _reference_scores(obj: Any) -> tuple[float, float]:
         if (refs := _refs_from(metadata)) is not None:
             return refs
         if isinstance(metadata.get("dataset_id"), str):
-            return D4RL_REF_SCORES[env_family(metadata["dataset_id"])]
+            return _reference_scores_for_id(metadata["dataset_id"], metadata)
 
     if isinstance(obj, (str, os.PathLike)):
         text = os.fspath(obj)
@@ -153,6 +217,7 @@ def _reference_scores(obj: Any) -> tuple[float, float]:
             local = _local_minari_metadata(text)
             if local is not None and (refs := _refs_from(local)) is not None:
                 return refs
+            return _reference_scores_for_id(text, local)
         return D4RL_REF_SCORES[env_family(text)]
 
     # A dataset id that names no family (a file "data.hdf5") may still come with an env id.
@@ -162,6 +227,8 @@ def _reference_scores(obj: Any) -> tuple[float, float]:
     for i, value in enumerate(ids):
         try:
             return _reference_scores(value)
+        except ReferenceScoresError:
+            raise  # an id with references of its own: never fall back to the env's D4RL constants
         except ValueError:
             if i == len(ids) - 1:
                 raise
@@ -178,9 +245,14 @@ def reference_scores(dataset_or_env: Any) -> tuple[float, float]:
 
     The lookup order is in the module docstring: the argument's own ``ref_min_score`` /
     ``ref_max_score`` (or those of its ``.info`` or Minari storage metadata), then a local Minari
-    dataset of that id, then :data:`D4RL_REF_SCORES` by :func:`env_family`.
+    dataset of that id, then the shipped policy cards for a ``torchrl_sym/...`` id, then
+    :data:`D4RL_REF_SCORES` by :func:`env_family` (never for ``torchrl_sym/...`` or
+    ``mujoco/...`` ids, whose datasets define their own references).
 
     Raises:
+        ReferenceScoresError: a ``torchrl_sym/...`` or ``mujoco/...`` id whose references are not
+            known here (not on disk, and no shipped cards for it); the message says how to
+            supply them. A subclass of ``ValueError``.
         ValueError: the name matches no known family, or ``R_max`` is not above ``R_min``.
         TypeError: the argument is none of the accepted kinds.
 
@@ -211,8 +283,10 @@ def normalized_score(
     Examples:
         >>> round(normalized_score("hopper", 0.0), 4)
         0.6229
-        >>> normalized_score("mujoco/hopper/medium-v0", torch.tensor([3234.3]))
+        >>> normalized_score("hopper-medium-v2", torch.tensor([3234.3]))
         tensor([100.])
+        >>> normalized_score({"ref_min_score": 0.0, "ref_max_score": 200.0}, 50.0)
+        25.0
     """
     lo, hi = reference_scores(dataset_or_env)
     span = hi - lo

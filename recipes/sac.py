@@ -1,12 +1,18 @@
-"""SAC (Haarnoja et al., 2018) in a MuJoCo v5 env: trains the behavior policies of the datasets.
+"""SAC or CrossQ in a MuJoCo v5 env: trains the behavior policies of the datasets.
 
     python recipes/sac.py env=hopper                      # train, saving actors along the way
+    python recipes/sac.py env=hopper algo=crossq          # CrossQ (Bhatt et al., ICLR 2024)
     python recipes/sac.py env=hopper profile=smoke        # a few dozen steps
     python recipes/sac.py env=hopper resume=<run dir>     # continue a killed run
 
 TorchRL's ``SACLoss`` (twin Q, target Q with Polyak 0.005, learned temperature with target entropy
 −|A|), a TorchRL ``Collector`` (``frames_per_batch`` env steps, then ``utd`` gradient steps per env
 step), and a replay buffer that keeps every transition in the order it was collected.
+
+``algo=crossq`` swaps in TorchRL's ``CrossQLoss`` (Bhatt et al., ICLR 2024): batch-renormalized
+critics evaluated on the joint batch of ``(s, a)`` and ``(s', a')``, no target networks, Adam with
+``β₁ = 0.5``, the actor and temperature updated every ``policy_delay`` critic steps. The actor is
+the same plain MLP as SAC's, so both learners' policies load the same way.
 
 The run directory holds:
 
@@ -29,16 +35,17 @@ from pathlib import Path
 
 import hydra
 import torch
+from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs.utils import ExplorationType
-from torchrl.objectives import SACLoss, SoftUpdate
+from torchrl.objectives import CrossQLoss, SACLoss, SoftUpdate
 
 from torchrl_sym.envs import make_env, resolve_env_id
-from torchrl_sym.models import make_qvalue, make_tanh_gaussian_actor
+from torchrl_sym.models import make_batchrenorm_qvalue, make_qvalue, make_tanh_gaussian_actor
 from torchrl_sym.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from torchrl_sym.train.evaluate import evaluate_policy
-from torchrl_sym.train.recipe import make_logger
+from torchrl_sym.train.recipe import make_logger, prepare_run, write_resume_record
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +62,20 @@ KEEP = [
 ]
 
 
-def _run_dir(cfg) -> Path:
-    if cfg.get("resume"):
-        return Path(str(cfg.resume))
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
+def _truncate_evals(path: Path, frames: int) -> None:
+    """Drops the rows of ``actors/evals.csv`` after ``frames`` (written after the checkpoint a
+    resumed run continues from), so no frame count appears twice."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(r[0]) <= frames]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    tmp.replace(path)
 
 
 def _whole_batches(interval: int, frames_per_batch: int) -> int:
@@ -69,12 +84,16 @@ def _whole_batches(interval: int, frames_per_batch: int) -> int:
 
 @hydra.main(config_path="../configs", config_name="sac", version_base="1.3")
 def main(cfg) -> dict:
-    from omegaconf import OmegaConf
+    # the run directory and configuration (resume=DIR continues DIR's run), seeds, writer lock
+    cfg, run_dir, lock, resume_record = prepare_run(cfg)
+    try:
+        return _train(cfg, run_dir, resume_record)
+    finally:
+        lock.release()
 
-    run_dir = _run_dir(cfg)
+
+def _train(cfg, run_dir: Path, resume_record) -> dict:
     (run_dir / "actors").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    torch.manual_seed(int(cfg.seed))
     hp = cfg.sac
     env_id = resolve_env_id(cfg.env)
     total = (
@@ -88,54 +107,131 @@ def main(cfg) -> dict:
     obs_dim = train_env.observation_spec["observation"].shape[-1]
     act_dim = train_env.action_spec.shape[-1]
 
+    algo = str(cfg.algo)
+    if algo not in ("sac", "crossq"):
+        raise ValueError(f"algo={algo!r}: recipes/sac.py trains 'sac' or 'crossq'")
     actor = make_tanh_gaussian_actor(obs_dim, act_dim, list(hp.hidden))
-    loss = SACLoss(
-        actor,
-        make_qvalue(obs_dim, act_dim, list(hp.hidden)),
-        num_qvalue_nets=2,
-        loss_function="l2",
-        delay_qvalue=True,
-        alpha_init=float(hp.alpha_init),
-        action_spec=train_env.action_spec,
-    )
+    if algo == "sac":
+        loss = SACLoss(
+            actor,
+            make_qvalue(obs_dim, act_dim, list(hp.hidden)),
+            num_qvalue_nets=2,
+            loss_function="l2",
+            delay_qvalue=True,
+            alpha_init=float(hp.alpha_init),
+            action_spec=train_env.action_spec,
+        )
+        target = SoftUpdate(loss, tau=float(hp.tau))
+        betas, policy_delay = (0.9, 0.999), 1
+    else:
+        cq = cfg.crossq
+        loss = CrossQLoss(
+            actor,
+            make_batchrenorm_qvalue(
+                obs_dim,
+                act_dim,
+                list(cq.critic_hidden),
+                momentum=float(cq.bn_momentum),
+                warmup_steps=int(cq.bn_warmup_steps),
+            ),
+            num_qvalue_nets=2,
+            loss_function="l2",
+            alpha_init=float(hp.alpha_init),
+            action_spec=train_env.action_spec,
+        )
+        target = None
+        betas, policy_delay = (float(cq.adam_beta1), 0.999), int(cq.policy_delay)
     loss.make_value_estimator(gamma=float(hp.discount))
-    target = SoftUpdate(loss, tau=float(hp.tau))
-    optim = torch.optim.Adam(
+    lr = float(hp.lr) if algo == "sac" else float(cfg.crossq.lr)
+    critic_optim = torch.optim.Adam(
+        list(loss.qvalue_network_params.values(True, True)), lr=lr, betas=betas
+    )
+    actor_optim = torch.optim.Adam(
         [
             {"params": list(loss.actor_network_params.values(True, True))},
-            {"params": list(loss.qvalue_network_params.values(True, True))},
             {"params": [loss.log_alpha]},
         ],
-        lr=float(hp.lr),
+        lr=lr,
+        betas=betas,
     )
+    optims = {"critic": critic_optim, "actor": actor_optim}
     buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(total), batch_size=int(hp.batch_size))
 
+    def update_critic(batch):
+        loss_q, _ = loss.qvalue_loss(batch)
+        critic_optim.zero_grad(set_to_none=True)
+        loss_q.backward()
+        critic_optim.step()
+        if target is not None:
+            target.step()
+        return loss_q.detach()
+
     def update(batch):
-        out = loss(batch)
-        optim.zero_grad(set_to_none=True)
-        (out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]).backward()
-        optim.step()
-        target.step()
-        return out.detach()
+        # SAC: one step of every loss; CrossQ: the critic step, then the delayed actor step.
+        if algo == "sac":
+            out = loss(batch)
+            critic_optim.zero_grad(set_to_none=True)
+            actor_optim.zero_grad(set_to_none=True)
+            (out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]).backward()
+            critic_optim.step()
+            actor_optim.step()
+            target.step()
+            return out.detach()
+        loss_q = update_critic(batch)
+        loss_actor, meta = loss.actor_loss(batch)
+        loss_alpha = loss.alpha_loss(meta["log_prob"])
+        actor_optim.zero_grad(set_to_none=True)
+        (loss_actor + loss_alpha).backward()
+        actor_optim.step()
+        return TensorDict(
+            {
+                "loss_qvalue": loss_q,
+                "loss_actor": loss_actor.detach(),
+                "loss_alpha": loss_alpha.detach(),
+                "alpha": loss.log_alpha.detach().exp(),
+                "entropy": -meta["log_prob"].mean(),
+            }
+        )
 
     update_fn = torch.compile(update) if cfg.compile else update
+    critic_fn = torch.compile(update_critic) if cfg.compile else update_critic
 
     ckpts = CheckpointManager(run_dir / "checkpoints", keep=2)
-    frames, updates = 0, 0
+    frames, updates, seconds = 0, 0, 0.0  # seconds: wall time of the earlier segments
     state = ckpts.load_latest()
     if state is not None:
         loss.load_state_dict(state["loss"])
-        optim.load_state_dict(state["optim"])
+        if "optim" in state:  # checkpoints before the split into critic and actor optimizers
+            raise RuntimeError(
+                f"{ckpts.directory}: this checkpoint holds one optimizer for every network (an "
+                "older recipes/sac.py); resume it with that version or start a new run"
+            )
+        for name, opt in optims.items():
+            opt.load_state_dict(state["optims"][name])
         buffer.extend(state["buffer"])
         frames, updates = int(state["frames"]), int(state["updates"])
+        seconds = float(state.get("seconds", 0.0))
         set_rng_state(state["rng"])
         log.info("Resumed at %d frames (%d updates)", frames, updates)
+    elif resume_record is not None:
+        log.warning(
+            "resume=%s: no loadable checkpoint in %s; the run restarts from frame 0.",
+            run_dir,
+            run_dir / "checkpoints",
+        )
+    if state is None:
+        # a restart writes every evaluation again: drop an earlier attempt's rows and actors
+        (run_dir / "actors" / "evals.csv").unlink(missing_ok=True)
+    else:
+        _truncate_evals(run_dir / "actors" / "evals.csv", frames)
+    if resume_record is not None:
+        write_resume_record(run_dir, cfg, resume_record)
 
     logger = make_logger(
         cfg.logger.backend,
         run_dir,
         project=cfg.logger.project,
-        run_name=f"sac-{env_id}-s{cfg.seed}",
+        run_name=f"{algo}-{env_id}-s{cfg.seed}",
     )
     evals_path = run_dir / "actors" / "evals.csv"
     # env steps per collector batch; save/checkpoint intervals are rounded up to whole batches
@@ -160,8 +256,14 @@ def main(cfg) -> dict:
         buffer.extend(batch.select(*KEEP))
         frames += batch.numel()
         if frames >= init_random:
-            for _ in range(int(hp.utd) * batch.numel()):
-                last_out = update_fn(buffer.sample())
+            # utd < 1 (e.g. 0.1: one update per 10 env steps) is a slower learner per env step,
+            # whose medium snapshot comes after a D4RL-sized medium-replay buffer
+            owed = round(float(hp.utd) * (frames - init_random + fpb)) - updates
+            for _ in range(max(int(owed), 0)):
+                if updates % policy_delay == policy_delay - 1 or policy_delay == 1:
+                    last_out = update_fn(buffer.sample())
+                else:
+                    critic_fn(buffer.sample())
                 updates += 1
         collector.update_policy_weights_()
         if frames % save_interval == 0 or frames >= total:
@@ -176,8 +278,16 @@ def main(cfg) -> dict:
             with open(evals_path, "a", newline="") as f:
                 writer = csv.writer(f)
                 if new:
-                    writer.writerow(["frames", "return_mean", "return_std"])
-                writer.writerow([frames, float(returns.mean()), float(returns.std(unbiased=False))])
+                    writer.writerow(["frames", "return_mean", "return_std", "updates", "seconds"])
+                writer.writerow(
+                    [
+                        frames,
+                        float(returns.mean()),
+                        float(returns.std(unbiased=False)),
+                        updates,
+                        round(seconds + time.perf_counter() - start, 1),
+                    ]
+                )
             scalars = {
                 "eval/return": float(returns.mean()),
                 "time/frames_per_second": frames / max(time.perf_counter() - start, 1e-9),
@@ -201,10 +311,11 @@ def main(cfg) -> dict:
                 frames,
                 {
                     "loss": loss.state_dict(),
-                    "optim": optim.state_dict(),
+                    "optims": {name: opt.state_dict() for name, opt in optims.items()},
                     "buffer": buffer[: len(buffer)],
                     "frames": frames,
                     "updates": updates,
+                    "seconds": seconds + time.perf_counter() - start,
                     "rng": rng_state(),
                 },
             )
@@ -212,10 +323,11 @@ def main(cfg) -> dict:
     data = buffer[: len(buffer)]
     torch.save(data, run_dir / "replay_buffer.pt")
     summary = {
+        "algo": algo,
         "env_id": env_id,
         "frames": frames,
         "updates": updates,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds + time.perf_counter() - start,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -22,6 +22,7 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType
 from torchrl.modules import (
     MLP,
+    BatchRenorm1d,
     IndependentNormal,
     NormalParamExtractor,
     ProbabilisticActor,
@@ -31,6 +32,7 @@ from torchrl.modules import (
 
 __all__ = [
     "TanhMeanGaussian",
+    "make_batchrenorm_qvalue",
     "make_gaussian_actor",
     "make_qvalue",
     "make_tanh_gaussian_actor",
@@ -148,6 +150,33 @@ def make_qvalue(
         _mlp(obs_dim + action_dim, hidden, layer_norm),
         in_keys=["observation", "action"],
         out_keys=["state_action_value"],
+    )
+
+
+def make_batchrenorm_qvalue(
+    obs_dim: int,
+    action_dim: int,
+    hidden: Sequence[int] = (256, 256),
+    *,
+    momentum: float = 0.01,
+    warmup_steps: int = 100_000,
+) -> ValueOperator:
+    """CrossQ's critic: ``Q(s, a)`` with batch renormalization on the input and after every hidden
+    ReLU (TorchRL's ``BatchRenorm1d``), as in Bhatt et al. (ICLR 2024)."""
+    layers: list[nn.Module] = [
+        BatchRenorm1d(obs_dim + action_dim, momentum=momentum, warmup_steps=warmup_steps)
+    ]
+    width = obs_dim + action_dim
+    for h in hidden:
+        layers += [
+            nn.Linear(width, h),
+            nn.ReLU(),
+            BatchRenorm1d(h, momentum=momentum, warmup_steps=warmup_steps),
+        ]
+        width = h
+    layers.append(nn.Linear(width, 1))
+    return ValueOperator(
+        _CatSequential(*layers), in_keys=["observation", "action"], out_keys=["state_action_value"]
     )
 
 

@@ -168,6 +168,11 @@ def test_medium_and_expert_generation_round_trip_with_reference_scores():
     assert normalized_score(info, md["ref_max_score"]) == pytest.approx(100.0)
     prov = gen.read_provenance(medium)
     assert prov["policies"]["medium"]["sha256"] == load_card(family, "medium")["sha256"]
+    # the loaded dataset names the exact data (what a run's summary.json records)
+    assert (
+        info.metadata["sha256"] == prov["sha256"] and info.metadata["episodes"] == prov["episodes"]
+    )
+    assert info.metadata["episodes"] == info.num_episodes
 
     # medium-expert = the medium dataset followed by the expert dataset (same size and seed)
     gen.generate_dataset(
@@ -272,10 +277,25 @@ def test_datasets_doc_is_rendered_from_the_datasets():
     dataset_id = gen.generate_dataset(
         family, "medium", num_transitions=250, seed=0, num_envs=4, progress=False, overwrite=True
     )
-    page = doc.render()
+    registry = doc.update_registry({})
+    assert registry[dataset_id]["sha256"] == gen.read_provenance(dataset_id)["sha256"]
+    page = doc.render(registry, runs={})
     (row,) = [line for line in page.splitlines() if line.startswith(f"| `{dataset_id}` |")]
     _, info = load_offline_dataset(dataset_id)
     g = info.episode_returns.numpy()
     assert f"| 250 | {info.num_episodes:,} | {g.mean():.1f} ± {g.std():.1f} |" in row
     expert = load_card(family, "expert")
     assert f"{expert['return_mean']:.1f} ± {expert['return_std']:.1f}" in page
+
+
+def test_datasets_doc_matches_its_registry_cards_and_runs():
+    """docs/datasets.md is what scripts/make_datasets_doc.py renders from the committed registry,
+    the shipped cards and docs/behavior_runs/ (regenerate it after changing any of them)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_datasets_doc.py"
+    spec = importlib.util.spec_from_file_location("make_datasets_doc", path)
+    doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc)
+    assert doc.main(["--check"]) == 0

@@ -240,6 +240,7 @@ def test_resume_continues_the_run_it_claims_to_be(tmp_path, recipe_dataset):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["global_step"] == 50 and summary["resumed"] is True  # not 10,000 steps
     assert "eval/normalized_score" in summary  # kept from the final checkpoint
+    assert summary["dataset"]["id"] == recipe_dataset and summary["dataset"]["transitions"] == 2000
     assert _eval_steps(run_dir) == [50]
     (record,) = (run_dir / "resumes").iterdir()
     assert OmegaConf.load(record / "overrides.yaml").command_line == [f"resume={run_dir}"]

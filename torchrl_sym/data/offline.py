@@ -628,6 +628,16 @@ def _load_minari_cached(
         "ref_max_score": md.get("ref_max_score"),
         "action_space_bounds": _box_bounds(dataset.action_space),
     }
+    # a generated dataset's identity (provenance.json, written with it): results name their data
+    prov_file = path / "provenance.json"
+    if prov_file.is_file():
+        try:
+            prov = json.loads(prov_file.read_text())
+        except (OSError, ValueError) as err:
+            raise _broken(dataset_id, prov_file, f"is not valid JSON ({err})") from err
+        for key in ("sha256", "episodes", "transitions", "dataset_version", "seed"):
+            if key in prov:
+                meta[key] = prov[key]
     return _cached(
         root,
         f"minari/{dataset_id}",

@@ -202,6 +202,13 @@ class Run:
             "seconds": time.perf_counter() - start,
             "total_seconds": loop.elapsed_seconds,
             "resumed": resumed,
+            "dataset": {
+                "id": self.info.dataset_id,
+                "transitions": self.info.num_transitions,
+                "episodes": self.info.num_episodes,
+                # generated datasets: the sha256 of their arrays (provenance.json)
+                "sha256": self.info.metadata.get("sha256"),
+            },
             **metrics,
         }
         tmp = self.run_dir / "summary.json.tmp"

@@ -102,19 +102,23 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
         else min(int(cfg.frames), int(cfg.train.max_steps_per_stage))
     )
 
-    train_env = make_env(env_id, seed=int(cfg.seed))
-    eval_env = make_env(env_id, seed=int(cfg.seed) + 1000)
+    device = torch.device(str(cfg.get("device", "cpu")))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was requested but CUDA is not available; use device=cpu.")
+    # on a GPU the env's tensors, the networks and the replay buffer all live on the device
+    train_env = make_env(env_id, seed=int(cfg.seed), device=device)
+    eval_env = make_env(env_id, seed=int(cfg.seed) + 1000, device=device)
     obs_dim = train_env.observation_spec["observation"].shape[-1]
     act_dim = train_env.action_spec.shape[-1]
 
     algo = str(cfg.algo)
     if algo not in ("sac", "crossq"):
         raise ValueError(f"algo={algo!r}: recipes/sac.py trains 'sac' or 'crossq'")
-    actor = make_tanh_gaussian_actor(obs_dim, act_dim, list(hp.hidden))
+    actor = make_tanh_gaussian_actor(obs_dim, act_dim, list(hp.hidden)).to(device)
     if algo == "sac":
         loss = SACLoss(
             actor,
-            make_qvalue(obs_dim, act_dim, list(hp.hidden)),
+            make_qvalue(obs_dim, act_dim, list(hp.hidden)).to(device),
             num_qvalue_nets=2,
             loss_function="l2",
             delay_qvalue=True,
@@ -133,7 +137,7 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
                 list(cq.critic_hidden),
                 momentum=float(cq.bn_momentum),
                 warmup_steps=int(cq.bn_warmup_steps),
-            ),
+            ).to(device),
             num_qvalue_nets=2,
             loss_function="l2",
             alpha_init=float(hp.alpha_init),
@@ -155,7 +159,9 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
         betas=betas,
     )
     optims = {"critic": critic_optim, "actor": actor_optim}
-    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(total), batch_size=int(hp.batch_size))
+    buffer = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(total, device=device), batch_size=int(hp.batch_size)
+    )
 
     def update_critic(batch):
         loss_q, _ = loss.qvalue_loss(batch)
@@ -198,7 +204,7 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
 
     ckpts = CheckpointManager(run_dir / "checkpoints", keep=2)
     frames, updates, seconds = 0, 0, 0.0  # seconds: wall time of the earlier segments
-    state = ckpts.load_latest()
+    state = ckpts.load_latest(map_location=device)
     if state is not None:
         loss.load_state_dict(state["loss"])
         if "optim" in state:  # checkpoints before the split into critic and actor optimizers
@@ -271,7 +277,7 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
                 eval_env, actor, num_episodes=int(cfg.eval.episodes), seed=int(cfg.seed) + 1000
             )
             torch.save(
-                {k: v.detach().clone() for k, v in actor.state_dict().items()},
+                {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()},
                 run_dir / "actors" / f"actor_{frames:08d}.pt",
             )
             new = not evals_path.exists()
@@ -312,7 +318,7 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
                 {
                     "loss": loss.state_dict(),
                     "optims": {name: opt.state_dict() for name, opt in optims.items()},
-                    "buffer": buffer[: len(buffer)],
+                    "buffer": buffer[: len(buffer)].cpu(),
                     "frames": frames,
                     "updates": updates,
                     "seconds": seconds + time.perf_counter() - start,
@@ -320,7 +326,7 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
                 },
             )
     collector.shutdown()
-    data = buffer[: len(buffer)]
+    data = buffer[: len(buffer)].cpu()
     torch.save(data, run_dir / "replay_buffer.pt")
     summary = {
         "algo": algo,

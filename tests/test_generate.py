@@ -10,6 +10,7 @@ import torch
 from torchrl_sym.data import generate as gen
 from torchrl_sym.data import load_offline_dataset, make_offline_replay_buffer, normalized_score
 from torchrl_sym.data.policies import (
+    CARD_SETS,
     POLICY_KINDS,
     available_policies,
     load_behavior_policy,
@@ -19,6 +20,19 @@ from torchrl_sym.data.policies import (
 from torchrl_sym.envs import resolve_env_id
 
 SHIPPED = sorted({family for family, _ in available_policies()})
+# (family, dataset version) of every shipped policy set
+SHIPPED_VERSIONS = [
+    (family, version)
+    for version in CARD_SETS
+    for family in sorted({f for f, _ in available_policies(version)})
+]
+
+
+def _card(family, kind):
+    """The card of the policies generate_dataset uses by default (the family's newest version)."""
+    return load_card(family, kind, gen.latest_version(family))
+
+
 needs_policies = pytest.mark.skipif(not SHIPPED, reason="no behavior policies shipped")
 
 
@@ -112,8 +126,8 @@ def test_bad_arguments(capsys):
 
 
 @needs_policies
-@pytest.mark.parametrize("family", SHIPPED)
-def test_every_shipped_policy_loads_and_acts(family):
+@pytest.mark.parametrize(("family", "version"), SHIPPED_VERSIONS)
+def test_every_shipped_policy_loads_and_acts(family, version):
     import gymnasium as gym
 
     from torchrl_sym.envs import resolve_env_id
@@ -121,8 +135,8 @@ def test_every_shipped_policy_loads_and_acts(family):
     env = gym.make(resolve_env_id(family))
     obs, _ = env.reset(seed=0)
     for kind in POLICY_KINDS:
-        policy = load_behavior_policy(family, kind)
-        card = load_card(family, kind)
+        policy = load_behavior_policy(family, kind, version)
+        card = load_card(family, kind, version)
         assert card["env_id"] == resolve_env_id(family) and card["kind"] == kind
         assert card["episodes"] == 20 and card["return_std"] >= 0
         assert card["training_env_steps"] > 0 and card["reproduce"]
@@ -138,9 +152,9 @@ def test_every_shipped_policy_loads_and_acts(family):
         assert np.isfinite(r)
     # D4RL's ordering of the reference policies
     assert (
-        load_card(family, "random")["return_mean"]
-        < load_card(family, "medium")["return_mean"]
-        < load_card(family, "expert")["return_mean"]
+        load_card(family, "random", version)["return_mean"]
+        < load_card(family, "medium", version)["return_mean"]
+        < load_card(family, "expert", version)["return_mean"]
     )
 
 
@@ -157,8 +171,8 @@ def test_medium_and_expert_generation_round_trip_with_reference_scores():
     assert gen.read_provenance(medium)["sha256"] == again  # deterministic from the seed
     ds = minari.load_dataset(medium)
     md = ds.storage.metadata
-    assert md["ref_min_score"] == load_card(family, "random")["return_mean"]
-    assert md["ref_max_score"] == load_card(family, "expert")["return_mean"]
+    assert md["ref_min_score"] == _card(family, "random")["return_mean"]
+    assert md["ref_max_score"] == _card(family, "expert")["return_mean"]
     assert md["ref_min_score"] < md["ref_max_score"]
     _data, info = load_offline_dataset(medium)
     assert info.num_transitions == 300 and (info.ref_min_score, info.ref_max_score) == (
@@ -167,7 +181,7 @@ def test_medium_and_expert_generation_round_trip_with_reference_scores():
     )
     assert normalized_score(info, md["ref_max_score"]) == pytest.approx(100.0)
     prov = gen.read_provenance(medium)
-    assert prov["policies"]["medium"]["sha256"] == load_card(family, "medium")["sha256"]
+    assert prov["policies"]["medium"]["sha256"] == _card(family, "medium")["sha256"]
     # the loaded dataset names the exact data (what a run's summary.json records)
     assert (
         info.metadata["sha256"] == prov["sha256"] and info.metadata["episodes"] == prov["episodes"]
@@ -215,7 +229,7 @@ def test_medium_and_expert_generation_round_trip_with_reference_scores():
 def test_medium_replay_is_the_shipped_replay_buffer():
     family = SHIPPED[0]
     dataset_id = gen.generate_dataset(family, "medium-replay", progress=False, overwrite=True)
-    episodes = load_medium_replay(family)
+    episodes = load_medium_replay(family, gen.latest_version(family))
     data, info = load_offline_dataset(dataset_id, action_clip=None)
     assert info.num_episodes == len(episodes)
     obs = np.concatenate([e["observations"][:-1] for e in episodes]).astype(np.float32)
@@ -223,7 +237,7 @@ def test_medium_replay_is_the_shipped_replay_buffer():
     rewards = np.concatenate([e["rewards"] for e in episodes]).astype(np.float32)
     np.testing.assert_array_equal(data["next", "reward"].squeeze(-1).numpy(), rewards)
     # the buffer ends at the medium snapshot
-    assert data.shape[0] == load_card(family, "medium")["training_env_steps"]
+    assert data.shape[0] == _card(family, "medium")["training_env_steps"]
 
 
 @needs_policies
@@ -235,7 +249,7 @@ def test_first_use_generates_the_embedded_default_at_a_small_size(monkeypatch):
     rb = make_offline_replay_buffer(dataset_id, 32, generate_transitions=200, seed=0)
     assert (
         rb.info.num_transitions == 200
-        and rb.info.ref_max_score == load_card(family, "expert")["return_mean"]
+        and rb.info.ref_max_score == _card(family, "expert")["return_mean"]
     )
     monkeypatch.setattr(gen, "generate_dataset", lambda *a, **k: pytest.fail("generated twice"))
     assert make_offline_replay_buffer(dataset_id, 32).info.num_transitions == 200
@@ -284,7 +298,7 @@ def test_datasets_doc_is_rendered_from_the_datasets():
     _, info = load_offline_dataset(dataset_id)
     g = info.episode_returns.numpy()
     assert f"| 250 | {info.num_episodes:,} | {g.mean():.1f} ± {g.std():.1f} |" in row
-    expert = load_card(family, "expert")
+    expert = _card(family, "expert")
     assert f"{expert['return_mean']:.1f} ± {expert['return_std']:.1f}" in page
 
 

@@ -1,8 +1,13 @@
 """AWAC (Nair, Gupta, Dalal, Levine, 2020), advantage-weighted actor-critic, offline.
 
     python recipes/awac.py                       # short real run on the default dataset
-    python recipes/awac.py awac.weight_mode=exp_clip data.batch_size=256   # CORL's variant
+    python recipes/awac.py awac.lambda_=1.0 data.reward_transform=return_range   # IQL-style setup
+    python recipes/awac.py awac.weight_mode=exp_clip awac.lambda_=1.0 data.batch_size=256 \
+        data.normalize_observations=true          # CORL's offline variant (weights, λ, batch, states)
     python recipes/awac.py -m experiment=paper   # 1M steps, eval every 10k, five seeds
+
+Settings (``configs/awac.yaml``): rlkit's MuJoCo example (``examples/awac/mujoco/awac1.py``),
+λ = ``beta`` = 2 and raw rewards (``reward_scale=1``).
 
 Per step (``AWACLoss``, baselines.md §2; α = 0)::
 

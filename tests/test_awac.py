@@ -9,6 +9,7 @@ hand-built Gaussian in the same order (ã first, then a').
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,3 +315,61 @@ def test_bad_arguments_are_named():
 
 def test_docstring_example_runs():
     check_docstring_examples(awac_module)
+
+
+# ------------------------------------------------------------------------------ the recipe's config
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# rail-berkeley/rlkit examples/awac/mujoco/awac1.py, the source configs/awac.yaml cites: the sweep's
+# trainer_kwargs.beta = 2, reward_scale = 1 (raw rewards), alpha = 0, policy 4x256 with log-std in
+# [-6, 0] and weight decay 1e-4, Q 2x256, lr 3e-4, batch 1024, soft_target_tau 5e-3, discount 0.99
+RLKIT_MUJOCO = {
+    ("awac", "lambda_"): 2.0,
+    ("awac", "weight_mode"): "batch_softmax",
+    ("awac", "actor_hidden"): [256] * 4,
+    ("awac", "log_std_bounds"): [-6.0, 0.0],
+    ("awac", "actor_weight_decay"): 1e-4,
+    ("awac", "hidden"): [256, 256],
+    ("awac", "lr"): 3e-4,
+    ("awac", "tau"): 5e-3,
+    ("awac", "discount"): 0.99,
+    ("data", "batch_size"): 1024,
+    ("data", "reward_transform"): "identity",
+    ("data", "normalize_observations"): False,
+}
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [None]
+    + [
+        f"torchrl_sym/{env}/{kind}-v0"
+        for env in ("halfcheetah", "hopper", "walker2d")
+        for kind in ("medium", "medium-replay", "medium-expert")
+    ],
+)
+def test_recipe_config_is_rlkits_mujoco_example(dataset):
+    """``configs/awac.yaml`` composed (and with every task file merged) holds rlkit's values."""
+    from hydra import compose, initialize_config_dir
+
+    from torchrl_sym.train.recipe import apply_task, task_name
+
+    overrides = [] if dataset is None else [f"dataset={dataset}"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = apply_task(compose("awac", overrides=overrides), CONFIGS)
+    assert cfg.task == task_name(
+        cfg.dataset
+    )  # the task file was merged (the default: hopper-medium)
+    found = {key: _plain(cfg[key[0]][key[1]]) for key in RLKIT_MUJOCO}
+    assert found == RLKIT_MUJOCO
+    # the knobs of both choices stay overridable
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        other = compose(
+            "awac", overrides=["awac.lambda_=1.0", "data.reward_transform=return_range"]
+        )
+    assert (other.awac.lambda_, other.data.reward_transform) == (1.0, "return_range")
+
+
+def _plain(value):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

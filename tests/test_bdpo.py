@@ -521,21 +521,31 @@ def test_target_updaters_move_only_their_networks():
         loss.make_target_updater("everything")
 
 
-def test_policy_takes_the_best_of_m_samples_under_the_mean_q():
+def test_policy_takes_the_best_of_m_samples_under_the_mean_ema_q():
+    """The official ``sample_actions`` ranks the samples with ``q0_target``: the EMA critics."""
     loss = _make_loss()
-    obs = torch.randn(6, S)
-    policy = BDPOPolicy(loss, num_samples=7)
-    torch.manual_seed(0)
-    action = policy(TensorDict({"observation": obs}, [6]))["action"]
+    rows = 32
+    obs = torch.randn(rows, S)
     torch.manual_seed(0)
     with loss._params("actor_network", True).to_module(loss.actor_network):
         samples = loss.actor_network.sample(obs, num_samples=7)
-    q = _q(loss, obs.unsqueeze(1).expand(6, 7, S), samples, target=False).mean(0).squeeze(-1)
-    expected = samples[torch.arange(6), q.argmax(-1)]
-    torch.testing.assert_close(action, expected)
+    obs_m = obs.unsqueeze(1).expand(rows, 7, S)
+    picked = {}
+    for critic in ("ema", "online"):
+        policy = BDPOPolicy(loss, num_samples=7, critic=critic)
+        torch.manual_seed(0)
+        action = policy(TensorDict({"observation": obs}, [rows]))["action"]
+        q = _q(loss, obs_m, samples, target=critic == "ema").mean(0).squeeze(-1)
+        torch.testing.assert_close(action, samples[torch.arange(rows), q.argmax(-1)])
+        picked[critic] = action
+    assert BDPOPolicy(loss).critic == "ema"  # the default is the official rule
+    # the EMA and online critics differ (_make_loss), and so do some of their picks
+    assert not torch.equal(picked["ema"], picked["online"])
+    with pytest.raises(ValueError, match="critic must be"):
+        BDPOPolicy(loss, critic="target")
     first = BDPOPolicy(loss, selection="first")
     assert first.num_samples == 1
-    assert first(TensorDict({"observation": obs}, [6]))["action"].shape == (6, A)
+    assert first(TensorDict({"observation": obs}, [rows]))["action"].shape == (rows, A)
     assert list(loss.parameters()) and not list(policy.parameters())  # the loss owns the nets
 
 

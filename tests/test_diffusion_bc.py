@@ -113,6 +113,25 @@ def test_reductions_keys_and_validation():
         DiffusionBehaviorLoss(actor).make_ema_updater()
 
 
+def test_keyword_tensors_give_the_out_keys_of_the_tensordict_call():
+    loss = DiffusionBehaviorLoss(_actor())
+    td = _batch()
+    assert loss.out_keys == ["loss_diffusion", "eps_rms"]
+    torch.manual_seed(0)
+    value, eps_rms = loss(observation=td["observation"], action=td["action"])
+    torch.manual_seed(0)
+    ref = loss(td)
+    torch.testing.assert_close(value, ref["loss_diffusion"], rtol=0, atol=0)
+    torch.testing.assert_close(eps_rms, ref["eps_rms"], rtol=0, atol=0)
+    value.backward()  # the keyword call keeps the graph to the ε-network
+    assert all(p.grad is not None for p in loss.actor_network.network.parameters())
+    # re-keyed: nested keys become keyword names joined by "_"
+    loss.set_keys(observation="obs", action=("data", "act"))
+    torch.manual_seed(0)
+    renamed, _ = loss(obs=td["observation"], data_act=td["action"])
+    torch.testing.assert_close(renamed, ref["loss_diffusion"], rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------ gradients and EMA
 def test_only_the_eps_network_receives_gradients():
     actor = _actor(VPSDESchedule(), time_embedding="fourier")

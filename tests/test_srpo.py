@@ -483,6 +483,26 @@ def test_set_keys_reads_renamed_entries():
         torch.testing.assert_close(out[key], ref[key])
 
 
+def test_keyword_tensors_give_the_out_keys_of_the_tensordict_call():
+    loss, *_, data = real_setup(beta=0.3)
+    assert loss.in_keys == ["observation"]
+    assert loss.out_keys == [
+        "loss_actor", "q_mean", "score_term_norm", "q_term_norm", "action_abs_mean",
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    outs = loss(observation=data["observation"])
+    torch.manual_seed(0)
+    ref = loss(data)
+    assert len(outs) == len(loss.out_keys)
+    for key, value in zip(loss.out_keys, outs, strict=True):
+        torch.testing.assert_close(value, ref[key], rtol=0, atol=0)
+    outs[0].backward()  # the keyword call keeps the graph to the actor
+    (param,) = loss.actor_network_params.values(True, True)
+    assert param.grad is not None and param.grad.abs().sum() > 0
+    loss.set_keys(observation="state")  # in_keys (read by keyword calls) follow set_keys
+    assert loss.in_keys == ["state", "observation"]
+
+
 def test_reductions():
     loss, *_, data = real_setup(beta=0.3)
     torch.manual_seed(0)

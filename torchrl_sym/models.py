@@ -1,4 +1,4 @@
-"""Network builders shared by the Gaussian-policy recipes (IQL, AWAC, SQL, XQL, Sf-AC).
+"""Network builders shared by the recipes (IQL, AWAC, SQL, XQL, Sf-AC, TD3+BC).
 
 All return TorchRL modules with TorchRL's default keys, so they plug straight into TorchRL losses:
 
@@ -8,6 +8,7 @@ All return TorchRL modules with TorchRL's default keys, so they plug straight in
 * :func:`make_tanh_gaussian_actor` — SAC's squashed Gaussian ``a = tanh(u)``,
   ``u ~ N(μ_θ(s), σ_θ(s)²)`` with a state-dependent scale (TorchRL's ``TanhNormal``); the behavior
   policies that generate the D4RL-style datasets are of this kind.
+* :func:`make_deterministic_actor` — TD3's deterministic policy ``a = tanh(MLP_θ(s))`` (ReLU).
 * :func:`make_qvalue` — ``(observation, action) -> state_action_value``.
 * :func:`make_value` — ``observation -> state_value`` (optionally LayerNorm, as XQL's V).
 """
@@ -22,6 +23,7 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType
 from torchrl.modules import (
     MLP,
+    Actor,
     BatchRenorm1d,
     IndependentNormal,
     NormalParamExtractor,
@@ -33,6 +35,7 @@ from torchrl.modules import (
 __all__ = [
     "TanhMeanGaussian",
     "make_batchrenorm_qvalue",
+    "make_deterministic_actor",
     "make_gaussian_actor",
     "make_qvalue",
     "make_tanh_gaussian_actor",
@@ -140,6 +143,30 @@ def make_tanh_gaussian_actor(
         default_interaction_type=ExplorationType.DETERMINISTIC,
         return_log_prob=False,
     )
+
+
+def make_deterministic_actor(
+    obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256)
+) -> Actor:
+    """TD3's (and TD3+BC's) policy ``a = π_θ(s) = tanh(MLP_θ(s))`` in ``[-1, 1]^A``: ReLU hidden
+    layers (``hidden``, 2×256 in the papers), PyTorch's default ``Linear`` init, as a TorchRL
+    deterministic :class:`~torchrl.modules.Actor` (``observation -> action``).
+
+    Examples:
+        >>> actor = make_deterministic_actor(11, 3, [32, 32])
+        >>> actor(observation=torch.randn(5, 11)).shape
+        torch.Size([5, 3])
+    """
+    net = nn.Sequential(
+        MLP(
+            in_features=obs_dim,
+            out_features=action_dim,
+            num_cells=list(hidden),
+            activation_class=nn.ReLU,
+        ),
+        nn.Tanh(),
+    )
+    return Actor(net, in_keys=["observation"], out_keys=["action"])
 
 
 def make_qvalue(

@@ -714,9 +714,11 @@ class BDPOPolicy(TensorDictModuleBase):
     """BDPO's action selection: M samples of the EMA actor (full DDPM), argmax of the mean Q.
 
     ``selection="argmax_q"`` (the official ``temperature = 0``): the sample of largest
-    ``mean_E Q(s, a)`` (online critics); ``"first"`` (``temperature = None``: antmaze-umaze-diverse
-    and the 2-D tasks): the first sample. Sampling is random whatever the exploration type (as
-    the official evaluation); reads ``observation``, writes ``action``.
+    ``mean_E Q̄(s, a)``, ranked by the EMA (target) Q ensemble as the official
+    ``jit_sample_and_select`` does with ``q0_target`` (``critic="online"``: the online ensemble);
+    ``"first"`` (``temperature = None``: antmaze-umaze-diverse and the 2-D tasks): the first sample.
+    Sampling is random whatever the exploration type (as the official evaluation); reads
+    ``observation``, writes ``action``.
     """
 
     def __init__(
@@ -725,20 +727,26 @@ class BDPOPolicy(TensorDictModuleBase):
         *,
         num_samples: int = 10,
         selection: Literal["argmax_q", "first"] = "argmax_q",
+        critic: Literal["ema", "online"] = "ema",
     ):
         super().__init__()
         if selection not in ("argmax_q", "first"):
             raise ValueError(f"selection must be 'argmax_q' or 'first', got {selection!r}.")
+        if critic not in ("ema", "online"):
+            raise ValueError(
+                f"critic must be 'ema' (the official code's target Q) or 'online', got {critic!r}."
+            )
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples!r}.")
         self.__dict__["loss"] = loss  # not a submodule: the loss owns (and checkpoints) it
         self.num_samples = int(num_samples) if selection == "argmax_q" else 1
         self.selection = selection
+        self.critic = critic
         self.in_keys = [loss.tensor_keys.observation]
         self.out_keys = [loss.tensor_keys.action]
 
     def _mean_q(self, observation: Tensor, action: Tensor) -> Tensor:
-        return self.loss.q_values(observation, action).mean(0)
+        return self.loss.q_values(observation, action, target=self.critic == "ema").mean(0)
 
     @torch.no_grad()
     @dispatch(auto_batch_size=False)

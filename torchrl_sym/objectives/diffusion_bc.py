@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import dispatch
 from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import _reduce
@@ -57,7 +58,9 @@ class DiffusionBehaviorLoss(LossModule):
 
     Returns (forward):
         TensorDict with ``loss_diffusion`` and the detached diagnostic ``eps_rms``
-        (root-mean-square of ``ε̂``; 1 for a perfect model of noise-dominated inputs).
+        (root-mean-square of ``ε̂``; 1 for a perfect model of noise-dominated inputs). Called
+        with keyword tensors named after ``in_keys`` instead (``loss(observation=s, action=a)``,
+        TorchRL's ``dispatch``), it returns ``(loss_diffusion, eps_rms)``.
 
     Examples:
         >>> import torch
@@ -148,7 +151,7 @@ class DiffusionBehaviorLoss(LossModule):
         )
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
-        pass
+        self._in_keys = None  # re-derived from the new keys (keyword calls read in_keys)
 
     @property
     def in_keys(self):
@@ -177,7 +180,10 @@ class DiffusionBehaviorLoss(LossModule):
         u = torch.rand(batch, device=like.device, dtype=like.dtype)
         return self.t_min + (self.t_max - self.t_min) * u
 
+    @dispatch(auto_batch_size=False)  # a lone [B, S] keyword input would get batch size [B, S]
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        """``loss_diffusion`` and ``eps_rms``; keyword tensors named after ``in_keys`` (nested keys
+        joined by ``"_"``) give them as a tuple."""
         observation = tensordict.get(self.tensor_keys.observation)
         action = tensordict.get(self.tensor_keys.action)
         if self.action_clip is not None:

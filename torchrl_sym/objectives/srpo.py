@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule
+from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
 from torchrl.modules import MLP, Actor
@@ -150,7 +150,9 @@ class SRPOLoss(LossModule):
         TensorDict with ``loss_actor`` and the detached diagnostics ``q_mean`` (``E Q̄(s, π(s))``
         with ``q_reduce``), ``score_term_norm`` (``E‖ω ε̂‖``), ``q_term_norm`` (``E‖β g‖``;
         ``E‖g‖`` when β = ∞, where the behavior is not evaluated and ``score_term_norm`` is 0) and
-        ``action_abs_mean`` (``E|a|``; near 1 when the tanh saturates).
+        ``action_abs_mean`` (``E|a|``; near 1 when the tanh saturates). Called with keyword
+        tensors named after ``in_keys`` instead (``loss(observation=obs)``, TorchRL's
+        ``dispatch``), it returns these entries as a tuple in ``out_keys`` order.
 
     Examples:
         >>> import torch
@@ -319,7 +321,7 @@ class SRPOLoss(LossModule):
 
     # ------------------------------------------------------------------------------ plumbing
     def _forward_value_estimator_keys(self, **kwargs) -> None:
-        pass
+        self._in_keys = None  # re-derived from the new keys (keyword calls read in_keys)
 
     @property
     def in_keys(self):
@@ -445,7 +447,10 @@ class SRPOLoss(LossModule):
         }
         return loss, metadata
 
+    @dispatch(auto_batch_size=False)  # a lone [B, S] keyword input would get batch size [B, S]
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        """``loss_actor`` and the diagnostics of :meth:`actor_loss`; keyword tensors named after
+        ``in_keys`` (nested keys joined by ``"_"``) give the ``out_keys`` entries as a tuple."""
         loss, metadata = self.actor_loss(tensordict)
         return TensorDict({"loss_actor": loss, **metadata}, batch_size=[])
 

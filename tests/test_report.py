@@ -1,0 +1,550 @@
+"""torchrl_sym.report on synthetic run directories: numbers against independent computations,
+CIs against direct rliable calls, variants, notes for damaged runs, published columns, figures,
+--check and the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from torchrl_sym import report as rp
+from torchrl_sym.published import NOT_PUBLISHED, PUBLISHED, published_for
+
+HOPPER = "torchrl_sym/hopper/medium-v1"
+WALKER = "torchrl_sym/walker2d/medium-replay-v1"
+REPS = 300
+STEPS = tuple(range(1000, 10001, 1000))  # 10 evaluations
+LAST_K = 3  # eval.last_k in the synthetic configs
+
+
+def episode_scores(algo: str, dataset: str, variant: str, seed: int) -> np.ndarray:
+    """[evaluations, 2 episodes] of normalized scores: a rising curve with a per-run offset."""
+    base = {"sfac": 50.0, "iql": 40.0, "xql": 45.0, "bdpo": 70.0}[algo]
+    base += 7.0 if variant == "js" else 0.0
+    base += 10.0 if dataset == WALKER else 0.0
+    t = np.arange(len(STEPS), dtype=np.float64)
+    mean = base + 3.0 * t + 2.5 * seed + 0.7 * np.sin(seed + t)
+    return np.stack([mean - 1.0 - 0.1 * seed, mean + 1.0 + 0.1 * seed], axis=1)
+
+
+def write_run(
+    run_dir: Path,
+    algo: str,
+    dataset: str,
+    seed: int,
+    *,
+    variant: str = "",
+    scores: np.ndarray | None = None,
+    steps: tuple[int, ...] = STEPS,
+    csv: bool = True,
+    summary: bool = True,
+    config: dict | None = None,
+    sha256: str = "abc123",
+) -> Path:
+    """A run directory as recipes/<algo>.py writes it (config.yaml, eval_returns.csv,
+    summary.json); ``scores`` [evaluations, episodes] default to :func:`episode_scores`."""
+    run_dir.mkdir(parents=True)
+    cfg = {
+        "algo": algo,
+        "dataset": dataset,
+        "seed": seed,
+        "device": "cpu" if seed % 2 else "cuda",  # differs between seeds: never a variant
+        "experiment_name": "default",
+        "train": {"steps": STEPS[-1], "log_interval": 500, "progress": seed == 0},
+        "eval": {"interval": 1000, "episodes": 2, "max_steps": 1000, "last_k": LAST_K},
+        "logger": {"backend": "tensorboard" if seed else "csv", "project": "torchrl_sym"},
+        algo: {"discount": 0.99, "hidden": [256, 256], "lr": 3e-4},
+    }
+    if seed != 1:
+        cfg["eval"]["mode"] = "deterministic"  # a key the oldest runs lack: not a variant
+    if algo == "sfac":
+        cfg["sfac"]["divergence"] = variant
+    if algo == "iql":  # a per-task setting: differs between datasets only, not a variant
+        cfg["iql"]["expectile"] = 0.7 if dataset == HOPPER else 0.9
+    for key, value in (config or {}).items():
+        section = cfg
+        *parents, leaf = key.split(".")
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[leaf] = value
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if scores is None:
+        scores = episode_scores(algo, dataset, variant, seed)
+    if csv:
+        lines = ["step,episode,return,normalized_score"]
+        for step, row in zip(steps, scores):
+            for episode, score in enumerate(row):
+                lines.append(f"{step},{episode},{score * 30.0!r},{float(score)!r}")
+        (run_dir / "eval_returns.csv").write_text("\n".join(lines) + "\n")
+    if summary:
+        (run_dir / "summary.json").write_text(
+            json.dumps(
+                {
+                    "global_step": steps[-1],
+                    "seconds": 100.0 + seed,
+                    "total_seconds": 3600.0 * (1 + seed),
+                    "resumed": False,
+                    "dataset": {
+                        "id": dataset,
+                        "transitions": 1000,
+                        "episodes": 3,
+                        "sha256": sha256,
+                    },
+                    "eval/normalized_score": float(scores[len(steps) - 1].mean()),
+                }
+            )
+        )
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A hydra sweep of Sf-AC (two divergences × two datasets × three seeds) and single runs of
+    IQL (with a partial, a diverged and a missing run), XQL (2 seeds), BDPO (1 seed) and SAC."""
+    root = tmp_path_factory.mktemp("runs")
+    sweep = root / "multirun" / "sfac" / "2026-01-01_00-00-00"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    job = 0
+    for dataset in (HOPPER, WALKER):
+        for variant in ("jeffreys", "js"):
+            for seed in range(3):
+                run = write_run(sweep / f"{job}_seed{seed}", "sfac", dataset, seed, variant=variant)
+                (run / ".hydra").mkdir()
+                (run / ".hydra" / "config.yaml").write_text("algo: sfac\ndataset: ${x}\n")
+                job += 1
+    out = root / "outputs"
+    for seed in range(3):
+        write_run(out / "iql" / f"hopper_s{seed}", "iql", HOPPER, seed)
+    # killed at step 5000: its CSV stops there, no summary.json
+    partial = episode_scores("iql", HOPPER, "", 3)[:5]
+    write_run(out / "iql" / "hopper_s3", "iql", HOPPER, 3, scores=partial, steps=STEPS[:5])
+    (out / "iql" / "hopper_s3" / "summary.json").unlink()
+    # diverged: nan from step 7000 on
+    diverged = episode_scores("iql", HOPPER, "", 4)
+    diverged[6:] = np.nan
+    write_run(out / "iql" / "hopper_s4", "iql", HOPPER, 4, scores=diverged)
+    # missing: killed before its first evaluation (config.yaml only)
+    write_run(out / "iql" / "hopper_s5", "iql", HOPPER, 5, csv=False, summary=False)
+    for seed in range(2):
+        write_run(out / "iql" / f"walker_s{seed}", "iql", WALKER, seed)
+    for seed in range(2):
+        write_run(out / "xql" / f"hopper_s{seed}", "xql", HOPPER, seed)
+    write_run(out / "bdpo" / "hopper_s0", "bdpo", HOPPER, 0)
+    # a behavior-policy run (no dataset): listed as not reported
+    (out / "sac" / "run").mkdir(parents=True)
+    (out / "sac" / "run" / "config.yaml").write_text("algo: sac\nenv: Hopper-v5\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(tree) -> rp.Report:
+    return rp.build_report([tree], out=tree / "docs" / "results.md", reps=REPS)
+
+
+@pytest.fixture(scope="module")
+def page(tree) -> Path:
+    """The page and figures written through main() (the console script's function)."""
+    out = tree / "docs" / "results.md"
+    assert rp.main([str(tree), "--out", str(out), "--reps", str(REPS)]) == 0
+    return out
+
+
+def cell(report, dataset, algo, variant=""):
+    (found,) = [
+        c for c in report.cells if c.dataset == dataset and c.algo == algo and c.variant == variant
+    ]
+    return found
+
+
+def row(text: str, dataset: str, algo: str, variant: str = "–") -> list[str]:
+    """The table row of (algo, variant) in the section of ``dataset``, split into cells."""
+    section = text.split(f"(`{dataset}`)", 1)[1].split("\n### ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[0] == algo and cells[1] == variant:
+            return cells
+    raise AssertionError(f"no row {algo}/{variant} for {dataset}")
+
+
+def expected_final_and_best(algo, dataset, variant, seeds, last_k=LAST_K):
+    evals = [episode_scores(algo, dataset, variant, s).mean(axis=1) for s in seeds]
+    return (
+        np.array([e[-last_k:].mean() for e in evals]),
+        np.array([e.max() for e in evals]),
+    )
+
+
+# ---------------------------------------------------------------------------------- numbers
+
+
+def test_final_and_best_match_an_independent_computation(report, page):
+    text = page.read_text()
+    for dataset, algo, variant, seeds in (
+        (HOPPER, "sfac", "js", range(3)),
+        (WALKER, "sfac", "jeffreys", range(3)),
+        (HOPPER, "iql", "", range(3)),
+        (WALKER, "iql", "", range(2)),
+    ):
+        label = f"sfac.divergence={variant}" if variant else ""
+        c = cell(report, dataset, algo, label)
+        finals, bests = expected_final_and_best(algo, dataset, variant, seeds)
+        np.testing.assert_allclose(c.finals, finals, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(c.bests, bests, rtol=0, atol=1e-9)
+        cells = row(text, dataset, algo, label or "–")
+        assert cells[2] == str(len(seeds)) or cells[2].startswith(f"{len(seeds)} of ")
+        assert cells[3] == "10,000"  # the cell's last evaluation step
+        assert cells[4] == f"{finals.mean():.1f} ± {finals.std(ddof=1):.1f}"
+        assert cells[6] == f"{bests.mean():.1f} ± {bests.std(ddof=1):.1f}"
+        # wall time: mean of summary.json total_seconds = 3600 (1 + seed)
+        seconds = 3600.0 * np.mean([1 + s for s in seeds])
+        wall = f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+        assert cells[8] == wall
+    assert "final (last 3 evaluations)" in text
+
+
+def test_last_k_option_overrides_the_configs(tree):
+    forced = rp.build_report([tree], out=tree / "x.md", last_k=1, reps=REPS)
+    finals, _ = expected_final_and_best("iql", HOPPER, "", range(3), last_k=1)
+    np.testing.assert_allclose(cell(forced, HOPPER, "iql").finals, finals, atol=1e-9)
+    assert "final (last 1 evaluations)" in rp.render_markdown(forced)
+
+
+def test_cis_are_rliables_stratified_bootstrap(report, page):
+    from rliable import library, metrics
+
+    text = page.read_text()
+    c = cell(report, HOPPER, "sfac", "sfac.divergence=jeffreys")
+    finals, bests = expected_final_and_best("sfac", HOPPER, "jeffreys", range(3))
+    before = np.random.get_state()[1].copy()  # noqa: NPY002 - rliable draws from the global RNG
+    for values, got, column in ((finals, c.final_ci, 5), (bests, c.best_ci, 7)):
+        saved = np.random.get_state()  # noqa: NPY002 - rliable draws from the global RNG
+        np.random.seed(rp.DEFAULT_SEED)  # noqa: NPY002 - rliable draws from the global RNG
+        _, ci = library.get_interval_estimates(
+            {"x": values[:, None]}, lambda x: np.array([metrics.aggregate_mean(x)]), reps=REPS
+        )
+        np.random.set_state(saved)  # noqa: NPY002 - rliable draws from the global RNG
+        assert got == (ci["x"][0, 0], ci["x"][1, 0])
+        assert got[0] <= values.mean() <= got[1]
+        cells = row(text, HOPPER, "sfac", "sfac.divergence=jeffreys")
+        assert cells[column] == f"[{got[0]:.1f}, {got[1]:.1f}]"
+    # the report seeds the global RNG only inside its bootstrap calls
+    rp.bootstrap_mean_ci(finals, reps=50)
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # noqa: NPY002 - rliable draws from the global RNG
+
+
+def test_aggregates_are_rliables_mean_and_iqm(report, page):
+    from rliable import library, metrics
+
+    (agg,) = [a for a in report.aggregates if a.algo == "iql"]
+    # hopper has 3 valid runs, walker2d 2: both contribute their 2 lowest seeds
+    assert agg.datasets == [HOPPER, WALKER] and agg.runs_per_dataset == 2
+    hopper, _ = expected_final_and_best("iql", HOPPER, "", range(2))
+    walker, _ = expected_final_and_best("iql", WALKER, "", range(2))
+    matrix = np.stack([hopper, walker], axis=1)
+    np.testing.assert_allclose(agg.matrix, matrix, atol=1e-9)
+    np.random.seed(rp.DEFAULT_SEED)  # noqa: NPY002 - rliable draws from the global RNG
+    points, cis = library.get_interval_estimates(
+        {"g": matrix},
+        lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)]),
+        reps=REPS,
+    )
+    assert (agg.mean, agg.iqm) == tuple(points["g"])
+    assert agg.mean == pytest.approx(matrix.mean(axis=0).mean())
+    assert agg.mean_ci == (cis["g"][0, 0], cis["g"][1, 0])
+    assert agg.iqm_ci == (cis["g"][0, 1], cis["g"][1, 1])
+    text = page.read_text()
+    aggregates = text.split("## Aggregates across datasets", 1)[1]
+    line = next(x for x in aggregates.splitlines() if x.startswith("| iql |"))
+    assert f"| {agg.mean:.1f} | [{agg.mean_ci[0]:.1f}, {agg.mean_ci[1]:.1f}] |" in line
+    assert f"| {agg.iqm:.1f} | [{agg.iqm_ci[0]:.1f}, {agg.iqm_ci[1]:.1f}] |" in line
+    # published mean over the same datasets: IQL hopper-medium 66.3, walker2d-medium-replay 73.9
+    assert line.rstrip().endswith(f"| {(66.3 + 73.9) / 2:.1f} |")
+    assert "2 of the 3 valid runs on `torchrl_sym/hopper/medium-v1` are used" in aggregates
+    # bdpo ran on one dataset, sfac on two: the page says the rows are not comparable
+    assert "the rows cover different datasets, so they are not comparable" in aggregates
+
+
+# ---------------------------------------------------------------------------------- grouping
+
+
+def test_variants_are_detected_from_the_configs(report):
+    # device, logger.*, train.progress differ between seeds, iql.expectile between datasets,
+    # eval.mode is missing in the seed-1 configs: none of them makes a variant
+    assert report.variant_keys == {
+        "bdpo": [],
+        "iql": [],
+        "sfac": ["sfac.divergence"],
+        "xql": [],
+    }
+    sfac = sorted((c.dataset, c.variant, len(c.runs)) for c in report.cells if c.algo == "sfac")
+    assert sfac == [
+        (HOPPER, "sfac.divergence=jeffreys", 3),
+        (HOPPER, "sfac.divergence=js", 3),
+        (WALKER, "sfac.divergence=jeffreys", 3),
+        (WALKER, "sfac.divergence=js", 3),
+    ]
+    # the runs' .hydra/config.yaml and the sweep's multirun.yaml are not runs
+    assert sum(len(c.runs) for c in report.cells) == 12 + 6 + 2 + 2 + 1
+
+
+def test_variant_keys_can_be_forced_or_ignored(tree):
+    forced = rp.build_report([tree], out=tree / "x.md", variant_keys=["device"], reps=REPS)
+    labels = {(c.algo, c.variant) for c in forced.cells if c.dataset == HOPPER}
+    assert ("sfac", "device=cpu") in labels and ("iql", "device=cuda") in labels
+    merged = rp.build_report([tree], out=tree / "x.md", ignore_keys=["sfac.*"], reps=REPS)
+    assert len(cell(merged, HOPPER, "sfac").runs) == 6
+
+
+def test_task_name_agrees_with_the_recipes():
+    from torchrl_sym.train.recipe import task_name
+
+    for dataset in (
+        HOPPER,
+        "mujoco/hopper/medium-replay-v0",
+        "/data/walker2d-medium-expert-v2.hdf5",
+        "toy2d/moons",
+        "D4RL/antmaze/umaze-diverse-v1",
+    ):
+        assert rp.task_name(dataset) == task_name(dataset)
+
+
+# ---------------------------------------------------------------------------------- damaged runs
+
+
+def test_missing_partial_and_diverged_runs_are_noted_and_excluded(tree, report, page):
+    c = cell(report, HOPPER, "iql")
+    assert [r.seed for r in c.valid] == [0, 1, 2]
+    reasons = {r.seed: reason for r, reason in c.excluded}
+    assert set(reasons) == {3, 4, 5}
+    assert reasons[3].startswith("partial: last evaluation at step 5,000")
+    assert reasons[4].startswith("diverged: non-finite normalized score (nan) at step 7,000")
+    assert reasons[5].startswith("no eval_returns.csv")
+    text = page.read_text()
+    cells = row(text, HOPPER, "iql")
+    assert cells[2].startswith("3 of 6 [n")
+    section = text.split(f"(`{HOPPER}`)", 1)[1].split("\n### ", 1)[0]
+    for seed, words in ((3, "partial"), (4, "diverged"), (5, "no eval_returns.csv")):
+        line = next(x for x in section.splitlines() if f"hopper_s{seed}` (seed {seed})" in x)
+        assert words in line and line.startswith("- [n")
+        assert "../outputs/iql/" in line  # relative to the page
+    # the statistics are those of the three valid runs only
+    finals, _ = expected_final_and_best("iql", HOPPER, "", range(3))
+    assert cells[4] == f"{finals.mean():.1f} ± {finals.std(ddof=1):.1f}"
+
+
+def test_one_seed_cell_shows_no_ci(report, page):
+    assert cell(report, HOPPER, "bdpo").final_ci is None
+    cells = row(page.read_text(), HOPPER, "bdpo")
+    assert cells[2] == "1" and cells[5] == "1 seed" and cells[7] == "1 seed"
+    assert "±" not in cells[4]
+    (agg,) = [a for a in report.aggregates if a.algo == "bdpo"]
+    assert agg.mean_ci is None
+
+
+def test_damaged_files_and_stale_summaries_never_crash(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root / "a", "iql", HOPPER, 0)
+    write_run(root / "b", "iql", HOPPER, 1)
+    # a cut-off last row and a stale summary (written before a resume that was then killed)
+    with open(root / "b" / "eval_returns.csv", "a") as f:
+        f.write("11000,0,12")
+    summary = json.loads((root / "b" / "summary.json").read_text())
+    summary["global_step"] = 5000
+    (root / "b" / "summary.json").write_text(json.dumps(summary))
+    # a header-only CSV, an inf score, a broken summary.json, a broken config.yaml
+    write_run(root / "c", "iql", HOPPER, 2, scores=np.empty((0, 2)), steps=(), summary=False)
+    scores = episode_scores("iql", HOPPER, "", 3)
+    scores[-1, 0] = np.inf
+    write_run(root / "d", "iql", HOPPER, 3, scores=scores)
+    (root / "d" / "summary.json").write_text("{not json")
+    (root / "e").mkdir()
+    (root / "e" / "config.yaml").write_text("algo: [unclosed\n")
+    # a second run of seed 0 on other data
+    write_run(root / "f", "iql", HOPPER, 0, sha256="def456")
+    out = tmp_path / "results.md"
+    assert rp.main([str(root), "--out", str(out), "--reps", "50"]) == 0
+    text = out.read_text()
+    assert "1 malformed row(s) of eval_returns.csv skipped" in text
+    assert "summary.json is older than the CSV (global_step 5000 < last evaluation 10,000)" in text
+    assert "eval_returns.csv has no evaluation rows" in text
+    assert "diverged: non-finite normalized score (inf) at step 10,000" in text
+    assert "summary.json unreadable" in text
+    assert "seed 0 has 2 valid runs" in text
+    assert "runs trained on different data under one id" in text
+    assert "## Directories not reported" in text and "config.yaml unreadable" in text
+    cells = row(text, HOPPER, "iql")
+    assert cells[2].startswith("3 of 5")
+    assert cells[8].startswith("60 min (2 of 3) [n")  # the two seed-0 runs; b's summary is stale
+    assert str(tmp_path) not in text
+
+
+def test_resumed_run_is_grouped_by_its_config_yaml(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(2):
+        write_run(root / f"s{seed}", "iql", HOPPER, seed)
+    record = root / "s1" / "resumes" / "2026-01-02_00-00-00"
+    record.mkdir(parents=True)
+    cfg = yaml.safe_load((root / "s1" / "config.yaml").read_text())
+    cfg["train"]["steps"] = 20000
+    cfg["resume"] = str(root / "s1")
+    (record / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = rp.build_report([root], out=tmp_path / "r.md", reps=50)
+    c = cell(r, HOPPER, "iql")
+    assert len(c.valid) == 2  # one cell: grouped by config.yaml, not by the resume record
+    text = rp.render_markdown(r)
+    assert "train.steps 10000 → 20000 (2026-01-02_00-00-00)" in text
+
+
+# ---------------------------------------------------------------------------------- published
+
+
+def test_published_numbers_are_in_their_own_labelled_column(page):
+    text = page.read_text()
+    assert "| published (paper, D4RL -v2) |" in text
+    assert "D4RL-style data generated locally by torchrl_sym, not D4RL's data" in text
+    assert "on D4RL's own `hopper-medium-v2` data" in text
+    assert "on D4RL's own `walker2d-medium-replay-v2` data" in text
+    assert row(text, HOPPER, "iql")[9].startswith("66.3 [p")
+    assert row(text, WALKER, "iql")[9].startswith("73.9 [p")
+    xql = row(text, HOPPER, "xql")[9]
+    assert "71.1 XQL-C [p" in xql and "74.2 XQL-T [p" in xql
+    assert row(text, HOPPER, "bdpo")[9].startswith("100.6 ± 0.7 [p")
+    assert row(text, HOPPER, "sfac", "sfac.divergence=js")[9].startswith("not published [p")
+    section = text.split(f"(`{HOPPER}`)", 1)[1].split("\n### ", 1)[0]
+    assert (
+        "IQL: Kostrikov et al., IQL (ICLR 2022), Table 1; transcribed in specs/baselines.md §6"
+        in (section)
+    )
+    assert NOT_PUBLISHED["sfac"] in section
+    # our columns never hold a published number: the final-score cells are our means
+    assert row(text, HOPPER, "iql")[4] != "66.3"
+
+
+def test_antmaze_maps_to_the_v0_tables_and_unknown_tasks_say_so(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(2):
+        write_run(root / f"a{seed}", "iql", "D4RL/antmaze/umaze-v1", seed)
+        write_run(root / f"t{seed}", "iql", "test/hopper/recipe-v0", seed)
+    text = rp.render_markdown(rp.build_report([root], out=tmp_path / "r.md", reps=50))
+    assert "### antmaze-umaze (`D4RL/antmaze/umaze-v1`)" in text
+    assert "| published (paper, D4RL -v0) |" in text
+    assert "D4RL's own `antmaze-umaze-v0` data" in text
+    assert row(text, "D4RL/antmaze/umaze-v1", "iql")[9].startswith("87.5 [p")
+    assert "No paper table we transcribed has `hopper-recipe`." in text
+    assert row(text, "test/hopper/recipe-v0", "iql")[9] == "–"
+
+
+def test_published_data_matches_the_specs():
+    def total(column, tasks=None):
+        return round(
+            sum(p.score for p in PUBLISHED if p.column == column and p.d4rl_version == "v2"), 1
+        )
+
+    # the sums the specs recompute (baselines.md §6, srpo.md §7, bdpo.md §7)
+    assert total("AWAC") == 450.7
+    assert total("TD3+BC") == 677.4
+    assert total("IQL") == 692.6
+    assert total("SQL") == 749.5
+    assert total("XQL-C") == 725.3
+    assert total("XQL-T") == 752.9
+    assert total("SRPO") == 783.8  # mean 87.09
+    assert total("BDPO") == 856.6
+    assert (
+        round(sum(p.score for p in PUBLISHED if p.column == "BDPO" and p.d4rl_version == "v0"), 1)
+        == 519.6
+    )
+    assert (
+        round(sum(p.score for p in PUBLISHED if p.column == "IQL" and p.d4rl_version == "v0"), 1)
+        == 378.0
+    )
+    for p in PUBLISHED:
+        assert p.spec.startswith("specs/") and "§" in p.spec and "Table" in p.paper_table
+        assert p.unverified == (p.column == "SQL")
+    assert [p.score for p in published_for("srpo", "hopper-medium-expert")] == [100.1]
+    assert published_for("sfac", "hopper-medium") == []
+    keys = [(p.column, p.task) for p in PUBLISHED]
+    assert len(keys) == len(set(keys))
+
+
+# ---------------------------------------------------------------------------------- files, CLI
+
+
+def test_figures_are_written_and_linked_relatively(page):
+    text = page.read_text()
+    figures = page.parent / "results"
+    for name in (
+        "curves_torchrl_sym_hopper_medium-v1.png",
+        "curves_torchrl_sym_walker2d_medium-replay-v1.png",
+        "performance_profile.png",
+    ):
+        path = figures / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+        assert f"](results/{name})" in text
+
+
+def test_check_passes_on_a_fresh_page_and_fails_on_a_modified_one(tree, page, capsys):
+    args = [str(tree), "--out", str(page), "--reps", str(REPS)]
+    assert rp.main([*args, "--check"]) == 0
+    original = page.read_text()
+    try:
+        page.write_text(original.replace("| iql |", "| iql (edited) |", 1))
+        assert rp.main([*args, "--check"]) == 1
+        err = capsys.readouterr().err
+        assert "is out of date with the runs (first difference at line" in err
+        assert "Regenerate it: python -m torchrl_sym.report" in err
+        page.write_text(original)
+        profile = page.parent / "results" / "performance_profile.png"
+        data = profile.read_bytes()
+        profile.unlink()
+        assert rp.main([*args, "--check"]) == 1
+        assert "figures it links are missing" in capsys.readouterr().err
+        profile.write_bytes(data)
+        assert rp.main([*args, "--check"]) == 0
+    finally:
+        page.write_text(original)
+
+
+def test_command_line_entry_point(tree, tmp_path):
+    out = tmp_path / "docs" / "results.md"
+    base = [sys.executable, "-m", "torchrl_sym.report", str(tree / "outputs"), "--out", str(out)]
+    base += ["--reps", "100", "--figures-dir", str(tmp_path / "figs")]
+    proc = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "figs" / "performance_profile.png").is_file()
+    assert "](../figs/performance_profile.png)" in out.read_text()
+    proc = subprocess.run([*base, "--check"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out.write_text(out.read_text() + "typed by hand\n")
+    proc = subprocess.run([*base, "--check"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "out of date" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchrl_sym.report", str(empty), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "no run directories under" in proc.stderr
+
+
+def test_import_is_cheap():
+    code = (
+        "import sys, torchrl_sym.report\n"
+        "print([m for m in ('numpy', 'matplotlib', 'rliable', 'torch') if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_page_is_deterministic(tree, page):
+    again = rp.render_markdown(rp.build_report([tree], out=page, reps=REPS))
+    assert again == page.read_text()
+    assert str(tree) not in again  # paths relative to the page: the same from any checkout

@@ -238,6 +238,7 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
         run_dir,
         project=cfg.logger.project,
         run_name=f"{algo}-{env_id}-s{cfg.seed}",
+        config=cfg,
     )
     evals_path = run_dir / "actors" / "evals.csv"
     # env steps per collector batch; save/checkpoint intervals are rounded up to whole batches

@@ -5,19 +5,23 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import random
 from pathlib import Path
 
 import gymnasium
+import numpy as np
 import pytest
 import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.envs import GymEnv, SerialEnv
 from torchrl.envs.utils import ExplorationType, exploration_type
+from torchrl.modules import ProbabilisticActor, TanhNormal
 
 from torchrl_sym.envs import make_env
 from torchrl_sym.train import CSV_COLUMNS, Evaluator, evaluate_policy
-from torchrl_sym.train.checkpoint import load_checkpoint, save_checkpoint
+from torchrl_sym.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from torchrl_sym.train.evaluate import EVAL_MODES, exploration_type_of
 
 TORQUE = 0.5
 
@@ -108,6 +112,104 @@ def test_episodes_are_deterministic_no_grad_and_in_eval_mode() -> None:
     assert policy.training and recorder.training  # mode restored
 
 
+class _LocScale(nn.Module):
+    """A constant Gaussian pre-tanh: loc 0.2, scale 1 (wide, so sampled actions vary a lot)."""
+
+    def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (*observation.shape[:-1], 1)
+        return torch.full(shape, 0.2), torch.full(shape, 1.0)
+
+
+def stochastic_policy() -> ProbabilisticActor:
+    """Pendulum torque 2 tanh(u), u ~ N(0.2, 1); its deterministic action is 2 tanh(0.2)."""
+    return ProbabilisticActor(
+        TensorDictModule(_LocScale(), in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -2.0, "high": 2.0},
+    )
+
+
+def test_sample_mode_differs_from_deterministic_and_is_reproducible_from_the_seed() -> None:
+    env, policy = GymEnv("Pendulum-v1"), stochastic_policy()
+    run = dict(num_episodes=3, max_steps=40)
+    deterministic = evaluate_policy(env, policy, seed=3, **run)
+    # the deterministic action is the constant torque 2 tanh(0.2): a gymnasium rollout gives it
+    torque = 2 * math.tanh(0.2)
+    expected = [gymnasium_return(3 + i, 40, torque) for i in range(3)]
+    assert deterministic.tolist() == pytest.approx(expected, abs=1e-3)
+
+    sampled = evaluate_policy(env, policy, seed=3, exploration_type=ExplorationType.RANDOM, **run)
+    assert (sampled - deterministic).abs().min() > 1e-3  # every episode acted differently
+    # the action noise is seeded by the episode seed, not by torch's global state
+    torch.manual_seed(12345)
+    _ = torch.rand(100)
+    again = evaluate_policy(env, policy, seed=3, exploration_type=ExplorationType.RANDOM, **run)
+    assert torch.equal(again, sampled)
+    # episode i depends on seed + i only: seed 4 repeats episodes 1 and 2 of seed 3 first
+    shifted = evaluate_policy(env, policy, seed=4, exploration_type=ExplorationType.RANDOM, **run)
+    assert torch.equal(shifted[:2], sampled[1:])
+    assert shifted[2] != sampled[2]
+
+
+@pytest.mark.parametrize("mode", ["deterministic", "sample"])
+def test_seeded_evaluation_leaves_the_global_rng_states_as_they_were(mode: str) -> None:
+    torch.manual_seed(7)
+    random.seed(7)
+    np.random.seed(7)  # noqa: NPY002 - the legacy global state is what must be left alone
+    before = rng_state()
+    evaluator = Evaluator(
+        GymEnv("Pendulum-v1"), stochastic_policy(), num_episodes=2, max_steps=20, seed=0, mode=mode
+    )
+    evaluator(step=1)
+    after = rng_state()
+    assert torch.equal(after["torch"], before["torch"])
+    assert after["python"] == before["python"]
+    assert all(np.array_equal(a, b) for a, b in zip(after["numpy"], before["numpy"]))
+    # so training draws the numbers it would have drawn without the evaluation
+    draw = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(draw, torch.rand(3))
+
+
+def test_evaluator_mode_picks_the_exploration_type_and_is_recorded() -> None:
+    seen = {}
+    for mode in ("deterministic", "sample"):
+        recorder = _RecordingPolicy()
+        policy = TensorDictModule(recorder, in_keys=["observation"], out_keys=["action"])
+        metrics = Evaluator(
+            GymEnv("Pendulum-v1"), policy, num_episodes=1, max_steps=3, seed=0, mode=mode
+        )(step=0)
+        assert metrics["eval/mode"] == mode
+        seen[mode] = {entry[0] for entry in recorder.seen}
+    assert seen == {
+        "deterministic": {ExplorationType.DETERMINISTIC},
+        "sample": {ExplorationType.RANDOM},
+    }
+    sampled = Evaluator(
+        GymEnv("Pendulum-v1"),
+        stochastic_policy(),
+        num_episodes=2,
+        max_steps=30,
+        seed=5,
+        mode="sample",
+    )
+    deterministic = Evaluator(
+        GymEnv("Pendulum-v1"), stochastic_policy(), num_episodes=2, max_steps=30, seed=5
+    )
+    first = sampled(step=10)
+    assert sampled(step=20)["eval/return"] == first["eval/return"]  # same seeds, same noise
+    assert first["eval/return"] != pytest.approx(deterministic(step=10)["eval/return"], abs=1e-3)
+
+
+@pytest.mark.parametrize("bad", ["stochastic", "Sample", "", None])
+def test_bad_evaluation_mode_names_eval_mode_and_the_choices(bad) -> None:
+    with pytest.raises(ValueError, match=r"eval\.mode=.*deterministic.*sample"):
+        Evaluator(None, None, mode=bad)
+    assert exploration_type_of("sample") is ExplorationType.RANDOM
+    assert tuple(EVAL_MODES) == ("deterministic", "sample")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"), [({"num_episodes": 0}, "num_episodes"), ({"max_steps": 0}, "max_steps")]
 )
@@ -156,6 +258,7 @@ def test_metrics_with_score_fn_last_k_and_best() -> None:
                 "eval/return": returns.mean().item(),
                 "eval/return_std": (returns - returns.mean()).pow(2).mean().sqrt().item(),
                 "eval/episodes": 2.0,
+                "eval/mode": "deterministic",
                 "eval/normalized_score": MEAN_SCORES[i],
                 "eval/normalized_score_last_k": sum(window) / len(window),
                 "eval/normalized_score_best": max(MEAN_SCORES[: i + 1]),
@@ -175,6 +278,7 @@ def test_metrics_without_score_fn_track_returns() -> None:
         "eval/return",
         "eval/return_std",
         "eval/episodes",
+        "eval/mode",
         "eval/return_last_k",
         "eval/return_best",
     }

@@ -132,7 +132,9 @@ def test_evaluation_cadence_and_logged_tags(tmp_path):
         "train/loss_value",
         "train/entropy",
         "warmup/loss_value",
-        "train/lr_iql_1",
+        "train/lr_iql_value",
+        "train/lr_iql_actor",
+        "train/lr_iql_qvalue",
         "eval/return",
         "eval/normalized_score",
         "time/steps_per_second",
@@ -142,7 +144,9 @@ def test_evaluation_cadence_and_logged_tags(tmp_path):
     ):
         assert tag in tags, tag
     # the actor's learning rate follows the cosine schedule: 25 scheduler steps in "train" + 0 in warmup
-    lr = logger.experiment.scalars["train/lr_iql_1"][-1][1]
+    assert not any(tag.startswith("train/lr_iql_") and tag[-1].isdigit() for tag in tags)
+    assert "time/compile_seconds" not in tags  # eager: no compilation
+    lr = logger.experiment.scalars["train/lr_iql_actor"][-1][1]
     assert lr == pytest.approx(
         1e-3 * 0.5 * (1 + torch.cos(torch.tensor(25 / 100 * torch.pi)).item()), rel=1e-5
     )
@@ -299,13 +303,185 @@ def test_compiled_update_matches_eager_and_does_not_recompile(tmp_path):
         counters.clear()
         loop.run()
         graphs = counters["stats"]["unique_graphs"]
+        compile_seconds = loop.timings.get("compile", 0.0)
         # 12 more steps repeat the cadence patterns already seen: nothing new may be compiled
         stage.steps, loop.stage_index = 24, 0
         loop.run()
         assert counters["stats"]["unique_graphs"] == graphs
         if compile_flag:
             assert graphs >= 1
+            # the first call of each pattern compiled; the calls after it are updates
+            assert compile_seconds > 0 and stage._compiled_patterns == {
+                ((True, True), (True,)),
+                ((True, False), (True,)),
+            }
+            assert loop.timings["compile"] == compile_seconds
+            assert loop.timings["update"] < compile_seconds
+        else:
+            assert "compile" not in loop.timings
         results.append({k: v.clone() for k, v in loss.state_dict().items()})
     eager, compiled = results
     for key in eager:
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5)
+
+
+def test_learning_rate_tags_name_the_networks(tmp_path):
+    buffer = make_offline_replay_buffer(_dataset(), 16, seed=0)
+    loss, opts, _ = _tiny_iql()
+    extra = Counter()  # an optimizer over parameters of no network of the loss
+    runs = iter(range(10))
+
+    def run(objectives, modules):
+        logger = CSVLogger(exp_name=f"log{next(runs)}", log_dir=str(tmp_path))
+        loop = OfflineLoop(
+            [Stage("train", 2, objectives=objectives)],
+            buffer,
+            modules=modules,
+            logger=logger,
+            log_interval=1,
+            progress=False,
+        )
+        loop.run()
+        return {t for t in logger.experiment.scalars if "/lr_" in t}
+
+    # names inferred from the loss's <network>_network_params, in the optimizers' order
+    assert run([Objective("iql", loss, opts)], {"loss": loss}) == {
+        "train/lr_iql_value",
+        "train/lr_iql_actor",
+        "train/lr_iql_qvalue",
+    }
+    # the loss behind a wrapper is found among the loop's modules; an unknown one is positional
+    wrapped = Objective("critic", lambda td: loss(td), [opts[2], extra.opt])
+    assert run([wrapped], {"loss": loss}) == {"train/lr_critic_qvalue", "train/lr_critic_1"}
+    # explicit names win; one optimizer keeps the plain lr_<objective>
+    named = Objective("iql", loss, opts, optimizer_names=("v", "pi", "q"))
+    single = Objective("value", extra.loss, [extra.opt])
+    assert run([named, single], {"loss": loss}) == {
+        "train/lr_iql_v",
+        "train/lr_iql_pi",
+        "train/lr_iql_q",
+        "train/lr_value",
+    }
+    with pytest.raises(ValueError, match="optimizer_names"):
+        Objective("iql", loss, opts, optimizer_names=("v", "v", "q"))
+    with pytest.raises(ValueError, match="optimizer_names"):
+        Objective("iql", loss, opts, optimizer_names=("v",))
+
+
+def test_first_call_of_each_cadence_pattern_is_timed_as_compilation(monkeypatch, tmp_path):
+    """A stand-in for torch.compile that takes 0.2 s on the first call of each pattern."""
+    import time
+
+    calls = []
+
+    def fake_compile(update, **kwargs):
+        seen = set()
+
+        def compiled(batch, active, targets):
+            calls.append((active, targets))
+            if (active, targets) not in seen:
+                seen.add((active, targets))
+                time.sleep(0.2)
+            return update(batch, active, targets)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    buffer = make_offline_replay_buffer(_dataset(), 16, seed=0)
+    a, b = Counter(), Counter()
+    stage = Stage(
+        "train",
+        9,
+        objectives=[Objective("a", a.loss, [a.opt]), Objective("b", b.loss, [b.opt], every=3)],
+    )
+    logger = CSVLogger(exp_name="log", log_dir=str(tmp_path))
+    loop = OfflineLoop(
+        [stage], buffer, modules={}, compile=True, logger=logger, log_interval=9, progress=False
+    )
+    loop.run()
+    assert len(calls) == 9 and len(set(calls)) == 2  # (a and b), (a only)
+    assert 0.4 <= loop.timings["compile"] < 0.4 + 0.5 * 2
+    assert loop.timings["update"] < 0.2  # seven plain calls, no sleeping
+    scalars = logger.experiment.scalars
+    assert scalars["time/compile_seconds"][-1] == (9, pytest.approx(loop.timings["compile"]))
+    assert scalars["time/update_seconds"][-1][1] == pytest.approx(loop.timings["update"])
+
+
+class _NoisyTarget:
+    """An objective that draws from torch's global generator at every step, and a sampled
+    Pendulum policy whose pre-tanh mean is its parameter (so evaluation depends on training)."""
+
+    def __init__(self):
+        from tensordict.nn import TensorDictModule
+        from torchrl.modules import ProbabilisticActor, TanhNormal
+
+        self.param = torch.nn.Parameter(torch.zeros(()))
+        self.opt = torch.optim.SGD([self.param], lr=0.1)
+        module = torch.nn.Module()
+        module.param = self.param
+
+        def loc_scale(obs):
+            shape = (*obs.shape[:-1], 1)
+            return self.param.expand(shape), torch.ones(shape)
+
+        self.policy = ProbabilisticActor(
+            TensorDictModule(loc_scale, in_keys=["observation"], out_keys=["loc", "scale"]),
+            in_keys=["loc", "scale"],
+            distribution_class=TanhNormal,
+            distribution_kwargs={"low": -2.0, "high": 2.0},
+        )
+        self.module = module
+
+    def loss(self, batch):
+        target = torch.rand(())  # the global generator: evaluation must leave it alone
+        return TensorDict({"loss_x": (self.param - target) ** 2}, [])
+
+
+def _noisy_run(directory, *, evaluate, seed, stop_at=None):
+    from torchrl.envs import GymEnv
+
+    from torchrl_sym.train.evaluate import Evaluator
+
+    torch.manual_seed(seed)
+    noisy = _NoisyTarget()
+    evaluator = None
+    if evaluate:
+        evaluator = Evaluator(
+            GymEnv("Pendulum-v1"),
+            noisy.policy,
+            num_episodes=2,
+            max_steps=20,
+            seed=100,
+            mode="sample",
+            csv_path=directory / "eval.csv",
+        )
+    loop = OfflineLoop(
+        [Stage("train", 30, [Objective("x", noisy.loss, [noisy.opt])], evaluate=True)],
+        make_offline_replay_buffer(_dataset(), 16, seed=0),
+        modules={"noisy": noisy.module},
+        evaluator=evaluator,
+        eval_interval=10,
+        checkpoint_dir=directory / "checkpoints",
+        checkpoint_interval=15,
+        progress=False,
+    )
+    if stop_at is not None:
+        _run_until(loop, stop_at)
+    else:
+        loop.resume()
+        loop.run()
+    return noisy, loop
+
+
+def test_sampled_evaluation_leaves_training_alone_and_repeats_after_resume(tmp_path):
+    plain, _ = _noisy_run(tmp_path / "plain", evaluate=False, seed=0)
+    evaluated, loop = _noisy_run(tmp_path / "evaluated", evaluate=True, seed=0)
+    # the objective draws from the global generator: an evaluation that moved it would show here
+    assert torch.equal(evaluated.param.detach(), plain.param.detach())
+    straight = (tmp_path / "evaluated" / "eval.csv").read_text()
+    assert [h[0] for h in loop.evaluator.history] == [10, 20, 30]
+    # killed after the checkpoint at step 15, resumed by a process with another global seed
+    _noisy_run(tmp_path / "resumed", evaluate=True, seed=0, stop_at=15)
+    resumed, _ = _noisy_run(tmp_path / "resumed", evaluate=True, seed=99)
+    assert torch.equal(resumed.param.detach(), plain.param.detach())
+    assert (tmp_path / "resumed" / "eval.csv").read_text() == straight

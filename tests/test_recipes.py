@@ -51,6 +51,22 @@ def _tags(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def _texts(run_dir: Path) -> dict[str, list[str]]:
+    """The text summaries (``add_text``) of a run's single TensorBoard events directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events_dir,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {
+        tag.removesuffix("/text_summary"): [
+            e.tensor_proto.string_val[0].decode() for e in acc.Tensors(tag)
+        ]
+        for tag in acc.Tags()["tensors"]
+        if tag.endswith("/text_summary")
+    }
+
+
 def _eval_rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "eval_returns.csv") as f:
         return list(csv.DictReader(f))
@@ -80,7 +96,9 @@ def test_iql_smoke_profile(tmp_path, recipe_dataset):
         "train/loss_actor",
         "train/loss_qvalue",
         "train/loss_value",
-        "train/lr_iql_1",
+        "train/lr_iql_value",
+        "train/lr_iql_actor",
+        "train/lr_iql_qvalue",
         "eval/return",
         "eval/normalized_score",
         "eval/normalized_score_best",
@@ -92,7 +110,8 @@ def test_iql_smoke_profile(tmp_path, recipe_dataset):
     assert tags["eval/return"] == [(50, pytest.approx(ret, rel=1e-5))]
     assert [s for s, _ in tags["train/loss_qvalue"]] == [25, 50]
     # the actor learning rate follows a cosine over the 50 steps of the stage: 0 at the end
-    assert tags["train/lr_iql_1"][-1][1] == pytest.approx(0.0, abs=1e-9)
+    assert tags["train/lr_iql_actor"][-1][1] == pytest.approx(0.0, abs=1e-9)
+    assert tags["train/lr_iql_qvalue"][-1][1] == pytest.approx(3e-4)  # no schedule on Q
 
 
 def test_shared_overrides(tmp_path, recipe_dataset):
@@ -277,7 +296,7 @@ def test_shipped_task_files_hold_the_published_settings():
     xql = OmegaConf.load(CONFIGS / "tasks" / "xql" / "walker2d-medium.yaml")
     assert (xql.xql.beta_loss, xql.xql.max_clip, xql.data.batch_size) == (10.0, 7.0, 1024)
     assert OmegaConf.load(CONFIGS / "tasks" / "sql" / "hopper-medium-expert.yaml").sql.alpha == 5.0
-    for algo in ("iql", "sql", "xql", "awac", "sfac"):
+    for algo in ("iql", "sql", "xql", "awac", "sfac", "td3bc"):
         assert len(list((CONFIGS / "tasks" / algo).glob("*.yaml"))) == 9
 
 
@@ -291,7 +310,7 @@ def test_shipped_task_files_hold_the_published_settings():
                 "train/csym",
                 "train/w2_nonzero_frac",
                 "train/r_clamped_frac",
-                "train/lr_sfac_3",
+                "train/lr_sfac_behavior",
             ],
         ),
         ("awac", ["train/loss_qvalue", "train/weight_ess"]),
@@ -349,3 +368,111 @@ def test_task_on_the_command_line_applies_its_file(tmp_path, recipe_dataset):
     assert (cfg.xql.beta_loss, cfg.data.batch_size) == (10.0, 1024)  # from the task file
     proc = _run("xql", "task=walker2d-medum", "profile=smoke", check=False)
     assert proc.returncode != 0 and "known tasks for xql" in proc.stderr
+
+
+def test_sampled_evaluation_and_the_logged_run(tmp_path, recipe_dataset):
+    """eval.mode=sample reaches the evaluator; the run's name, config and timings are logged."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    _run(
+        "iql",
+        "profile=smoke",
+        f"dataset={recipe_dataset}",
+        "seed=4",
+        "eval.mode=sample",
+        "eval.episodes=2",
+        f"hydra.run.dir={run_dir}",
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval/mode"] == "sample"
+    assert [r["episode"] for r in _eval_rows(run_dir)] == ["0", "1"]
+    # the TensorBoard run is named by algorithm, dataset and seed
+    (events_dir,) = {p.parent for p in run_dir.rglob("events.out.tfevents.*")}
+    assert events_dir == run_dir / "tensorboard" / "iql-hopper-recipe-s4"
+    # the resolved config, once, as text: the same as config.yaml
+    (config_text,) = _texts(run_dir)["config"]
+    assert "run: `iql-hopper-recipe-s4`" in config_text
+    yaml = config_text.split("```yaml\n", 1)[1].rsplit("```", 1)[0]
+    logged = OmegaConf.create(yaml)
+    assert logged == OmegaConf.load(run_dir / "config.yaml")
+    assert logged.eval.mode == "sample" and logged.seed == 4
+    assert logged.dataset == recipe_dataset
+    tags = _tags(run_dir)
+    assert "time/update_seconds" in tags and "time/compile_seconds" not in tags  # compile=false
+
+
+def test_bad_eval_mode_is_reported(tmp_path, recipe_dataset):
+    proc = _run(
+        "iql",
+        f"dataset={recipe_dataset}",
+        "eval.mode=stochastic",
+        "profile=smoke",
+        "logger.backend=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "eval.mode='stochastic'" in proc.stderr
+    assert "('deterministic', 'sample')" in proc.stderr
+    assert not list((tmp_path / "run" / "checkpoints").glob("ckpt_*.pt"))  # it never trained
+
+
+def test_make_logger_logs_the_config_to_every_backend(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from torchrl_sym.train.recipe import make_logger
+
+    cfg = OmegaConf.create(
+        {"algo": "iql", "seed": 2, "lr": 3e-4, "eval": {"mode": "sample", "max": "${seed}"}}
+    )
+    # TensorBoard: the text and the hyper-parameters, in the run's one events file
+    logger = make_logger(
+        "tensorboard", tmp_path / "tb", run_name="iql/hopper medium-s2", config=cfg
+    )
+    logger.log_scalar("eval/return", 1.0, step=1)
+    logger.experiment.flush()
+    assert (
+        Path(logger.experiment.log_dir) == tmp_path / "tb" / "tensorboard" / "iql-hopper-medium-s2"
+    )
+    (text,) = _texts(tmp_path / "tb")["config"]
+    assert "mode: sample" in text and "max: 2" in text  # resolved
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events_dir,) = {p.parent for p in (tmp_path / "tb").rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    hparams = acc.summary_metadata["_hparams_/session_start_info"].plugin_data
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(hparams.content).session_start_info
+    assert start.hparams["eval.mode"].string_value == "sample"
+    assert start.hparams["seed"].number_value == 2.0
+    # a run directory from before runs were named keeps writing into tensorboard/ itself
+    (tmp_path / "old" / "tensorboard").mkdir(parents=True)
+    (tmp_path / "old" / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"")
+    old = make_logger("tensorboard", tmp_path / "old", run_name="iql-hopper-s2")
+    assert Path(old.experiment.log_dir).resolve() == (tmp_path / "old" / "tensorboard").resolve()
+    # CSV: the same text in csv/texts/
+    make_logger("csv", tmp_path / "csv", run_name="r", config=cfg)
+    assert "mode: sample" in (tmp_path / "csv" / "csv" / "texts" / "config0.txt").read_text()
+
+    # wandb (not installed here): the config is the run's wandb config, the run name its name
+    import torchrl.record.loggers.wandb as wandb_module
+
+    created = {}
+
+    class FakeWandbLogger:
+        def __init__(self, **kwargs):
+            created.update(kwargs)
+
+    monkeypatch.setattr(wandb_module, "WandbLogger", FakeWandbLogger)
+    make_logger("wandb", tmp_path / "w", project="p", run_name="iql-hopper-s2", config=cfg)
+    assert created["exp_name"] == "iql-hopper-s2" and created["project"] == "p"
+    assert created["config"] == {
+        "algo": "iql",
+        "seed": 2,
+        "lr": 3e-4,
+        "eval": {"mode": "sample", "max": 2},
+    }
+    assert make_logger("none", tmp_path, config=cfg) is None

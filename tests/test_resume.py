@@ -203,7 +203,7 @@ def test_resume_config_refuses_another_recipe_and_a_missing_config(tmp_path):
 
 
 def test_fixed_keys_and_group_overrides():
-    for key in ("algo", "dataset", "sfac.hidden", "bdpo.actor_hidden", "bdpo.ensemble_size",
+    for key in ("algo", "dataset", "eval.mode", "sfac.hidden", "bdpo.actor_hidden", "bdpo.ensemble_size",
                 "srpo.behavior.hidden_dim", "bdpo.q_layer_norm", "crossq.critic_hidden"):  # fmt: skip
         assert is_fixed_on_resume(key), key
     for key in ("train.steps", "eval.interval", "logger.backend", "sfac.lr", "compile"):

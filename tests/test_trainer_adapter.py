@@ -11,13 +11,20 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import nn
+from torchrl.checkpoint import CheckpointError
+from torchrl.data import (
+    LazyTensorStorage,
+    RandomSampler,
+    SamplerWithoutReplacement,
+    TensorDictReplayBuffer,
+)
 from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import IQLLoss, LossModule, SoftUpdate
 from torchrl.record.loggers import CSVLogger
 from torchrl.trainers import LogScalar
 
 from torchrl_sym.data import make_offline_replay_buffer
-from torchrl_sym.train.trainer import OfflineTicker, make_offline_trainer
+from torchrl_sym.train.trainer import OfflineTicker, SamplingState, make_offline_trainer
 
 N, OBS, ACT, BATCH = 512, 3, 2, 32
 TAU = 0.005
@@ -249,6 +256,121 @@ def test_iql_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
     assert state_straight.keys() == state_resumed.keys()
     for key in state_straight:
         torch.testing.assert_close(state_resumed[key], state_straight[key], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# A user's own replay buffer: checkpoints keep the sampling state, not the data
+# ------------------------------------------------------------------------------------------------
+
+
+def user_buffer(data: TensorDict, sampler, seed: int = 0) -> TensorDictReplayBuffer:
+    """What a user builds by hand: a TorchRL buffer over a LazyTensorStorage, filled once."""
+    rb = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(data.shape[0]),
+        sampler=sampler,
+        batch_size=BATCH,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    rb.extend(data)
+    return rb
+
+
+def checkpoint_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.mark.parametrize(
+    ("sampler", "bytes_per_transition"),
+    # without replacement, the sampler's state lists the indices left in the epoch (int64)
+    [(RandomSampler, 0), (SamplerWithoutReplacement, 8)],
+)
+def test_checkpoint_size_does_not_grow_with_the_dataset(tmp_path, sampler, bytes_per_transition):
+    sizes = {}
+    for n in (512, 8192):
+        data = ted_dataset(n)
+        loss = make_iql()
+        trainer = make_offline_trainer(
+            loss,
+            torch.optim.Adam(loss.parameters(), lr=1e-3),
+            user_buffer(data, sampler()),
+            total_steps=3,
+            target_updater=SoftUpdate(loss, tau=TAU),
+            save_trainer_file=tmp_path / f"ckpt{n}",
+        )
+        trainer.train()
+        sizes[n] = checkpoint_bytes(tmp_path / f"ckpt{n}")
+    data_bytes = sum(
+        v.numel() * v.element_size() for v in ted_dataset(8192 - 512).values(True, True)
+    )
+    growth = sizes[8192] - sizes[512]
+    # 16 bytes of slack: the decimal digits of the lengths in the manifests
+    assert 0 <= growth <= bytes_per_transition * (8192 - 512) + 16, sizes
+    assert growth < data_bytes / 4  # 39 bytes of data per transition here, 8 of indices at most
+
+
+def test_user_buffer_resume_equals_uninterrupted_run(tmp_path):
+    data = ted_dataset()
+
+    def build(total_steps, seed, **kwargs):
+        loss = make_iql(seed=0)
+        optimizer = torch.optim.Adam(loss.parameters(), lr=1e-3)
+        rb = user_buffer(data, SamplerWithoutReplacement(), seed=seed)
+        trainer = make_offline_trainer(
+            loss,
+            optimizer,
+            rb,
+            total_steps=total_steps,
+            target_updater=SoftUpdate(loss, tau=TAU),
+            **kwargs,
+        )
+        return trainer, loss, rb
+
+    straight, loss_straight, _ = build(40, seed=0)
+    straight.train()
+
+    ckpt = tmp_path / "ckpt"
+    interrupted, _, _ = build(40, seed=0, save_trainer_file=ckpt, save_interval=100)
+
+    def interrupt_at_step_21() -> None:  # past one epoch of 16 batches: the sampler reshuffled
+        if interrupted._optim_count == 21:
+            interrupted.request_stop("simulated interruption")
+
+    interrupted.register_op("post_steps", interrupt_at_step_21)
+    interrupted.train()
+    assert interrupted._optim_count == 21
+    # fresh objects; the buffer's own generator starts elsewhere: its state comes from the checkpoint
+    resumed, loss_resumed, rb = build(40, seed=123)
+    resumed.load_from_file(ckpt)
+    assert resumed._optim_count == 21 and len(rb) == N
+    assert (
+        rb[:].exclude("index") == data
+    ).all()  # the data are the buffer's own, untouched by the resume
+    resumed.train()
+    state_straight, state_resumed = loss_straight.state_dict(), loss_resumed.state_dict()
+    for key in state_straight:
+        torch.testing.assert_close(state_resumed[key], state_straight[key], rtol=0, atol=0)
+
+    # the sampler's indices refer to the saved data: other data are refused, by name
+    loss = make_iql(seed=0)
+    other = make_offline_trainer(
+        loss,
+        torch.optim.Adam(loss.parameters(), lr=1e-3),
+        user_buffer(ted_dataset(N // 2), SamplerWithoutReplacement()),
+        total_steps=40,
+        target_updater=SoftUpdate(loss, tau=TAU),
+    )
+    with pytest.raises(CheckpointError, match=f"over {N} transitions.*holds {N // 2}"):
+        other.load_from_file(ckpt)
+
+
+def test_sampling_state_keeps_an_offline_buffer_state_as_it_is():
+    rb = make_offline_replay_buffer(ted_dataset(), BATCH, seed=0)
+    rb.sample()
+    state = SamplingState(rb).state_dict()
+    assert state.keys() == rb.state_dict().keys() == {"sampler", "generator", "num_transitions"}
+    fresh = make_offline_replay_buffer(ted_dataset(), BATCH, seed=5)
+    SamplingState(fresh).load_state_dict(state)
+    torch.testing.assert_close(fresh.sample(), rb.sample(), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------

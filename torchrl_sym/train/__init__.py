@@ -17,12 +17,21 @@ if TYPE_CHECKING:
         save_checkpoint,
         set_rng_state,
     )
-    from torchrl_sym.train.evaluate import CSV_COLUMNS, Evaluator, evaluate_policy
+    from torchrl_sym.train.evaluate import (
+        CSV_COLUMNS,
+        EVAL_MODES,
+        Evaluator,
+        evaluate_policy,
+        exploration_type_of,
+    )
     from torchrl_sym.train.loop import Objective, OfflineLoop, Stage, TargetUpdate
-    from torchrl_sym.train.trainer import OfflineTicker, make_offline_trainer
+    from torchrl_sym.train.trainer import OfflineTicker, SamplingState, make_offline_trainer
 
 _EXPORTS = {
     "CSV_COLUMNS": "evaluate",
+    "EVAL_MODES": "evaluate",
+    "exploration_type_of": "evaluate",
+    "SamplingState": "trainer",
     "CheckpointManager": "checkpoint",
     "Evaluator": "evaluate",
     "evaluate_policy": "evaluate",
@@ -40,14 +49,17 @@ _EXPORTS = {
 
 __all__ = [
     "CSV_COLUMNS",
+    "EVAL_MODES",
     "CheckpointManager",
     "Evaluator",
     "Objective",
     "OfflineLoop",
     "OfflineTicker",
+    "SamplingState",
     "Stage",
     "TargetUpdate",
     "evaluate_policy",
+    "exploration_type_of",
     "load_checkpoint",
     "make_offline_trainer",
     "rng_state",

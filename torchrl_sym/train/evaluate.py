@@ -1,9 +1,14 @@
-"""Deterministic evaluation episodes, normalized scores, last-k and best, and an eval CSV.
+"""Evaluation episodes (deterministic or sampled), normalized scores, last-k and best, eval CSV.
 
 :func:`evaluate_policy` runs episodes and returns their returns; :class:`Evaluator` is what a
 training loop calls every ``eval_every`` steps: it evaluates, keeps the history of mean returns
 and normalized scores (so the "last k evaluations" and "best so far" numbers papers report can
 be computed, also after a checkpoint-resume), and appends every episode to a CSV.
+
+Two evaluation modes (:data:`EVAL_MODES`): ``"deterministic"`` acts with the policy's mode/mean
+(``ExplorationType.DETERMINISTIC``, the usual D4RL protocol) and ``"sample"`` samples actions
+from the policy (``ExplorationType.RANDOM``, the protocol of the Sf-AC authors). Seeded episodes
+are reproducible in both, and leave the global random generators as they found them.
 """
 
 from __future__ import annotations
@@ -20,14 +25,36 @@ import torch
 from torch import Tensor
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from torchrl_sym.train.checkpoint import rng_state, set_rng_state
+
 if TYPE_CHECKING:
     from tensordict.nn import TensorDictModuleBase
     from torchrl.envs import EnvBase
 
-__all__ = ["CSV_COLUMNS", "Evaluator", "evaluate_policy"]
+__all__ = ["CSV_COLUMNS", "EVAL_MODES", "Evaluator", "evaluate_policy", "exploration_type_of"]
 
 CSV_COLUMNS = ("step", "episode", "return", "normalized_score")
 """Columns of the evaluation CSV: one row per evaluation episode."""
+
+EVAL_MODES = {"deterministic": ExplorationType.DETERMINISTIC, "sample": ExplorationType.RANDOM}
+"""Evaluation modes (``eval.mode`` in the recipe configs) and the exploration type each runs in."""
+
+
+def exploration_type_of(mode: str) -> ExplorationType:
+    """The exploration type of an evaluation mode: ``"deterministic"`` -> ``DETERMINISTIC`` (the
+    policy's mode/mean action), ``"sample"`` -> ``RANDOM`` (actions sampled from the policy).
+
+    Raises:
+        ValueError: ``mode`` is not a key of :data:`EVAL_MODES`; the message names ``eval.mode``
+            and the choices.
+    """
+    if not isinstance(mode, str) or mode not in EVAL_MODES:
+        raise ValueError(
+            f"eval.mode={mode!r} is not an evaluation mode; choose one of {tuple(EVAL_MODES)}: "
+            "'deterministic' acts with the policy's mode/mean, 'sample' samples its actions."
+        )
+    return EVAL_MODES[mode]
+
 
 _STATE_VERSION = 1
 
@@ -41,27 +68,36 @@ def evaluate_policy(
     seed: int | None = None,
     exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
 ) -> Tensor:
-    """Runs ``num_episodes`` deterministic episodes and returns their undiscounted returns.
+    """Runs ``num_episodes`` episodes and returns their undiscounted returns.
 
     Episode ``i`` is ``env.rollout(max_steps, policy, break_when_any_done=True)`` under
-    ``ExplorationType.DETERMINISTIC`` (a stochastic actor acts with its mode/mean) and
-    ``torch.no_grad()``; its return is ``G_i = sum_t r_t`` over the ``("next", "reward")``
-    entries of the rollout, summed in float64. An episode ends at the env's done (termination
-    or truncation) or after ``max_steps`` steps, whichever comes first.
+    ``exploration_type`` and ``torch.no_grad()``; its return is ``G_i = sum_t r_t`` over the
+    ``("next", "reward")`` entries of the rollout, summed in float64. An episode ends at the env's
+    done (termination or truncation) or after ``max_steps`` steps, whichever comes first.
+    ``ExplorationType.DETERMINISTIC`` (the default) acts with the policy's mode/mean;
+    ``ExplorationType.RANDOM`` samples actions from the policy's distribution.
 
-    If ``seed`` is given the env is reseeded with ``env.set_seed(seed + i)`` before episode
-    ``i``, so the initial states, and with a deterministic policy the returns, are the same
-    on every call. A policy that is an ``nn.Module`` is put in eval mode for the episodes and
-    restored to its previous mode afterwards.
+    If ``seed`` is given, before episode ``i`` the env is reseeded with ``env.set_seed(seed + i)``
+    and torch's global generators (CPU and every CUDA device) with ``torch.manual_seed(seed + i)``,
+    so the initial states and the actions a policy samples (from those generators) are the same
+    on every call: the returns are a function of the policy and ``seed`` alone, in either mode.
+    The global RNG states (Python ``random``, NumPy, torch, CUDA) are captured before the first
+    episode and restored after the last, also on an error, so an evaluation neither consumes nor
+    perturbs the random streams of training (a resumed run evaluates and trains exactly as an
+    uninterrupted one). With ``seed=None`` the episodes continue the env's and torch's streams and
+    nothing is restored.
+
+    A policy that is an ``nn.Module`` is put in eval mode for the episodes and restored to its
+    previous mode afterwards.
 
     Args:
         env: an unbatched TorchRL env (``env.batch_size == ()``).
         policy: reads ``"observation"`` and writes ``"action"``.
         num_episodes: number of episodes (>= 1).
         max_steps: step limit per episode (>= 1).
-        seed: base seed of the episodes, or None to continue the env's random stream.
+        seed: base seed of the episodes, or None to continue the env's and torch's random streams.
         exploration_type: ``DETERMINISTIC`` (the default: the policy's mode/mean) or ``RANDOM``
-            (sampled actions, drawn from torch's global generator).
+            (sampled actions); see :func:`exploration_type_of` for the ``eval.mode`` names.
 
     Returns:
         Float64 CPU tensor of shape ``[num_episodes]``: the return of each episode.
@@ -90,15 +126,20 @@ def evaluate_policy(
     if was_training is not None:
         policy.eval()
     returns = torch.empty(num_episodes, dtype=torch.float64)
+    saved_rng = rng_state() if seed is not None else None
     try:
         with set_exploration_type(exploration_type), torch.no_grad():
             for episode in range(num_episodes):
                 if seed is not None:
                     env.set_seed(seed + episode)
+                    # after set_seed, which may draw from torch's generator itself
+                    torch.manual_seed(seed + episode)
                 rollout = env.rollout(max_steps, policy, break_when_any_done=True)
                 reward = rollout.get(("next", "reward"))
                 returns[episode] = reward.to(device="cpu", dtype=torch.float64).sum()
     finally:
+        if saved_rng is not None:
+            set_rng_state(saved_rng)
         if was_training is not None:
             policy.train(was_training)
     return returns
@@ -107,15 +148,18 @@ def evaluate_policy(
 class Evaluator:
     """Periodic evaluation with history, last-k / best summaries and a per-episode CSV.
 
-    Each call ``evaluator(step)`` runs :func:`evaluate_policy` (seeded with the same episode
-    seeds ``seed + i`` every time, so successive evaluations differ only by the policy and a
-    resumed run evaluates exactly as an uninterrupted one would) and records the result.
+    Each call ``evaluator(step)`` runs :func:`evaluate_policy` in ``mode`` (seeded with the same
+    episode seeds ``seed + i`` every time, for the env and for the actions a policy samples, so
+    successive evaluations differ only by the policy, the training RNG streams are left as they
+    were, and a resumed run evaluates exactly as an uninterrupted one would) and records the
+    result.
 
     With episode returns ``G_1..G_n`` and normalized scores ``s_i = score_fn(G)_i``, the
     metrics of one evaluation are
 
     - ``eval/return`` = mean_i G_i, ``eval/return_std`` = population std of G (0 for n=1),
-    - ``eval/episodes`` = n,
+    - ``eval/episodes`` = n, ``eval/mode`` = ``mode`` (a string: loggers skip it, a recipe's
+      ``summary.json`` records it),
     - with ``score_fn``: ``eval/normalized_score`` = mean_i s_i,
       ``eval/normalized_score_last_k`` = mean of the last ``last_k`` evaluations'
       ``eval/normalized_score`` (fewer while fewer exist) and ``eval/normalized_score_best`` =
@@ -137,7 +181,10 @@ class Evaluator:
         policy: reads ``"observation"``, writes ``"action"``.
         num_episodes: episodes per evaluation.
         max_steps: step limit per episode.
-        seed: base seed of the evaluation episodes (None: unseeded).
+        seed: base seed of the evaluation episodes (None: unseeded, and then sampled actions
+            continue torch's global stream).
+        mode: ``"deterministic"`` (the policy's mode/mean action) or ``"sample"`` (actions
+            sampled from the policy); see :data:`EVAL_MODES`.
         score_fn: maps a tensor of returns to normalized scores (0 = random, 100 = expert in
             D4RL's convention), elementwise; None if the task has no reference scores.
         last_k: number of latest evaluations averaged in the ``*_last_k`` metric.
@@ -160,6 +207,7 @@ class Evaluator:
         num_episodes: int = 10,
         max_steps: int = 1000,
         seed: int | None = None,
+        mode: str = "deterministic",
         score_fn: Callable[[Tensor], Tensor] | None = None,
         last_k: int = 10,
         csv_path: str | Path | None = None,
@@ -168,6 +216,8 @@ class Evaluator:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes!r}")
         if last_k < 1:
             raise ValueError(f"last_k must be >= 1, got {last_k!r}")
+        self.exploration_type = exploration_type_of(mode)
+        self.mode = mode
         self.env = env
         self.policy = policy
         self.num_episodes = num_episodes
@@ -199,7 +249,7 @@ class Evaluator:
         tracked = self._tracked()[-self.last_k :]
         return math.fsum(tracked) / len(tracked) if tracked else math.nan
 
-    def __call__(self, step: int) -> dict[str, float]:
+    def __call__(self, step: int) -> dict[str, float | str]:
         """Runs one evaluation at training step ``step``, records it and returns its metrics."""
         returns = evaluate_policy(
             self.env,
@@ -207,10 +257,11 @@ class Evaluator:
             num_episodes=self.num_episodes,
             max_steps=self.max_steps,
             seed=self.seed,
+            exploration_type=self.exploration_type,
         )
         return self._record(step, returns)
 
-    def _record(self, step: int, returns: Tensor) -> dict[str, float]:
+    def _record(self, step: int, returns: Tensor) -> dict[str, float | str]:
         """Records the episode ``returns`` of an evaluation at ``step``; returns the metrics."""
         returns = torch.as_tensor(returns).detach().to(device="cpu", dtype=torch.float64).flatten()
         if returns.numel() == 0:
@@ -232,6 +283,7 @@ class Evaluator:
             "eval/return": mean_return,
             "eval/return_std": returns.std(correction=0).item(),
             "eval/episodes": float(returns.numel()),
+            "eval/mode": self.mode,
         }
         if mean_score is not None:
             metrics["eval/normalized_score"] = mean_score

@@ -14,7 +14,9 @@ stage is::
 
 The update (all active objectives and target updates) can be ``torch.compile`` d: the set of active
 objectives is passed as a tuple of Python booleans, so each cadence pattern compiles once and the
-batch shape never changes. Loss values stay on the device and are read (one host sync) only every
+batch shape never changes. The first call of each pattern (and any call in which torch.compile
+compiled a new graph) is timed as compilation (``time/compile_seconds``), the others as updates
+(``time/update_seconds``). Loss values stay on the device and are read (one host sync) only every
 ``log_interval`` steps.
 
 Time is owned here: evaluation every ``eval_interval`` steps of the stages that evaluate, logging,
@@ -61,6 +63,14 @@ class Objective:
         every: update on every ``every``-th step of the stage ...
         start: ... from stage step ``start`` on (warm-up).
         max_grad_norm: clip the gradient norm of the optimizers' parameters when set.
+        optimizer_names: the network each optimizer trains, in ``optimizers`` order, for the
+            learning-rate tags ``<stage>/lr_<name>_<network>`` of an objective with several
+            optimizers (a single optimizer's tag is ``<stage>/lr_<name>``). ``None`` infers
+            them: an optimizer whose parameters are those of a TorchRL loss's
+            ``<network>_network_params`` (the loss of this objective or a module of the loop) is
+            named ``<network>``, so ``network_optimizers(loss, lr, ("value", "actor"))`` gives
+            ``lr_<name>_value`` and ``lr_<name>_actor``; an optimizer that matches no network is
+            named by its position.
     """
 
     name: str
@@ -70,11 +80,25 @@ class Objective:
     every: int = 1
     start: int = 0
     max_grad_norm: float | None = None
+    optimizer_names: Sequence[str] | None = None
 
     def __post_init__(self):
         if isinstance(self.optimizers, torch.optim.Optimizer):
             self.optimizers = [self.optimizers]
         _check_cadence(f"objective '{self.name}'", self.every, self.start)
+        if self.optimizer_names is not None:
+            names = list(self.optimizer_names)
+            if (
+                len(names) != len(self.optimizers)
+                or len(set(names)) != len(names)
+                or not all(isinstance(n, str) and n for n in names)
+            ):
+                raise ValueError(
+                    f"objective '{self.name}': optimizer_names must be one distinct non-empty "
+                    f"name per optimizer ({len(self.optimizers)}), got {names!r}; or None to "
+                    "infer them from the loss's networks."
+                )
+            self.optimizer_names = names
         self._params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
 
     def active(self, step: int) -> bool:
@@ -111,6 +135,8 @@ class Stage:
     evaluate: bool = False
     buffer: Any = None  # a stage may sample from its own buffer; default: the loop's buffer
     _compiled: dict = field(default_factory=dict, repr=False)
+    # cadence patterns its compiled update has been called with: their first call compiles
+    _compiled_patterns: set = field(default_factory=set, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -143,6 +169,72 @@ def _check_shapes(name: str, current: Mapping[str, Any], saved: Mapping[str, Any
             f"{extra[:3]}{'...' if len(extra) > 3 else ''}). Resume with the configuration the run "
             "was started with."
         )
+
+
+def _lr_tags(objective: Objective, modules: Mapping[str, Any]) -> list[str]:
+    """The learning-rate tag of each optimizer of ``objective`` (without the stage prefix).
+
+    One optimizer: ``lr_<objective>``. Several: ``lr_<objective>_<network>``, with the networks
+    of ``objective.optimizer_names`` or, when it is None, those :func:`_network_name` infers; an
+    optimizer without a name, or names that collide, fall back to positions
+    (``lr_<objective>_0``, ``_1``, ...).
+    """
+    count = len(objective.optimizers)
+    if count == 1:
+        return [f"lr_{objective.name}"]
+    names = objective.optimizer_names
+    if names is None:
+        networks = _named_networks(objective, modules)
+        names = [_network_name(opt, networks) for opt in objective.optimizers]
+    names = [str(i) if name is None else name for i, name in enumerate(names)]
+    if len(set(names)) != count:
+        names = [str(i) for i in range(count)]
+    return [f"lr_{objective.name}_{name}" for name in names]
+
+
+def _named_networks(objective: Objective, modules: Mapping[str, Any]) -> list[tuple[str, set]]:
+    """``(network, ids of its parameters)`` for every ``<network>_network_params`` (targets
+    excluded) of the TorchRL losses reachable from ``objective.loss`` (itself, or the module of a
+    bound method) and from ``modules``, the objective's own loss first."""
+    from torchrl.objectives import LossModule
+
+    roots = [objective.loss, getattr(objective.loss, "__self__", None), *modules.values()]
+    losses: dict[int, LossModule] = {}
+    for root in roots:
+        if isinstance(root, nn.Module):
+            for module in root.modules():
+                if isinstance(module, LossModule):
+                    losses.setdefault(id(module), module)
+    suffix = "_network_params"
+    networks = []
+    for loss in losses.values():
+        for name, child in loss.named_children():
+            if name.endswith(suffix) and not name.startswith("target_"):
+                params = child.values(include_nested=True, leaves_only=True)
+                networks.append((name[: -len(suffix)], {id(p) for p in params}))
+    return networks
+
+
+def _network_name(optimizer: torch.optim.Optimizer, networks: list[tuple[str, set]]) -> str | None:
+    """The network whose parameters ``optimizer`` steps: the one network holding all of them
+    (ties broken by an exact match), or None."""
+    ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not ids:
+        return None
+    holding = {name for name, params in networks if ids <= params}
+    if len(holding) == 1:
+        return holding.pop()
+    exact = {name for name, params in networks if ids == params}
+    return exact.pop() if len(exact) == 1 else None
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process (dynamo's counter; 0 if unavailable)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - every supported torch has it
+        return 0
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _check_cadence(what: str, every: int, start: int) -> None:
@@ -213,6 +305,7 @@ class OfflineLoop:
         )
         self.checkpoint_interval = checkpoint_interval
         self.compile = compile
+        self._lr_tag_cache: dict[tuple[str, str], list[str]] = {}
         self.progress = progress
         # position: the next step to run is `stage_step` of `stages[stage_index]`
         self.stage_index = 0
@@ -384,15 +477,26 @@ class OfflineLoop:
         kwargs = self.compile if isinstance(self.compile, dict) else {}
         return torch.compile(update, **kwargs)
 
-    def _step(self, stage: Stage, update, batch) -> list[tuple[Objective, TensorDictBase]]:
+    def _step(
+        self, stage: Stage, update, batch
+    ) -> tuple[list[tuple[Objective, TensorDictBase]], bool]:
+        """One update; returns the outputs of the objectives that ran and whether the call
+        compiled (the first of its cadence pattern, or one in which dynamo built a graph)."""
         active = tuple(o.active(self.stage_step) for o in stage.objectives)
         targets = tuple(t.active(self.stage_step) for t in stage.targets)
+        if self.compile:
+            graphs = _compiled_graphs()
         outputs = update(batch, active, targets)
+        compiled = False
+        if self.compile:
+            pattern = (active, targets)
+            compiled = pattern not in stage._compiled_patterns or _compiled_graphs() > graphs
+            stage._compiled_patterns.add(pattern)
         ran = [o for o, on in zip(stage.objectives, active) if on]
         for o in ran:
             for sch in o.schedulers:
                 sch.step()
-        return list(zip(ran, outputs))
+        return list(zip(ran, outputs)), compiled
 
     # ------------------------------------------------------------------------------ run
 
@@ -439,10 +543,10 @@ class OfflineLoop:
             t0 = time.perf_counter()
             batch = buffer.sample()
             t1 = time.perf_counter()
-            out = self._step(stage, update, batch)
+            out, compiled = self._step(stage, update, batch)
             t2 = time.perf_counter()
             self._add_time("sample", t1 - t0)
-            self._add_time("update", t2 - t1)
+            self._add_time("compile" if compiled else "update", t2 - t1)
             if out:
                 last = out
             self.stage_step += 1
@@ -484,11 +588,12 @@ class OfflineLoop:
                 if tag in scalars:
                     tag = f"{stage.name}/{objective.name}/{name}"
                 scalars[tag] = float(value.float().mean())  # the one host sync per log interval
-            for i, opt in enumerate(objective.optimizers):
-                suffix = f"_{i}" if len(objective.optimizers) > 1 else ""
-                scalars[f"{stage.name}/lr_{objective.name}{suffix}"] = float(
-                    opt.param_groups[0]["lr"]
-                )
+            tags = self._lr_tag_cache.get((stage.name, objective.name))
+            if tags is None:
+                tags = _lr_tags(objective, self.modules)
+                self._lr_tag_cache[(stage.name, objective.name)] = tags
+            for opt, tag in zip(objective.optimizers, tags):
+                scalars[f"{stage.name}/{tag}"] = float(opt.param_groups[0]["lr"])
         scalars["time/steps_per_second"] = rate
         total = sum(self.timings.values()) or 1.0
         for phase, seconds in self.timings.items():

@@ -33,7 +33,7 @@ from torchrl_sym.data import (
     make_offline_replay_buffer,
     normalized_score,
 )
-from torchrl_sym.train.evaluate import Evaluator
+from torchrl_sym.train.evaluate import Evaluator, exploration_type_of
 from torchrl_sym.train.loop import OfflineLoop, Stage
 
 __all__ = ["LOGGER_BACKENDS", "Run", "make_logger", "prepare_run", "setup_run"]
@@ -55,28 +55,105 @@ def make_logger(
     *,
     project: str = "torchrl_sym",
     run_name: str = "run",
+    config: Any = None,
     wandb_kwargs: Mapping | None = None,
 ):
-    """A TorchRL logger writing under ``run_dir`` (``None`` for ``backend="none"``)."""
+    """A TorchRL logger writing under ``run_dir`` (``None`` for ``backend="none"``).
+
+    ``run_name`` names the run (recipes pass ``<algo>-<task>-s<seed>``, e.g.
+    ``iql-hopper-medium-s0``): TensorBoard writes to ``run_dir/tensorboard/<run_name>/`` (so
+    ``tensorboard --logdir outputs`` lists runs by algorithm, dataset and seed; a run directory
+    whose ``tensorboard/`` already holds events files directly, from before runs were named,
+    goes on writing there), wandb names the run with it, CSV writes to ``run_dir/csv/``.
+
+    With ``config`` (a hydra/OmegaConf config or a dict: the run's resolved configuration), the
+    configuration is logged once, here: TensorBoard gets it as the text ``config`` (the run name
+    and the YAML, at step 0) and as hyper-parameters (the flattened keys, in the same events
+    file, for TensorBoard's HPARAMS tab with ``eval/return`` and ``eval/normalized_score`` as
+    metrics); CSV writes the same text to ``csv/texts/config0.txt``; wandb gets the nested dict as
+    its run ``config`` (``wandb_kwargs["config"]``, if given, wins).
+    """
     if backend not in LOGGER_BACKENDS:
-        raise ValueError(f"logger.backend={backend!r} is not one of {LOGGER_BACKENDS}.")
+        raise ValueError(
+            f"logger.backend={backend!r} is not one of {LOGGER_BACKENDS}; pick one of them."
+        )
     if backend == "none":
         return None
     from torchrl.record.loggers import CSVLogger, TensorboardLogger
 
+    container = _config_container(config)
     if backend == "tensorboard":
-        return TensorboardLogger(exp_name="tensorboard", log_dir=str(run_dir))
-    if backend == "csv":
-        return CSVLogger(exp_name="csv", log_dir=str(run_dir))
-    try:
-        from torchrl.record.loggers.wandb import WandbLogger
-    except ImportError as err:  # pragma: no cover - depends on the user's environment
-        raise ImportError(
-            "logger.backend=wandb needs the wandb package: pip install wandb"
-        ) from err
-    return WandbLogger(
-        exp_name=run_name, project=project, save_dir=str(run_dir), **dict(wandb_kwargs or {})
-    )
+        root = Path(run_dir) / "tensorboard"
+        # a run started before runs were named keeps its events in tensorboard/ itself
+        legacy = any(root.glob("events.out.tfevents.*"))
+        name = "." if legacy else _directory_name(run_name)
+        logger = TensorboardLogger(exp_name=name, log_dir=str(root))
+    elif backend == "csv":
+        logger = CSVLogger(exp_name="csv", log_dir=str(run_dir))
+    else:
+        try:
+            from torchrl.record.loggers.wandb import WandbLogger
+        except ImportError as err:  # pragma: no cover - depends on the user's environment
+            raise ImportError(
+                "logger.backend=wandb needs the wandb package: pip install wandb"
+            ) from err
+        kwargs = dict(wandb_kwargs or {})
+        if container is not None:
+            kwargs.setdefault("config", container)
+        return WandbLogger(exp_name=run_name, project=project, save_dir=str(run_dir), **kwargs)
+    if container is not None:
+        _log_config(logger, run_name, container)
+    return logger
+
+
+def _config_container(config) -> dict | None:
+    """``config`` as a plain nested dict with interpolations resolved, or None."""
+    if config is None:
+        return None
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(config):
+        return OmegaConf.to_container(config, resolve=True)
+    return dict(config)
+
+
+def _directory_name(run_name: str) -> str:
+    """``run_name`` as one path component (path separators and odd characters become ``-``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", str(run_name)).strip("-.") or "run"
+
+
+def _log_config(logger, run_name: str, config: dict) -> None:
+    """The text ``config`` (run name and YAML) and, in TensorBoard, the flattened config as
+    hyper-parameters written into the run's own events file (``SummaryWriter.add_hparams`` would
+    start a second run directory)."""
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.to_yaml(OmegaConf.create(config))
+    text = f"run: `{run_name}`\n\n```yaml\n{yaml}```\n"
+    logger.experiment.add_text("config", text, global_step=0)
+    writer = getattr(logger.experiment, "file_writer", None)
+    if writer is None:  # not a TensorBoard SummaryWriter
+        return
+    from torch.utils.tensorboard.summary import hparams
+
+    flat = {}
+
+    def flatten(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                flatten(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix] = value
+        else:  # None, lists
+            flat[prefix] = str(value)
+
+    flatten("", config)
+    metrics = {"eval/return": 0.0, "eval/normalized_score": 0.0}  # names only: the run logs them
+    for summary in hparams(flat, metrics):
+        writer.add_summary(summary)
+    logger.experiment.flush()
 
 
 @dataclass
@@ -124,7 +201,17 @@ class Run:
         )
 
     def make_evaluator(self, policy) -> Evaluator | None:
-        """Deterministic evaluation of ``policy`` in the dataset's env; ``None`` if it has none."""
+        """Evaluation of ``policy`` in the dataset's env; ``None`` if the dataset names no env.
+
+        ``eval.mode`` picks the protocol: ``deterministic`` (the policy's mode/mean action, the
+        default) or ``sample`` (actions sampled from the policy, the Sf-AC authors' protocol).
+        Episode ``i`` of every evaluation is seeded with ``seed + 100 + i`` (env and action noise).
+        ``eval.episodes`` episodes of at most ``eval.max_steps`` steps; ``eval.last_k`` evaluations
+        in the last-k mean; every episode is appended to ``<run dir>/eval_returns.csv``.
+        """
+        # a run started before eval.mode existed has no such key in its config.yaml
+        mode = str(self.cfg.eval.get("mode", "deterministic"))
+        exploration_type_of(mode)  # a bad eval.mode fails here, before the env is built
         if self.info.env_id is None:
             return None
         info = self.info
@@ -138,6 +225,7 @@ class Run:
             num_episodes=int(self.cfg.eval.episodes),
             max_steps=int(self.cfg.eval.max_steps),
             seed=int(self.cfg.seed) + 100,
+            mode=mode,
             score_fn=score,
             last_k=int(self.cfg.eval.last_k),
             csv_path=self.run_dir / "eval_returns.csv",
@@ -468,7 +556,8 @@ def setup_run(cfg) -> Run:
             cfg.logger.backend,
             run_dir,
             project=cfg.logger.project,
-            run_name=f"{cfg.algo}-{Path(str(cfg.dataset)).name}-s{cfg.seed}",
+            run_name=f"{cfg.algo}-{task_name(cfg.dataset)}-s{cfg.seed}",
+            config=cfg,
         )
     except BaseException:
         lock.release()

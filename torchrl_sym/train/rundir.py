@@ -52,6 +52,7 @@ FIXED_ON_RESUME = (
     "data.normalize_observations",
     "data.action_clip",
     "data.generate_transitions",
+    "eval.mode",  # one evaluation protocol per run: its last-k and best mix no modes
 )
 # Leaf names that size a network anywhere in the config (``sfac.hidden``, ``bdpo.ensemble_size``).
 _ARCHITECTURE_LEAF = re.compile(

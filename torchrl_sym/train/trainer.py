@@ -54,11 +54,16 @@ Use :mod:`torchrl_sym.train.loop` for
   counters, but not the global RNG states;
 * a ``torch.compile``'d (CUDA-graphed) update step.
 
-Checkpoints here use :class:`torchrl.checkpoint.Checkpoint` (a directory, published atomically);
-the replay buffer is saved through its ``state_dict`` (sampler position and generator), never its
-data. Resume with :meth:`~torchrl.trainers.Trainer.load_from_file` on a trainer built the same way
-(with ``total_steps`` at least the saved step): it continues from the saved step, and for a loss
-that draws no random numbers (IQL, for one) reproduces the uninterrupted run exactly.
+Checkpoints here use :class:`torchrl.checkpoint.Checkpoint` (a directory, published atomically).
+Of the replay buffer they keep where sampling is, never the data (:class:`SamplingState`): the
+sampler's position and the buffer's generator, so a checkpoint's size does not depend on the
+dataset's, except for a without-replacement sampler's list of the indices left in the current
+epoch (8 bytes per transition, against ``4 (2 d_obs + d_act + 1)`` bytes or more of data). That
+holds for any TorchRL replay buffer (a ``TensorDictReplayBuffer`` over a ``LazyTensorStorage``
+filled by the user, say), not only for :func:`~torchrl_sym.data.make_offline_replay_buffer`'s.
+Resume with :meth:`~torchrl.trainers.Trainer.load_from_file` on a trainer built the same way, over
+the same data (with ``total_steps`` at least the saved step): it continues from the saved step, and
+for a loss that draws no random numbers (IQL, for one) reproduces the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ from torchrl.trainers import (
     Trainer,
 )
 
-__all__ = ["OfflineTicker", "make_offline_trainer"]
+__all__ = ["OfflineTicker", "SamplingState", "make_offline_trainer"]
 
 _FRAMES_PER_STEP = 1
 
@@ -176,6 +181,85 @@ class OfflineTicker:
         )
 
 
+class SamplingState:
+    """What a checkpoint keeps of a replay buffer: where sampling is, never the data.
+
+    ``state_dict()`` is ``buffer.state_dict()`` without the entry ``"_storage"`` (in a TorchRL
+    ``ReplayBuffer``'s state it holds every stored transition), plus ``"_num_transitions"`` =
+    ``len(buffer)``; what remains is the sampler's state (position, the indices left in the epoch
+    of a without-replacement sampler), the writer's cursor, the transforms' state, the batch size
+    and the buffer's generator. A state without ``"_storage"`` (that of an
+    :class:`~torchrl_sym.data.OfflineReplayBuffer`, which holds no data) is kept as it is, and
+    ``{}`` stands for a buffer without ``state_dict``.
+
+    ``load_state_dict(state)`` checks that the buffer holds as many transitions as the saved one
+    (the sampler's indices refer to them), then loads ``state`` with the buffer's current storage
+    in place of the dropped one, so the data stay as they are.
+
+    Args:
+        buffer: the replay buffer the trainer samples from.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> rb = TensorDictReplayBuffer(storage=LazyTensorStorage(1000), batch_size=8)
+        >>> _ = rb.extend(TensorDict({"x": torch.randn(1000, 3)}, [1000]))
+        >>> state = SamplingState(rb).state_dict()
+        >>> "_storage" in rb.state_dict(), "_storage" in state, state["_num_transitions"]
+        (True, False, 1000)
+    """
+
+    _STORAGE_KEY = "_storage"
+    _LENGTH_KEY = "_num_transitions"
+
+    def __init__(self, buffer) -> None:
+        self.buffer = buffer
+
+    def state_dict(self) -> dict[str, Any]:
+        state_dict = getattr(self.buffer, "state_dict", None)
+        if not callable(state_dict):
+            return {}
+        state = state_dict()
+        if not isinstance(state, dict) or self._STORAGE_KEY not in state:
+            return state
+        state = {k: v for k, v in state.items() if k != self._STORAGE_KEY}
+        state[self._LENGTH_KEY] = len(self.buffer)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self._LENGTH_KEY not in state_dict:
+            self.buffer.load_state_dict(state_dict)
+            return
+        saved = int(state_dict[self._LENGTH_KEY])
+        if saved != len(self.buffer):
+            raise ValueError(
+                f"The checkpoint's replay-buffer state was saved over {saved} transitions, but "
+                f"this buffer holds {len(self.buffer)}; resume with the data the run was "
+                "started with (checkpoints keep the sampler's position, not the data)."
+            )
+        state = {k: v for k, v in state_dict.items() if k != self._LENGTH_KEY}
+        state[self._STORAGE_KEY] = self.buffer._storage.state_dict()
+        self.buffer.load_state_dict(state)
+
+
+class _OfflineSampler(ReplayBufferTrainer):
+    """``ReplayBufferTrainer`` for sampling only, whose state is the :class:`SamplingState` of its
+    buffer (TorchRL's would be the whole buffer, data included)."""
+
+    def __init__(self, replay_buffer) -> None:
+        super().__init__(replay_buffer)
+        self.sampling_state = SamplingState(replay_buffer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"replay_buffer": self.sampling_state.state_dict()}
+
+    def load_state_dict(self, state_dict) -> None:
+        self.sampling_state.load_state_dict(state_dict["replay_buffer"])
+
+
 class _OfflineOptimizationStepper(DefaultOptimizationStepper):
     """TorchRL's default stepper, with gradients cleared before the backward pass and detached
     outputs (the Trainer averages and logs what a stepper returns)."""
@@ -223,8 +307,9 @@ def make_offline_trainer(
         optimizer: one optimizer over the parameters to train (use parameter groups for
             per-network learning rates).
         replay_buffer: where batches come from, e.g. from
-            :func:`~torchrl_sym.data.make_offline_replay_buffer`; only ``sample()`` is called,
-            nothing is written to it.
+            :func:`~torchrl_sym.data.make_offline_replay_buffer` or a TorchRL replay buffer the
+            user filled; ``sample()`` is called, nothing is written to it, and checkpoints keep
+            its sampling state without the data (:class:`SamplingState`).
         total_steps: number of gradient steps (and Trainer iterations), >= 1.
         target_updater: stepped after every optimizer step; must have been built on
             ``loss_module``. ``None`` leaves target parameters (if any) frozen.
@@ -346,10 +431,13 @@ def make_offline_trainer(
         loss_module._default_value_estimator()
 
     # Always set, so that load_from_file works on a trainer that does not save. A TorchRL replay
-    # buffer has dump/load, which a Checkpoint prefers: that would copy the whole dataset into
-    # every checkpoint. Its state_dict is the sampler position and generator only.
+    # buffer has dump/load, which a Checkpoint prefers, and its state_dict holds the storage:
+    # either would copy the whole dataset into every checkpoint. SamplingState drops the data.
+    sampler_hook = _OfflineSampler(replay_buffer)
     checkpoint = Checkpoint()
-    checkpoint.register("replay_buffer", replay_buffer, adapter=StateDictCheckpointAdapter())
+    checkpoint.register(
+        "replay_buffer", sampler_hook.sampling_state, adapter=StateDictCheckpointAdapter()
+    )
 
     ticker = OfflineTicker(total_steps, frames_per_batch=_FRAMES_PER_STEP)
     trainer = Trainer(
@@ -375,7 +463,6 @@ def make_offline_trainer(
     )
     # Sampling only: registering the hook's `register` would also put `extend` on batch_process
     # and write the ticker's empty batches into the (immutable) offline buffer.
-    sampler_hook = ReplayBufferTrainer(replay_buffer)
     trainer.register_op("process_optim_batch", sampler_hook.sample)
     trainer.register_module("replay_buffer", sampler_hook)
     if target_updater is not None:

@@ -187,26 +187,30 @@ def _policy_table(version: int) -> list[str]:
     return lines
 
 
-def _v1_checks() -> list[str]:
+def _v1_checks(registry: dict[str, dict]) -> list[str]:
     lines = [
-        "| env | expert return (target) | medium sampled / expert (target 0.25-0.45) | medium-replay transitions (target >= 100k) |",
-        "|---|---|---|---|",
+        "| env | expert return (target) | medium sampled / expert (target 0.25-0.45) | `medium-v1` dataset mean / expert | medium-replay transitions (target >= 100k) |",
+        "|---|---|---|---|---|",
     ]
     from torchrl_sym.data.policies import load_medium_replay
 
     for family in ENV_FAMILIES:
         cards = _cards(family, 1)
         if cards is None:
-            lines.append(f"| {family} | not trained yet ({V1_EXPERT_TARGETS[family]:,.0f}) | | |")
+            lines.append(f"| {family} | not trained yet ({V1_EXPERT_TARGETS[family]:,.0f}) | | | |")
             continue
         expert = cards["expert"]["return_mean"]
         share = cards["medium"]["sampled_return_mean"] / expert
         replay = sum(len(e["actions"]) for e in load_medium_replay(family, 1))
+        data = registry.get(dataset_id_for(family, "medium", 1))
+        data_share = (
+            f"{data['return_mean'] / expert:.2f}" if data is not None else "not generated yet"
+        )
         lines.append(
             f"| {family} | {expert:,.0f} ({V1_EXPERT_TARGETS[family]:,.0f}: "
             f"{'met' if expert >= V1_EXPERT_TARGETS[family] else 'NOT met'}) | {share:.2f} ("
             f"{'met' if V1_MEDIUM_SHARE[0] <= share <= V1_MEDIUM_SHARE[1] else 'NOT met'}) | "
-            f"{replay:,} ({'met' if replay >= MIN_MEDIUM_REPLAY else 'NOT met'}) |"
+            f"{data_share} | {replay:,} ({'met' if replay >= MIN_MEDIUM_REPLAY else 'NOT met'}) |"
         )
     return lines
 
@@ -294,7 +298,7 @@ def render(registry: dict[str, dict], runs: dict[str, list[dict]] | None = None)
         "Targets of v1 (the expert's deterministic return about 75% of D4RL's; tested by",
         "`tests/test_policy_cards.py`):",
         "",
-        *_v1_checks(),
+        *_v1_checks(registry),
         "",
         "### Why CrossQ",
         "",

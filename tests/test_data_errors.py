@@ -31,7 +31,9 @@ def template_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("minari_template")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINARI_DATASETS_PATH", str(root))
-        gen.generate_dataset("hopper", "random", num_transitions=200, seed=3, progress=False)
+        gen.generate_dataset(
+            "hopper", "random", num_transitions=200, seed=3, progress=False, version=0
+        )
         episodes = gen.rollout_episodes("Hopper-v5", None, 150, seed=0, progress=False)
         gen.write_minari_dataset(THEIRS, episodes, env_id="Hopper-v5")
     return root
@@ -134,8 +136,9 @@ def test_the_named_command_rebuilds_a_broken_dataset(minari_root, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gen, "rollout_episodes", lambda *a, **k: pytest.fail("rolled out first"))
         with pytest.raises(FileExistsError, match="overwrite"):
-            gen.generate_dataset("hopper", "random", num_transitions=200, seed=3)
-    assert gen.main(["hopper", "random", "--transitions", "200", "--seed", "3", "--overwrite"]) == 0
+            gen.generate_dataset("hopper", "random", num_transitions=200, seed=3, version=0)
+    command = ["hopper", "random", "--transitions", "200", "--seed", "3", "--version", "0"]
+    assert gen.main([*command, "--overwrite"]) == 0
     _, info = _load(OURS, tmp_path)
     assert info.num_transitions == 200
 

@@ -79,7 +79,8 @@ def test_random_dataset_via_cli_with_provenance(capsys):
         == 0
     )
     dataset_id = capsys.readouterr().out.strip()
-    assert dataset_id == "torchrl_sym/hopper/random-v0"
+    # without --version: the family's newest shipped policy set (its reference scores)
+    assert dataset_id == f"torchrl_sym/hopper/random-v{gen.latest_version('hopper')}"
     ds = minari.load_dataset(dataset_id)
     assert ds.total_steps == 300 and ds.env_spec.id == "Hopper-v5"
     prov = gen.read_provenance(dataset_id)
@@ -88,6 +89,10 @@ def test_random_dataset_via_cli_with_provenance(capsys):
     )
     assert prov["sha256"] == sha and sha in ds.storage.metadata["description"]
     assert prov["seed"] == 1 and prov["transitions"] == 300 and "torch" in prov["versions"]
+    # --version 0 still builds the first release's id, never reusing the other version's data
+    assert gen.main(["hopper", "random", "--transitions", "300", "--seed", "1", "--num-envs", "4",
+                     "--version", "0"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() == "torchrl_sym/hopper/random-v0"
     _, info = load_offline_dataset(dataset_id)
     assert info.num_transitions == 300 and info.env_id == "Hopper-v5"
     # a second call refuses to overwrite unless asked

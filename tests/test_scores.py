@@ -254,21 +254,32 @@ def test_local_minari_dataset_without_refs_falls_back_to_family() -> None:
 # ------------------------------------------------- ids whose datasets define their own references
 
 
-def _card_mean(family: str, kind: str) -> float:
+def _card_mean(family: str, kind: str, version: int = 0) -> float:
     from torchrl_sym.data.policies import load_card
 
-    return float(load_card(family, kind)["return_mean"])
+    return float(load_card(family, kind, version)["return_mean"])
 
 
-@pytest.mark.parametrize("family", ["hopper", "halfcheetah", "walker2d"])
+def _shipped_versions() -> list[tuple[str, int]]:
+    from torchrl_sym.data.policies import CARD_SETS, available_policies
+
+    return [
+        (family, version)
+        for version in CARD_SETS
+        for family in ("hopper", "halfcheetah", "walker2d")
+        if (family, "expert") in available_policies(version)
+    ]
+
+
+@pytest.mark.parametrize(("family", "version"), _shipped_versions())
 @pytest.mark.parametrize("kind", ["random", "medium", "medium-replay", "expert", "medium-expert"])
-def test_generated_ids_use_the_shipped_cards(family: str, kind: str) -> None:
+def test_generated_ids_use_the_shipped_cards(family: str, version: int, kind: str) -> None:
     from torchrl_sym.data import generate
 
-    dataset_id = f"torchrl_sym/{family}/{kind}-v0"
-    want = (_card_mean(family, "random"), _card_mean(family, "expert"))
-    # not on disk (the Minari root is empty): the v0 cards, exactly what generate records
-    assert reference_scores(dataset_id) == want == generate._reference_returns(family)
+    dataset_id = f"torchrl_sym/{family}/{kind}-v{version}"
+    want = (_card_mean(family, "random", version), _card_mean(family, "expert", version))
+    # not on disk (the Minari root is empty): the version's cards, exactly what generate records
+    assert reference_scores(dataset_id) == want == generate._reference_returns(family, version)
     assert want != D4RL_REF_SCORES[family]
     assert normalized_score(dataset_id, want[1]) == pytest.approx(100.0, abs=1e-12)
     assert normalized_score(dataset_id, want[0]) == pytest.approx(0.0, abs=1e-12)
@@ -295,22 +306,22 @@ def test_a_version_maps_to_its_card_set(tmp_path: Path, monkeypatch: pytest.Monk
     from torchrl_sym.data import policies
 
     with pytest.raises(ReferenceScoresError) as err:
-        reference_scores("torchrl_sym/hopper/medium-v1")
+        reference_scores("torchrl_sym/hopper/medium-v7")
     msg = str(err.value)
-    assert "'torchrl_sym/hopper/medium-v1'" in msg and "v1" in msg and "ref_min_score" in msg
-    # a card set for v1 (its own files) serves v1 ids; v0 keeps its cards
+    assert "'torchrl_sym/hopper/medium-v7'" in msg and "v7" in msg and "ref_min_score" in msg
+    # a card set for v7 (its own files) serves v7 ids; v0 keeps its cards
     for kind, mean in (("random", 5.0), ("expert", 105.0)):
-        (tmp_path / f"hopper_{kind}_v1.json").write_text(json.dumps({"return_mean": mean}))
+        (tmp_path / f"hopper_{kind}_v7.json").write_text(json.dumps({"return_mean": mean}))
     monkeypatch.setitem(
         policies.CARD_SETS,
-        1,
-        {k: str(tmp_path / f"{{family}}_{k}_v1.json") for k in ("random", "expert")},
+        7,
+        {k: str(tmp_path / f"{{family}}_{k}_v7.json") for k in ("random", "expert")},
     )
-    assert reference_scores("torchrl_sym/hopper/medium-v1") == (5.0, 105.0)
-    assert normalized_score("torchrl_sym/hopper/expert-v1", 55.0) == 50.0
+    assert reference_scores("torchrl_sym/hopper/medium-v7") == (5.0, 105.0)
+    assert normalized_score("torchrl_sym/hopper/expert-v7", 55.0) == 50.0
     assert reference_scores("torchrl_sym/hopper/medium-v0")[1] == _card_mean("hopper", "expert")
     with pytest.raises(ReferenceScoresError, match="walker2d"):
-        reference_scores("torchrl_sym/walker2d/medium-v1")  # no walker2d card in that set
+        reference_scores("torchrl_sym/walker2d/medium-v7")  # no walker2d card in that set
 
 
 @pytest.mark.parametrize("name", ["torchrl_sym/ant/medium-v0", "torchrl_sym/hopper/medim-v0"])

@@ -1,20 +1,22 @@
 """D4RL-style MuJoCo datasets, generated locally into Minari from the shipped behavior policies.
 
-    python -m torchrl_sym.data.generate hopper medium               # torchrl_sym/hopper/medium-v0
+    python -m torchrl_sym.data.generate hopper medium               # torchrl_sym/hopper/medium-v1
+    python -m torchrl_sym.data.generate hopper medium --version 0   # torchrl_sym/hopper/medium-v0
     python -m torchrl_sym.data.generate hopper random --transitions 100000 --seed 0
     python -m torchrl_sym.data.generate --all                       # every env x every kind
 
 Kinds, as D4RL built them:
 
 * ``random``: uniform random actions;
-* ``medium``: the shipped medium policy (about one third of the expert's return), stochastic;
-* ``expert``: the shipped expert policy (SAC trained as far as our budget allowed), stochastic;
-* ``medium-replay``: the SAC replay buffer up to the medium snapshot (its size is fixed by
-  training; ``--transitions`` does not apply);
+* ``medium``: the shipped medium policy (its sampled rollouts average about one third of the
+  expert's return), stochastic;
+* ``expert``: the shipped expert policy (v1: CrossQ; v0: SAC on a CPU budget), stochastic;
+* ``medium-replay``: the medium learner's replay buffer up to the medium snapshot (its size is
+  fixed by training; ``--transitions`` does not apply);
 * ``medium-expert``: the medium dataset followed by the expert dataset (each ``--transitions``
   long, same seed; read from disk when both exist with that size and seed).
 
-Each dataset is the local Minari dataset ``torchrl_sym/<family>/<kind>-v0`` (under
+Each dataset is the local Minari dataset ``torchrl_sym/<family>/<kind>-v<N>`` (under
 ``MINARI_DATASETS_PATH`` or ``~/.minari/datasets``), with ``ref_min_score`` = the random policy's
 mean return and ``ref_max_score`` = the expert's mean return from the policy cards, so
 :func:`torchrl_sym.data.normalized_score` means what it means in D4RL. Its provenance (policy card,

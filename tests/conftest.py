@@ -31,3 +31,19 @@ def hopper_minari_id():
         dataset_id, episodes, env_id="Hopper-v5", ref_min_score=-20.0, ref_max_score=3000.0
     )
     return dataset_id
+
+
+RECIPE_DATASET = "test/hopper/recipe-v0"
+
+
+@pytest.fixture(scope="session")
+def recipe_dataset():
+    """A small local Minari dataset (2,000 random-policy Hopper-v5 transitions) for recipe runs."""
+    import minari
+
+    from torchrl_sym.data.generate import rollout_episodes, write_minari_dataset
+
+    if RECIPE_DATASET not in minari.list_local_datasets():
+        episodes = rollout_episodes("Hopper-v5", None, 2000, seed=0, progress=False)
+        write_minari_dataset(RECIPE_DATASET, episodes, env_id="Hopper-v5")
+    return RECIPE_DATASET

@@ -27,19 +27,6 @@ from torchrl_sym.train.rundir import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASET = "test/hopper/recipe-v0"
-
-
-@pytest.fixture(scope="module")
-def recipe_dataset():
-    import minari
-
-    from torchrl_sym.data.generate import rollout_episodes, write_minari_dataset
-
-    if DATASET not in minari.list_local_datasets():
-        episodes = rollout_episodes("Hopper-v5", None, 2000, seed=0, progress=False)
-        write_minari_dataset(DATASET, episodes, env_id="Hopper-v5")
-    return DATASET
 
 
 def _recipe(recipe, *overrides, cwd=None, check=True):

@@ -20,7 +20,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-DATASET = "test/hopper/recipe-v0"
 TASKS = [
     f"{env}-{kind}"
     for env in ("halfcheetah", "hopper", "walker2d")
@@ -28,18 +27,6 @@ TASKS = [
 ]
 
 pytestmark = pytest.mark.filterwarnings("ignore:No target network updater:UserWarning")
-
-
-@pytest.fixture(scope="module")
-def recipe_dataset():
-    import minari
-
-    from torchrl_sym.data.generate import rollout_episodes, write_minari_dataset
-
-    if DATASET not in minari.list_local_datasets():
-        episodes = rollout_episodes("Hopper-v5", None, 2000, seed=0, progress=False)
-        write_minari_dataset(DATASET, episodes, env_id="Hopper-v5")
-    return DATASET
 
 
 def _run(*overrides, timeout=300):

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrl_sym.published import NOT_PUBLISHED, PUBLISHED, published_for
+from torchrl_sym.tasks import task_name
 
 __all__ = [
     "Aggregate",
@@ -359,19 +360,6 @@ def _resume_remarks(run: Run) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- tasks
-
-
-def task_name(dataset: str) -> str:
-    """``<family>-<kind>`` of a dataset id or path, as ``torchrl_sym.train.recipe.task_name``:
-    ``torchrl_sym/hopper/medium-v1``, ``mujoco/hopper/medium-v0`` and
-    ``/data/hopper-medium-v2.hdf5`` all give ``hopper-medium`` (the published row's name)."""
-    name = str(dataset)
-    if name.endswith((".hdf5", ".h5")):
-        stem = Path(name).stem
-    else:
-        parts = name.split("/")
-        stem = "-".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
-    return re.sub(r"-v\d+$", "", stem)
 
 
 def _data_source(dataset: str) -> str:

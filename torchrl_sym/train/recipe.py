@@ -33,6 +33,7 @@ from torchrl_sym.data import (
     make_offline_replay_buffer,
     normalized_score,
 )
+from torchrl_sym.tasks import task_name
 from torchrl_sym.train.evaluate import Evaluator, exploration_type_of
 from torchrl_sym.train.loop import OfflineLoop, Stage
 
@@ -330,21 +331,6 @@ def _run_dir(cfg) -> Path:
         )
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-def task_name(dataset: str) -> str:
-    """``<family>-<kind>`` for a dataset id or path: ``torchrl_sym/hopper/medium-replay-v0``,
-    ``mujoco/hopper/medium-replay-v0`` and ``/data/hopper-medium-replay-v2.hdf5`` all give
-    ``hopper-medium-replay``; ``toy2d/moons`` gives ``toy2d-moons``."""
-    import re
-
-    name = str(dataset)
-    if name.endswith((".hdf5", ".h5")):
-        stem = Path(name).stem
-    else:
-        parts = name.split("/")
-        stem = "-".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
-    return re.sub(r"-v\d+$", "", stem)
 
 
 def _config_dir() -> Path | None:

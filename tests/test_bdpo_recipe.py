@@ -256,10 +256,13 @@ def test_task_files_hold_the_published_settings(env, kind):
 
     from torchrl_sym.train import recipe
 
+    from torchrl_sym.data.generate import dataset_id_for
+
+    dataset = dataset_id_for(env, kind)  # the family's newest dataset version, as the task files
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        base = compose("bdpo", overrides=[f"dataset=torchrl_sym/{env}/{kind}-v0"])
+        base = compose("bdpo", overrides=[f"dataset={dataset}"])
     cfg = recipe.apply_task(base, CONFIGS)
     rho, eta = PUBLISHED[env]
     assert (cfg.bdpo.rho, cfg.bdpo.eta) == (rho, eta)
     assert cfg.bdpo.ensemble_size == (20 if (env, kind) == ("hopper", "medium") else 10)
-    assert cfg.dataset == f"torchrl_sym/{env}/{kind}-v0"
+    assert cfg.dataset == dataset

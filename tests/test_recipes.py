@@ -220,7 +220,7 @@ def test_experiment_and_profile_presets_compose():
         smoke_paper = compose("iql", overrides=["experiment=paper", "profile=smoke"])
         assert smoke_paper.train.max_steps_per_stage == 50 and smoke_paper.eval.episodes == 1
         default = compose("iql")
-        assert default.train.steps == 10_000 and default.dataset == "torchrl_sym/hopper/medium-v0"
+        assert default.train.steps == 10_000 and default.dataset == "torchrl_sym/hopper/medium-v1"
         assert default.data.generate_transitions == 1_000_000
         assert (
             default.iql.expectile == 0.7

@@ -213,7 +213,7 @@ def test_paper_preset_and_default_budgets():
             "policy": 3000,
             "behavior_batch_size": 256,
         }
-        assert default.dataset == "torchrl_sym/hopper/medium-v0"
+        assert default.dataset == "torchrl_sym/hopper/medium-v1"
         hp = default.srpo
         assert (hp.weight, hp.t_min, hp.t_max, hp.eps_baseline, hp.q_reduce) == (
             "vds",

@@ -254,9 +254,8 @@ def test_paper_budget_and_default_budget_compose():
 def test_task_files_hold_the_published_settings(env, kind):
     from hydra import compose, initialize_config_dir
 
-    from torchrl_sym.train import recipe
-
     from torchrl_sym.data.generate import dataset_id_for
+    from torchrl_sym.train import recipe
 
     dataset = dataset_id_for(env, kind)  # the family's newest dataset version, as the task files
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

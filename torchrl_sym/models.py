@@ -146,7 +146,12 @@ def make_tanh_gaussian_actor(
 
 
 def make_deterministic_actor(
-    obs_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256)
+    obs_dim: int,
+    action_dim: int,
+    hidden: Sequence[int] = (256, 256),
+    *,
+    in_keys: Sequence = ("observation",),
+    out_keys: Sequence = ("action",),
 ) -> Actor:
     """TD3's (and TD3+BC's) policy ``a = π_θ(s) = tanh(MLP_θ(s))`` in ``[-1, 1]^A``: ReLU hidden
     layers (``hidden``, 2×256 in the papers), PyTorch's default ``Linear`` init, as a TorchRL
@@ -166,7 +171,7 @@ def make_deterministic_actor(
         ),
         nn.Tanh(),
     )
-    return Actor(net, in_keys=["observation"], out_keys=["action"])
+    return Actor(net, in_keys=list(in_keys), out_keys=list(out_keys))
 
 
 def make_qvalue(

@@ -13,7 +13,7 @@ from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
-from torchrl.modules import MLP, Actor
+from torchrl.modules import Actor
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _reduce, _vmap_func
 
@@ -56,16 +56,11 @@ def make_srpo_actor(
         >>> actor(observation=torch.randn(5, 11)).shape
         torch.Size([5, 3])
     """
-    net = nn.Sequential(
-        MLP(
-            in_features=observation_dim,
-            out_features=action_dim,
-            num_cells=list(hidden),
-            activation_class=nn.ReLU,
-        ),
-        nn.Tanh(),
+    from torchrl_sym.models import make_deterministic_actor
+
+    return make_deterministic_actor(
+        observation_dim, action_dim, hidden, in_keys=in_keys, out_keys=out_keys
     )
-    return Actor(net, in_keys=list(in_keys), out_keys=list(out_keys))
 
 
 def _stacked_params(modules: Sequence[nn.Module]) -> TensorDictBase:

@@ -90,8 +90,8 @@ def _evaluate(
     from torchrl_sym.envs import make_env
     from torchrl_sym.train.evaluate import evaluate_policy
 
+    # sampled episodes are seeded by evaluate_policy itself (torch seeded with seed + i)
     kwargs = {"exploration_type": ExplorationType.RANDOM} if sampled else {}
-    torch.manual_seed(seed)
     returns = evaluate_policy(
         make_env(env_id, seed=seed), actor, num_episodes=episodes, seed=seed, **kwargs
     )

@@ -218,13 +218,93 @@ def test_evaluate_policy_rejects_bad_counts(kwargs, match: str) -> None:
         evaluate_policy(GymEnv("Pendulum-v1"), constant_policy(), **kwargs)
 
 
-def test_evaluate_policy_rejects_batched_env() -> None:
-    env = SerialEnv(2, lambda: GymEnv("Pendulum-v1"))
+def test_evaluate_policy_rejects_a_two_dimensional_batch() -> None:
+    env = SerialEnv(2, lambda: SerialEnv(2, lambda: GymEnv("Pendulum-v1")))
     try:
-        with pytest.raises(ValueError, match="unbatched"):
+        with pytest.raises(ValueError, match=r"batch size \[N\]"):
             evaluate_policy(env, constant_policy(), num_episodes=1, max_steps=3)
     finally:
         env.close(raise_if_closed=False)
+
+
+# vectorized evaluation ---------------------------------------------------------------------
+
+
+def hopper_mlp_policy(seed: int = 0) -> TensorDictModule:
+    """A small random tanh-MLP: hopper episodes end (fall) after different numbers of steps."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(11, 64), nn.ReLU(), nn.Linear(64, 3), nn.Tanh())
+    with torch.no_grad():
+        for param in net.parameters():
+            param.mul_(0.3)
+    return TensorDictModule(net, in_keys=["observation"], out_keys=["action"])
+
+
+def test_vectorized_returns_equal_sequential_episodes_under_the_same_seeds() -> None:
+    policy = hopper_mlp_policy()
+    sequential = evaluate_policy(make_env("hopper"), policy, num_episodes=7, max_steps=300, seed=5)
+    calls = []
+    policy.register_forward_hook(lambda module, args, out: calls.append(args[0].batch_size))
+    # 7 episodes in 3 sub-envs: chunks of 3, 3 and a last one that keeps 1 of 3
+    vectorized = evaluate_policy(
+        make_env("hopper", num_envs=3), policy, num_episodes=7, max_steps=300, seed=5
+    )
+    assert vectorized.dtype == torch.float64 and vectorized.shape == (7,)
+    torch.testing.assert_close(
+        vectorized, sequential, rtol=1e-4, atol=1e-3
+    )  # batched matmul rounding
+    assert len(set(sequential.tolist())) == 7  # the episodes differ: the seeds reached the sub-envs
+    assert set(calls) == {torch.Size([3])}  # one policy call per step for all sub-envs
+    # every episode ended (fell) before the step limit: the batched loop stopped at the last one
+    assert len(calls) < 3 * 300
+
+
+def test_vectorized_return_counts_rewards_up_to_each_sub_envs_first_done() -> None:
+    policy = hopper_mlp_policy(seed=1)
+    lengths, expected = [], []
+    for i in range(4):
+        rollout = make_env("hopper", seed=20 + i).rollout(1000, policy, break_when_any_done=True)
+        lengths.append(rollout.shape[0])
+        expected.append(rollout.get(("next", "reward")).double().sum().item())
+    assert len(set(lengths)) > 1  # episodes of different lengths: later steps must be masked
+    vectorized = evaluate_policy(
+        make_env("hopper", num_envs=4), policy, num_episodes=4, max_steps=1000, seed=20
+    )
+    assert vectorized.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_vectorized_sample_mode_is_reproducible_and_leaves_the_rng_alone() -> None:
+    env, policy = make_env("Pendulum-v1", num_envs=3), stochastic_policy()
+    run = dict(num_episodes=3, max_steps=40, seed=3)
+    deterministic = evaluate_policy(env, policy, **run)
+    torque = 2 * math.tanh(0.2)
+    assert deterministic.tolist() == pytest.approx(
+        [gymnasium_return(3 + i, 40, torque) for i in range(3)], abs=1e-3
+    )
+    torch.manual_seed(11)
+    before = rng_state()
+    sampled = evaluate_policy(env, policy, exploration_type=ExplorationType.RANDOM, **run)
+    assert torch.equal(rng_state()["torch"], before["torch"])
+    assert (sampled - deterministic).abs().min() > 1e-3
+    _ = torch.rand(10)
+    again = evaluate_policy(env, policy, exploration_type=ExplorationType.RANDOM, **run)
+    assert torch.equal(again, sampled)
+
+
+def test_vectorized_env_normalizes_observations_like_the_unbatched_one() -> None:
+    loc, scale = torch.arange(11.0) / 10, torch.full((11,), 2.0)
+    single = make_env("hopper", seed=4, observation_norm=(loc, scale)).reset()
+    batched = make_env("hopper", num_envs=2, observation_norm=(loc, scale))
+    batched.set_seed(4)
+    observation = batched.reset()["observation"]
+    assert observation.shape == (2, 11) and observation.dtype == torch.float32
+    torch.testing.assert_close(observation[0], single["observation"])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])
+def test_make_env_rejects_a_bad_num_envs(bad) -> None:
+    with pytest.raises(ValueError, match="num_envs must be a positive integer"):
+        make_env("hopper", num_envs=bad)
 
 
 # Evaluator arithmetic ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from torchrl.envs import (
     Compose,
     DoubleToFloat,
     GymEnv,
+    GymWrapper,
     ObservationNorm,
     RewardSum,
     StepCounter,
@@ -101,10 +102,17 @@ def make_env(
     device: torch.device | str = "cpu",
     observation_norm: tuple[Tensor, Tensor] | None = None,
     max_episode_steps: int | None = None,
+    num_envs: int | None = None,
 ) -> TransformedEnv:
     """Builds the TorchRL env for ``env_id`` (any spelling :func:`resolve_env_id` accepts).
 
-    The env is ``GymEnv(resolve_env_id(env_id), device=device)`` with, in order:
+    The env is ``GymEnv(resolve_env_id(env_id), device=device)`` or, with ``num_envs=N``, one
+    vectorized env of batch size ``[N]``: ``GymWrapper`` around Gymnasium's
+    ``make_vec(..., vectorization_mode="sync")`` with ``AutoresetMode.SAME_STEP`` (a sub-env that
+    ends is reset inside the step that ended it; :func:`torchrl_sym.train.evaluate.evaluate_policy`
+    counts each sub-env's rewards up to its first done). Seeding a vectorized env with ``s``
+    seeds sub-env ``i`` with ``s + i``, so sub-env ``i`` starts exactly as an unbatched env seeded
+    with ``s + i`` does. Either env gets, in order:
 
     - ``DoubleToFloat()``: MuJoCo's float64 observations (data and spec) become float32;
     - ``ObservationNorm(loc, scale, standard_normal=True)`` if ``observation_norm=(loc, scale)``:
@@ -124,6 +132,8 @@ def make_env(
         observation_norm: ``(loc, scale)`` for observation standardization, usually the
             dataset's per-dimension mean and std; ``scale`` must be positive.
         max_episode_steps: optional step limit per episode (>= 1).
+        num_envs: None for one unbatched env; ``N >= 1`` for ``N`` sub-envs stepped together
+            in this process (one policy call per step for all of them).
 
     Returns:
         The :class:`~torchrl.envs.TransformedEnv`.
@@ -142,8 +152,21 @@ def make_env(
         raise ValueError(
             f"max_episode_steps must be a positive integer or None, got {max_episode_steps!r}"
         )
+    if num_envs is not None and (
+        isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1
+    ):
+        raise ValueError(f"num_envs must be a positive integer or None, got {num_envs!r}")
     resolved = resolve_env_id(env_id)
-    base_env = GymEnv(resolved, device=device)
+    if num_envs is None:
+        base_env = GymEnv(resolved, device=device)
+    else:
+        vector_env = gymnasium.make_vec(
+            resolved,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP},
+        )
+        base_env = GymWrapper(vector_env, device=device)
     transforms = [DoubleToFloat()]
     if observation_norm is not None:
         loc, scale = _check_observation_norm(
@@ -155,7 +178,13 @@ def make_env(
     transforms.append(RewardSum())
     if max_episode_steps is not None:
         transforms.append(StepCounter(max_steps=max_episode_steps))
-    env = TransformedEnv(base_env, Compose(*transforms))
+    if isinstance(base_env, TransformedEnv):
+        # GymWrapper wraps a vector env in its own transform (final observations): extend it
+        env = base_env
+        for transform in transforms:
+            env.append_transform(transform)
+    else:
+        env = TransformedEnv(base_env, Compose(*transforms))
     observation_dtype = env.observation_spec["observation"].dtype
     if observation_dtype != torch.float32:
         raise RuntimeError(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 from torchrl_sym.train.checkpoint import rng_state, set_rng_state
 
@@ -87,11 +87,22 @@ def evaluate_policy(
     uninterrupted one). With ``seed=None`` the episodes continue the env's and torch's streams and
     nothing is restored.
 
+    A vectorized env (batch size ``[N]``, e.g. ``make_env(..., num_envs=N)``) runs the episodes
+    ``N`` at a time with one policy call per step for all of them: episodes ``start ..
+    start + N - 1`` are sub-envs ``0 .. N - 1`` after ``env.set_seed(seed + start)`` (which
+    seeds sub-env ``i`` with ``seed + start + i``, the seed episode ``start + i`` gets
+    unbatched) and ``torch.manual_seed(seed + start)``; a sub-env's return counts its rewards up
+    to its first done, and a last chunk with fewer episodes than ``N`` keeps the first ones. A
+    deterministic policy therefore gets the same returns as from the unbatched env (up to
+    float rounding of the batched forward pass; tested); sampled actions come from one stream
+    per chunk instead of one per episode, the same distribution but other values.
+
     A policy that is an ``nn.Module`` is put in eval mode for the episodes and restored to its
     previous mode afterwards.
 
     Args:
-        env: an unbatched TorchRL env (``env.batch_size == ()``).
+        env: an unbatched TorchRL env (``env.batch_size == ()``) or a vectorized one
+            (``[N]``) whose sub-envs may be stepped past their end (Gymnasium's auto-reset).
         policy: reads ``"observation"`` and writes ``"action"``.
         num_episodes: number of episodes (>= 1).
         max_steps: step limit per episode (>= 1).
@@ -117,10 +128,10 @@ def evaluate_policy(
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes!r}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps!r}")
-    if env.batch_size != torch.Size([]):
+    if len(env.batch_size) > 1:
         raise ValueError(
-            f"evaluate_policy runs one episode at a time and needs an unbatched env, got "
-            f"batch_size={tuple(env.batch_size)}; evaluate each sub-env separately."
+            f"evaluate_policy needs an unbatched env or a vectorized env of batch size [N], got "
+            f"batch_size={tuple(env.batch_size)}"
         )
     was_training = getattr(policy, "training", None)
     if was_training is not None:
@@ -129,19 +140,53 @@ def evaluate_policy(
     saved_rng = rng_state() if seed is not None else None
     try:
         with set_exploration_type(exploration_type), torch.no_grad():
-            for episode in range(num_episodes):
-                if seed is not None:
-                    env.set_seed(seed + episode)
-                    # after set_seed, which may draw from torch's generator itself
-                    torch.manual_seed(seed + episode)
-                rollout = env.rollout(max_steps, policy, break_when_any_done=True)
-                reward = rollout.get(("next", "reward"))
-                returns[episode] = reward.to(device="cpu", dtype=torch.float64).sum()
+            if env.batch_size == torch.Size([]):
+                for episode in range(num_episodes):
+                    if seed is not None:
+                        env.set_seed(seed + episode)
+                        # after set_seed, which may draw from torch's generator itself
+                        torch.manual_seed(seed + episode)
+                    rollout = env.rollout(max_steps, policy, break_when_any_done=True)
+                    reward = rollout.get(("next", "reward"))
+                    returns[episode] = reward.to(device="cpu", dtype=torch.float64).sum()
+            else:
+                num_envs = env.batch_size[0]
+                for start in range(0, num_episodes, num_envs):
+                    if seed is not None:
+                        env.set_seed(seed + start)  # sub-env i: seed + start + i
+                        torch.manual_seed(seed + start)
+                    chunk = _batched_returns(env, policy, max_steps)
+                    stop = min(start + num_envs, num_episodes)
+                    returns[start:stop] = chunk[: stop - start]
     finally:
         if saved_rng is not None:
             set_rng_state(saved_rng)
         if was_training is not None:
             policy.train(was_training)
+    return returns
+
+
+def _batched_returns(env: EnvBase, policy: TensorDictModuleBase, max_steps: int) -> Tensor:
+    """One episode in each sub-env of a vectorized env, all stepped together; their returns.
+
+    Each sub-env's rewards are summed (float64) up to and including the step of its first done;
+    what a sub-env does after it (an auto-reset episode, or repeated steps) is not counted. The
+    loop stops when every sub-env is done or after ``max_steps`` steps. The done flags are
+    read on the host once per step, the one sync the early stop needs.
+    """
+    num_envs = env.batch_size[0]
+    alive = torch.ones(num_envs, dtype=torch.bool)
+    returns = torch.zeros(num_envs, dtype=torch.float64)
+    tensordict = env.reset()
+    for _ in range(max_steps):
+        tensordict = env.step(policy(tensordict))
+        reward = tensordict.get(("next", "reward")).to(device="cpu", dtype=torch.float64)
+        done = tensordict.get(("next", "done")).to("cpu")
+        returns += torch.where(alive, reward.reshape(num_envs), 0.0)
+        alive &= ~done.reshape(num_envs)
+        if not alive.any():
+            break
+        tensordict = step_mdp(tensordict)
     return returns
 
 

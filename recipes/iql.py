@@ -1,62 +1,10 @@
-"""IQL (Kostrikov, Nair, Levine, ICLR 2022) on an offline dataset, with TorchRL's IQLLoss.
+"""Runs the iql recipe from a checkout: ``python recipes/iql.py [hydra overrides]``.
 
-    python recipes/iql.py                                  # short real run on the default dataset
-    python recipes/iql.py profile=smoke                    # a few dozen steps: checks an install
-    python recipes/iql.py task=hopper-medium-replay        # a task's dataset and settings
-    python recipes/iql.py experiment=paper dataset=...     # 1M steps, eval every 5k, 10 episodes
-    python recipes/iql.py -m experiment=paper seed=0,1,2,3,4 hydra/launcher=joblib
-
-Per step (TorchRL's IQLLoss, one forward, each network receives only its own gradient)::
-
-    L_V = E |τ − 1(u < 0)| u²,  u = min_i Q̄_i(s, a) − V(s)
-    L_Q = Σ_i E (Q_i(s, a) − r − γ (1 − d) V(s'))²
-    L_π = −E exp(β · (min_i Q̄_i(s, a) − V(s))) ∧ 100 · log π(a|s)
-    Q̄ ← (1 − 0.005) Q̄ + 0.005 Q
-
-One difference from the paper's JAX code: the paper updates V first and then regresses Q on the
-new V; TorchRL's IQLLoss computes all three losses from the same parameters (as TorchRL's own IQL
-recipe does).
+The recipe is ``torchrl_sym/recipes/iql.py`` (its docstring has the commands and the math); an
+installed package runs the same ``main`` as ``torchrl-sym-train iql [overrides]``.
 """
 
-from __future__ import annotations
-
-import hydra
-from torchrl.objectives import IQLLoss
-
-from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
-from torchrl_sym.train.recipe import cosine_schedule, network_optimizers, setup_run, train_one_stage
-
-
-@hydra.main(config_path="../configs", config_name="iql", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
-    hp = run.cfg.iql
-    hidden = list(hp.hidden)
-    actor = make_gaussian_actor(
-        run.obs_dim, run.action_dim, hidden, log_std_bounds=tuple(hp.log_std_bounds)
-    )
-    loss = IQLLoss(
-        actor,
-        make_qvalue(run.obs_dim, run.action_dim, hidden),
-        make_value(run.obs_dim, hidden),
-        num_qvalue_nets=2,
-        expectile=hp.expectile,
-        temperature=hp.temperature,
-        loss_function="l2",
-    ).to(run.device)
-    loss.make_value_estimator(gamma=hp.discount)
-    v_opt, actor_opt, q_opt = network_optimizers(loss, hp.lr, ("value", "actor", "qvalue"))
-    schedulers = [cosine_schedule(actor_opt, run)] if hp.actor_cosine_schedule else []
-    return train_one_stage(
-        run,
-        loss,
-        [v_opt, actor_opt, q_opt],
-        policy=actor,
-        tau=hp.tau,
-        name="iql",
-        schedulers=schedulers,
-    )
-
+from torchrl_sym.recipes.iql import main
 
 if __name__ == "__main__":
     main()

@@ -318,8 +318,8 @@ def test_docstring_example_runs():
 
 
 # ------------------------------------------------------------------------------ the recipe's config
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# rail-berkeley/rlkit examples/awac/mujoco/awac1.py, the source configs/awac.yaml cites: the sweep's
+CONFIGS = Path(__file__).resolve().parents[1] / "torchrl_sym" / "configs"
+# rail-berkeley/rlkit examples/awac/mujoco/awac1.py, the source torchrl_sym/configs/awac.yaml cites: the sweep's
 # trainer_kwargs.beta = 2, reward_scale = 1 (raw rewards), alpha = 0, policy 4x256 with log-std in
 # [-6, 0] and weight decay 1e-4, Q 2x256, lr 3e-4, batch 1024, soft_target_tau 5e-3, discount 0.99
 RLKIT_MUJOCO = {
@@ -339,26 +339,22 @@ RLKIT_MUJOCO = {
 
 
 @pytest.mark.parametrize(
-    "dataset",
+    "task",
     [None]
     + [
-        f"torchrl_sym/{env}/{kind}-v0"
+        f"{env}-{kind}"
         for env in ("halfcheetah", "hopper", "walker2d")
         for kind in ("medium", "medium-replay", "medium-expert")
     ],
 )
-def test_recipe_config_is_rlkits_mujoco_example(dataset):
-    """``configs/awac.yaml`` composed (and with every task file merged) holds rlkit's values."""
+def test_recipe_config_is_rlkits_mujoco_example(task):
+    """``torchrl_sym/configs/awac.yaml`` composed (alone and with every task) holds rlkit's values."""
     from hydra import compose, initialize_config_dir
 
-    from torchrl_sym.train.recipe import apply_task, task_name
-
-    overrides = [] if dataset is None else [f"dataset={dataset}"]
+    overrides = [] if task is None else [f"task={task}"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = apply_task(compose("awac", overrides=overrides), CONFIGS)
-    assert cfg.task == task_name(
-        cfg.dataset
-    )  # the task file was merged (the default: hopper-medium)
+        cfg = compose("awac", overrides=overrides)
+    assert cfg.task == task
     found = {key: _plain(cfg[key[0]][key[1]]) for key in RLKIT_MUJOCO}
     assert found == RLKIT_MUJOCO
     # the knobs of both choices stay overridable

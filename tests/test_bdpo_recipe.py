@@ -16,12 +16,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-# named like a task, so that configs/tasks/bdpo/walker2d-medium.yaml applies (dataset= still wins)
+CONFIGS = ROOT / "torchrl_sym" / "configs"
+# named like a task, so that torchrl_sym/configs/tasks/bdpo/walker2d-medium.yaml applies (dataset= still wins)
 DATASET = "test/walker2d/medium-v0"
-# profile=smoke sizes the model (configs/profile/bdpo/smoke.yaml); these only shorten the evaluation
+# profile=smoke sizes the model (torchrl_sym/configs/profile/bdpo/smoke.yaml); these only shorten the evaluation
 SHORT = ["eval.episodes=1", "eval.max_steps=30", "logger.backend=tensorboard", "checkpoint.keep=10"]
-# configs/profile/bdpo/smoke.yaml
+# torchrl_sym/configs/profile/bdpo/smoke.yaml
 SMOKE_CAPS = {"ensemble_size": 2, "num_samples": 2, "eval_samples": 2, "hidden": 64}
 # Table 4 of the paper: (ρ, η), and E = 20 on hopper-medium only
 PUBLISHED = {"halfcheetah": (0.5, 0.05), "hopper": (2.0, 0.2), "walker2d": (1.0, 0.15)}
@@ -51,10 +51,7 @@ def _run(*overrides, timeout=400):
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("bdpo_recipe", ROOT / "recipes" / "bdpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("torchrl_sym.recipes.bdpo")
 
 
 def _compose(*overrides):
@@ -185,16 +182,23 @@ def test_smoke_profile_composes_a_small_model_for_bdpo_only():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from torchrl_sym.train import recipe
-
     recipe_module = _recipe()
     smoke = _compose("profile=smoke")
     assert dict(smoke.bdpo.size_caps) == SMOKE_CAPS
     assert smoke.train.max_steps_per_stage == 50  # the shared smoke profile still applies
     assert _compose().bdpo.size_caps is None and _compose("experiment=paper").bdpo.size_caps is None
+    cpu = _compose("experiment=cpu")
+    assert dict(cpu.bdpo.size_caps) == {"ensemble_size": 4, "num_samples": 4}
+    assert (cpu.bdpo.behavior_steps, cpu.bdpo.warmup_steps, cpu.train.steps) == (
+        100_000,
+        5000,
+        20_000,
+    )
+    assert cpu.compile is True and cpu.eval.interval == 5000
+    # smoke's caps win over the CPU budget's
+    assert dict(_compose("experiment=cpu", "profile=smoke").bdpo.size_caps) == SMOKE_CAPS
     # the caps are applied after the task file: hopper-medium's 20 members become 2
-    base = _compose("profile=smoke", "dataset=torchrl_sym/hopper/medium-v0")
-    task = recipe.apply_task(base, CONFIGS)
+    task = _compose("profile=smoke", "task=hopper-medium")
     assert task.bdpo.ensemble_size == 20
     hp = recipe_module.capped_sizes(task.bdpo)
     assert (hp.ensemble_size, hp.num_samples, hp.eval_samples, hp.num_steps) == (2, 2, 2, 5)
@@ -255,12 +259,10 @@ def test_task_files_hold_the_published_settings(env, kind):
     from hydra import compose, initialize_config_dir
 
     from torchrl_sym.data.generate import dataset_id_for
-    from torchrl_sym.train import recipe
 
     dataset = dataset_id_for(env, kind)  # the family's newest dataset version, as the task files
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        base = compose("bdpo", overrides=[f"dataset={dataset}"])
-    cfg = recipe.apply_task(base, CONFIGS)
+        cfg = compose("bdpo", overrides=[f"task={env}-{kind}"])
     rho, eta = PUBLISHED[env]
     assert (cfg.bdpo.rho, cfg.bdpo.eta) == (rho, eta)
     assert cfg.bdpo.ensemble_size == (20 if (env, kind) == ("hopper", "medium") else 10)

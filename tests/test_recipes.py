@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from torchrl_sym.tasks import task_name
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "torchrl_sym" / "configs"
 
 
 def _run(recipe, *overrides, timeout=300, check=True):
@@ -229,6 +231,29 @@ def test_experiment_and_profile_presets_compose():
         )
 
 
+@pytest.mark.parametrize("algo", ["iql", "sfac", "awac", "sql", "xql", "td3bc", "srpo"])
+def test_cpu_preset_is_the_documented_budget_and_compiles(algo):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cpu = compose(algo, overrides=["experiment=cpu"], return_hydra_config=True)
+        paper = compose(algo, overrides=["experiment=paper"])
+        default = compose(algo)
+    assert cpu.experiment_name == "cpu"
+    assert (cpu.train.steps, cpu.eval.interval, cpu.eval.episodes, cpu.eval.last_k) == (
+        100_000,
+        10_000,
+        10,
+        3,
+    )
+    assert cpu.eval.vectorized is True and cpu.checkpoint.interval == 10_000
+    assert cpu.hydra.sweeper.params.seed == "0,1,2"
+    # the long presets compile the update step; the short default run does not
+    assert cpu.compile is True and paper.compile is True and default.compile is False
+    # a preset changes the budget only: the algorithm's hyperparameters are the default run's
+    assert cpu[algo] == default[algo]
+
+
 @pytest.mark.parametrize(
     ("dataset", "task"),
     [
@@ -244,37 +269,68 @@ def test_task_name(dataset, task):
     assert task_name(dataset) == task
 
 
-def test_task_file_is_merged_and_command_line_wins(tmp_path, monkeypatch):
+TASKS = [
+    f"{env}-{kind}"
+    for env in ("halfcheetah", "hopper", "walker2d")
+    for kind in ("medium", "medium-replay", "medium-expert")
+]
+
+
+@pytest.mark.parametrize("algo", ["iql", "sfac", "awac", "sql", "xql", "td3bc", "srpo", "bdpo"])
+def test_every_algorithm_takes_every_task_through_the_defaults_list(algo):
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from torchrl_sym.train import recipe
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        default = compose(algo)
+        assert default.task is None
+        for task in TASKS:
+            cfg = compose(algo, overrides=[f"task={task}"])
+            dataset = OmegaConf.load(CONFIGS / "task" / f"{task}.yaml").dataset
+            assert (cfg.task, cfg.dataset) == (task, dataset)
+            assert task_name(dataset) == task
+            settings = CONFIGS / "tasks" / algo / f"{task}.yaml"
+            if settings.is_file():  # the algorithm's own settings for the task are merged
+                for key, value in _leaves(OmegaConf.load(settings)):
+                    assert OmegaConf.select(cfg, key) == value, (algo, task, key)
 
-    (tmp_path / "tasks" / "xql").mkdir(parents=True)
-    (tmp_path / "tasks" / "xql" / "hopper-medium.yaml").write_text(
-        "dataset: torchrl_sym/hopper/medium-v0\nxql:\n  beta_loss: 5.0\n  max_clip: 7.0\ndata:\n  batch_size: 1024\n"
+
+def _leaves(cfg, prefix=""):
+    from omegaconf import DictConfig
+
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_the_command_line_beats_the_task_file_and_an_unknown_task_is_refused():
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("xql", overrides=["task=hopper-medium", "data.batch_size=64"])
+        assert (cfg.xql.beta_loss, cfg.data.batch_size) == (5.0, 64)
+        other = compose("xql", overrides=["task=hopper-medium", "dataset=mujoco/hopper/medium-v0"])
+        assert other.dataset == "mujoco/hopper/medium-v0" and other.xql.beta_loss == 5.0
+        with pytest.raises(MissingConfigException, match="hopper-medum"):
+            compose("xql", overrides=["task=hopper-medum"])
+
+
+def test_a_tasks_dataset_without_the_task_is_named_in_a_warning(tmp_path):
+    from omegaconf import OmegaConf
+
+    from torchrl_sym.train.recipe import unapplied_task
+
+    cfg = OmegaConf.create(
+        {"algo": "xql", "task": None, "dataset": "torchrl_sym/walker2d/medium-v1"}
     )
-    base = OmegaConf.create(
-        {
-            "algo": "xql",
-            "task": None,
-            "dataset": "mujoco/hopper/medium-v0",
-            "xql": {"beta_loss": 2.0, "max_clip": 7.0},
-            "data": {"batch_size": 256},
-        }
-    )
-    monkeypatch.setattr(
-        recipe, "_command_line_overrides", lambda: ["data.batch_size=64", "profile=smoke"]
-    )
-    out = recipe.apply_task(base, tmp_path)
-    assert out.task == "hopper-medium" and out.xql.beta_loss == 5.0
-    assert out.data.batch_size == 64  # the command line beats the task file
-    assert "profile" not in out  # group choices are not config keys
-    assert out.dataset == "torchrl_sym/hopper/medium-v0"
-    # no task file for this dataset: unchanged; an explicit unknown task: a clear error
-    other = OmegaConf.merge(base, {"dataset": "toy2d/moons"})
-    assert recipe.apply_task(other, tmp_path) == other
-    with pytest.raises(FileNotFoundError, match="hopper-medum"):
-        recipe.apply_task(OmegaConf.merge(base, {"task": "hopper-medum"}), tmp_path)
+    assert unapplied_task(cfg, CONFIGS) == "walker2d-medium"
+    assert unapplied_task(OmegaConf.merge(cfg, {"task": "walker2d-medium"}), CONFIGS) is None
+    # no per-task settings for IQL, none for a toy dataset: nothing to warn about
+    assert unapplied_task(OmegaConf.merge(cfg, {"algo": "iql"}), CONFIGS) is None
+    assert unapplied_task(OmegaConf.merge(cfg, {"dataset": "toy2d/moons"}), CONFIGS) is None
 
 
 def test_shipped_task_files_hold_the_published_settings():
@@ -283,8 +339,9 @@ def test_shipped_task_files_hold_the_published_settings():
     xql = OmegaConf.load(CONFIGS / "tasks" / "xql" / "walker2d-medium.yaml")
     assert (xql.xql.beta_loss, xql.xql.max_clip, xql.data.batch_size) == (10.0, 7.0, 1024)
     assert OmegaConf.load(CONFIGS / "tasks" / "sql" / "hopper-medium-expert.yaml").sql.alpha == 5.0
-    for algo in ("iql", "sql", "xql", "awac", "sfac", "td3bc"):
+    for algo in ("sql", "xql", "srpo", "bdpo"):  # the others use one setting for every task
         assert len(list((CONFIGS / "tasks" / algo).glob("*.yaml"))) == 9
+    assert sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml")) == sorted([*TASKS, "none"])
 
 
 @pytest.mark.parametrize(
@@ -337,24 +394,36 @@ def test_paper_presets_of_the_sfac_comparison():
         assert compose("awac").data.batch_size == 1024
 
 
-def test_task_on_the_command_line_applies_its_file(tmp_path, recipe_dataset):
-    """``task=<name>`` is a plain override (``configs/tasks`` is not a hydra config group)."""
+def test_task_is_the_same_in_the_run_hydras_record_cfg_and_help(tmp_path, recipe_dataset):
+    """``task=<name>`` is a hydra config group: the run's config.yaml, ``.hydra/config.yaml``,
+    ``--cfg job`` and ``--help`` all show the task's settings."""
+    import yaml
     from omegaconf import OmegaConf
 
     run_dir = tmp_path / "run"
-    _run(
-        "xql",
-        "task=walker2d-medium",
-        f"dataset={recipe_dataset}",  # the command line beats the task file's dataset
-        "profile=smoke",
-        "logger.backend=none",
-        f"hydra.run.dir={run_dir}",
+    overrides = ["task=walker2d-medium", "profile=smoke", "logger.backend=none"]
+    _run("xql", *overrides, f"dataset={recipe_dataset}", f"hydra.run.dir={run_dir}")
+    ran = OmegaConf.load(run_dir / "config.yaml")
+    recorded = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert ran.task == recorded.task == "walker2d-medium"
+    assert ran.dataset == recorded.dataset == recipe_dataset  # the command line beats the task
+    for cfg in (ran, recorded):
+        assert (cfg.xql.beta_loss, cfg.data.batch_size) == (10.0, 1024)  # from the task file
+    assert OmegaConf.to_container(recorded, resolve=True) == OmegaConf.to_container(ran)
+
+    printed = yaml.safe_load(_run("xql", "task=hopper-medium-replay", "--cfg", "job").stdout)
+    assert printed["task"] == "hopper-medium-replay"
+    assert (
+        printed["dataset"] == OmegaConf.load(CONFIGS / "task" / "hopper-medium-replay.yaml").dataset
     )
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    assert cfg.task == "walker2d-medium" and cfg.dataset == recipe_dataset
-    assert (cfg.xql.beta_loss, cfg.data.batch_size) == (10.0, 1024)  # from the task file
+    tuned = OmegaConf.load(CONFIGS / "tasks" / "xql" / "hopper-medium-replay.yaml")
+    assert printed["xql"]["beta_loss"] == tuned.xql.beta_loss
+
+    help_text = _run("xql", "task=hopper-medium-replay", "--help").stdout
+    assert "task: " in help_text and "hopper-medium-replay" in help_text
+    assert f"beta_loss: {tuned.xql.beta_loss}" in help_text
     proc = _run("xql", "task=walker2d-medum", "profile=smoke", check=False)
-    assert proc.returncode != 0 and "known tasks for xql" in proc.stderr
+    assert proc.returncode != 0 and "walker2d-medum" in proc.stderr
 
 
 def test_sampled_evaluation_and_the_logged_run(tmp_path, recipe_dataset):

@@ -548,3 +548,21 @@ def test_page_is_deterministic(tree, page):
     again = rp.render_markdown(rp.build_report([tree], out=page, reps=REPS))
     assert again == page.read_text()
     assert str(tree) not in again  # paths relative to the page: the same from any checkout
+
+
+def test_preamble_is_shown_before_the_tables_and_checked(tree, tmp_path, capsys):
+    preamble = tmp_path / "protocol.md"
+    preamble.write_text("## Protocol\n\n`python recipes/iql.py -m experiment=cpu`\n")
+    out = tmp_path / "page.md"
+    args = [str(tree), "--out", str(out), "--reps", str(REPS), "--preamble", str(preamble)]
+    assert rp.main(args) == 0
+    text = out.read_text()
+    assert text.index("## Protocol") < text.index("## Per dataset")
+    assert "`python recipes/iql.py -m experiment=cpu`" in text
+    assert rp.main([*args, "--check"]) == 0
+    preamble.write_text("## Protocol\n\nchanged\n")
+    assert rp.main([*args, "--check"]) == 1
+    assert f"--preamble {preamble}" in capsys.readouterr().err  # the regenerate command names it
+    missing = [str(tree), "--out", str(out), "--preamble", str(tmp_path / "nope.md")]
+    assert rp.main(missing) == 2
+    assert "--preamble" in capsys.readouterr().err

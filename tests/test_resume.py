@@ -197,7 +197,7 @@ def test_fixed_keys_and_group_overrides():
         assert not is_fixed_on_resume(key), key
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(str(ROOT / "torchrl_sym" / "configs"), version_base="1.3"):
         defaults = compose("iql")
         smoke = compose("iql", overrides=["profile=smoke", "seed=0", "train.steps=7"])
     keys = overridden_keys(smoke, defaults, ["profile=smoke", "seed=0", "train.steps=7"])

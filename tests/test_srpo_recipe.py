@@ -16,7 +16,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "torchrl_sym" / "configs"
 DATASET = "test/hopper/srpo-recipe-v0"
 # small networks and batches: the stages' logic, not their size, is under test
 TINY = [
@@ -73,10 +73,7 @@ def _ckpt(run_dir: Path, step: int) -> dict:
 
 
 def _load_recipe():
-    spec = importlib.util.spec_from_file_location("srpo_recipe", ROOT / "recipes" / "srpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("torchrl_sym.recipes.srpo")
 
 
 def test_smoke_runs_the_three_stages_with_the_default_networks(tmp_path, dataset):
@@ -204,6 +201,14 @@ def test_paper_preset_and_default_budgets():
             20,
             256,
         )
+        cpu = compose("srpo", overrides=["experiment=cpu"])
+        assert recipe.budgets(cpu) == {
+            "behavior": 100_000,
+            "critic": 100_000,
+            "policy": 100_000,
+            "behavior_batch_size": 256,
+        }
+        assert (cpu.eval.interval, cpu.eval.episodes, cpu.compile) == (10_000, 10, True)
         smoke = compose("srpo", overrides=["experiment=paper", "profile=smoke"])
         assert recipe.budgets(smoke)["behavior"] == 50 and recipe.budgets(smoke)["policy"] == 50
         default = compose("srpo")
@@ -231,14 +236,10 @@ def test_paper_preset_and_default_budgets():
 
 
 def test_task_files_hold_the_per_task_beta():
-    from omegaconf import OmegaConf
-
-    from torchrl_sym.train.recipe import apply_task
+    from hydra import compose, initialize_config_dir
 
     assert sorted(p.stem for p in (CONFIGS / "tasks" / "srpo").glob("*.yaml")) == sorted(BETAS)
-    base = OmegaConf.load(CONFIGS / "srpo.yaml")
-    for task, beta in BETAS.items():
-        env, kind = task.split("-", 1)
-        cfg = OmegaConf.merge(base, {"task": None, "dataset": f"torchrl_sym/{env}/{kind}-v0"})
-        merged = apply_task(cfg, CONFIGS)
-        assert merged.srpo.beta == beta and merged.task == task
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for task, beta in BETAS.items():
+            merged = compose("srpo", overrides=[f"task={task}"])
+            assert merged.srpo.beta == beta and merged.task == task

@@ -53,7 +53,7 @@ def test_mmd_is_zero_for_equal_samples_and_grows_with_a_shift():
 
 
 def test_bad_settings_are_reported(tmp_path):
-    cfg = OmegaConf.load(ROOT / "configs" / "toy2d" / "algo" / "bdpo.yaml")
+    cfg = OmegaConf.load(ROOT / "torchrl_sym" / "configs" / "toy2d" / "algo" / "bdpo.yaml")
     cfg.activation = "relu6"
     with pytest.raises(ValueError, match="activation"):
         toy.run(cfg, tmp_path, 0)
@@ -121,7 +121,7 @@ def test_bandit_fixed_point_on_eight_gaussians(tmp_path):
     top cluster stays under its weight (measured 0.333 vs 0.440, every other cluster within 0.03;
     total variation 0.107 against 0.55 for the behavior), so the test asks for ±0.12 per cluster and
     a total variation below 0.15, which the behavior (uniform clusters) and a half-way tilt fail."""
-    cfg = OmegaConf.load(ROOT / "configs" / "toy2d" / "algo" / "bdpo.yaml")
+    cfg = OmegaConf.load(ROOT / "torchrl_sym" / "configs" / "toy2d" / "algo" / "bdpo.yaml")
     cfg.etas = [0.25]
     cfg.train_steps = 20_000
     result = toy.run(cfg, tmp_path, 0)

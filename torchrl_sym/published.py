@@ -133,8 +133,8 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         spec="specs/baselines.md §6",
         unverified=True,
     )
-    # specs/baselines.md §6: XQL-C ("consistent" hyper-parameters, our configs/xql.yaml defaults)
-    # and XQL-T (per-dataset tuned, our configs/tasks/xql/*.yaml).
+    # specs/baselines.md §6: XQL-C ("consistent" hyper-parameters, our torchrl_sym/configs/xql.yaml defaults)
+    # and XQL-T (per-dataset tuned, our torchrl_sym/configs/tasks/xql/*.yaml).
     + _block(
         "xql",
         "XQL-C",

@@ -493,6 +493,7 @@ class Report:
     seed: int
     variant_keys: dict[str, list[str]]  # algo -> the keys its variants are told apart by
     forced_variant_keys: bool
+    preamble: str = ""  # markdown placed before the tables (--preamble FILE): protocol, commands
 
     @property
     def datasets(self) -> list[str]:
@@ -644,9 +645,11 @@ def build_report(
     ignore_keys: Sequence[str] = (),
     reps: int = DEFAULT_REPS,
     seed: int = DEFAULT_SEED,
+    preamble: str | Path | None = None,
 ) -> Report:
     """Finds and reads the runs under ``dirs``, groups them and computes every statistic the
-    page shows (see the module docstring). ``out`` is where the page goes (paths on it are
+    page shows (see the module docstring). ``preamble``: a markdown file whose text the page
+    shows before its tables (the protocol and the commands that produced the runs). ``out`` is where the page goes (paths on it are
     written relative to its folder); ``figures_dir`` defaults to ``<out folder>/<out stem>/``.
     """
     import numpy as np
@@ -719,7 +722,19 @@ def build_report(
         seed=seed,
         variant_keys=keys,
         forced_variant_keys=variant_keys is not None,
+        preamble=_read_preamble(preamble),
     )
+
+
+def _read_preamble(path: str | Path | None) -> str:
+    if path is None:
+        return ""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--preamble {path}: no such file (a markdown file to show before the tables)"
+        )
+    return path.read_text().strip()
 
 
 # ---------------------------------------------------------------------------------- markdown
@@ -978,9 +993,10 @@ def render_markdown(report: Report) -> str:
         "- Published numbers are the papers' on D4RL's data; ours are on the datasets named "
         "above each table. They are never mixed in one column.",
         "",
-        "## Per dataset",
-        "",
     ]
+    if report.preamble:
+        lines += [report.preamble, ""]
+    lines += ["## Per dataset", ""]
     for dataset in report.datasets:
         lines += _dataset_section(report, dataset, start)
     if report.aggregates:
@@ -1149,6 +1165,12 @@ def _parser() -> argparse.ArgumentParser:
         + ", ".join(IGNORED_KEYS),
     )
     parser.add_argument(
+        "--preamble",
+        default=None,
+        metavar="FILE",
+        help="a markdown file shown before the tables (the protocol and the commands of the runs)",
+    )
+    parser.add_argument(
         "--reps", type=int, default=DEFAULT_REPS, help="bootstrap resamples (default %(default)s)"
     )
     parser.add_argument(
@@ -1176,6 +1198,7 @@ def _regenerate_command(args: argparse.Namespace) -> str:
         ("--last-k", args.last_k),
         ("--variant-keys", args.variant_keys),
         ("--ignore-keys", args.ignore_keys or None),
+        ("--preamble", args.preamble),
         ("--reps", None if args.reps == DEFAULT_REPS else args.reps),
         ("--seed", None if args.seed == DEFAULT_SEED else args.seed),
     ):
@@ -1204,6 +1227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ignore_keys=_split(args.ignore_keys) or (),
             reps=args.reps,
             seed=args.seed,
+            preamble=args.preamble,
         )
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -6,7 +6,7 @@ Bandit form: the action is a 2-D point, the observation a constant 0, the reward
 ``bandit=True``). Per value of η: pretrain the behavior ν (ε-MSE, EMA), copy it into the actor, then
 train Q and the diffusion values V_n every step and the actor every ``update_ratio`` steps after a
 critic warm-up, exactly as the D4RL recipe. The paper runs N = 50, 100k + 100k steps on 1M points,
-which is far beyond a 2-core CPU; the defaults (``configs/toy2d/algo/bdpo.yaml``) are reduced and
+which is far beyond a 2-core CPU; the defaults (``torchrl_sym/configs/toy2d/algo/bdpo.yaml``) are reduced and
 say so.
 
 Numbers returned (and drawn): for the EMA actor's final samples, the behavior EMA's samples and

@@ -2,7 +2,7 @@
 
 A recipe calls :func:`setup_run` with its hydra config and gets a :class:`Run`: the run directory,
 the offline replay buffer, the dataset info, a logger, and factories for the evaluator and the
-loop. Every recipe therefore accepts the same overrides (``configs/common.yaml``)::
+loop. Every recipe therefore accepts the same overrides (``torchrl_sym/configs/common.yaml``)::
 
     dataset=<id or path>  seed=<int>  device=cpu|cuda  compile=true|false
     train.steps=<main stage>  eval.interval=<steps>  eval.episodes=<n>
@@ -181,8 +181,9 @@ class Run:
     def action_dim(self) -> int:
         return int(torch.Size(self.info.action_shape).numel())
 
-    def make_eval_env(self):
-        """The dataset's env (float32 observations, return tracking, the buffer's normalization)."""
+    def make_eval_env(self, num_envs: int | None = None):
+        """The dataset's env (float32 observations, return tracking, the buffer's normalization);
+        ``num_envs=N``: one vectorized env of ``N`` sub-envs (see :func:`torchrl_sym.envs.make_env`)."""
         from torchrl_sym.envs import make_env
 
         if self.info.env_id is None:
@@ -199,6 +200,7 @@ class Run:
             seed=int(self.cfg.seed) + 100,
             device=self.device,
             observation_norm=norm,
+            num_envs=num_envs,
         )
 
     def make_evaluator(self, policy) -> Evaluator | None:
@@ -207,6 +209,8 @@ class Run:
         ``eval.mode`` picks the protocol: ``deterministic`` (the policy's mode/mean action, the
         default) or ``sample`` (actions sampled from the policy, the Sf-AC authors' protocol).
         Episode ``i`` of every evaluation is seeded with ``seed + 100 + i`` (env and action noise).
+        With ``eval.vectorized`` (the default) all episodes run together in one vectorized env,
+        one policy call per step for all of them (the same returns for a deterministic policy).
         ``eval.episodes`` episodes of at most ``eval.max_steps`` steps; ``eval.last_k`` evaluations
         in the last-k mean; every episode is appended to ``<run dir>/eval_returns.csv``.
         """
@@ -220,8 +224,10 @@ class Run:
         def score(returns):
             return normalized_score(info, returns)
 
+        vectorized = bool(self.cfg.eval.get("vectorized", False))
+        episodes = int(self.cfg.eval.episodes)
         return Evaluator(
-            self.make_eval_env(),
+            self.make_eval_env(num_envs=episodes if vectorized else None),
             policy,
             num_episodes=int(self.cfg.eval.episodes),
             max_steps=int(self.cfg.eval.max_steps),
@@ -333,64 +339,46 @@ def _run_dir(cfg) -> Path:
         return path
 
 
-def _config_dir() -> Path | None:
+def _config_dir():
+    """The running hydra app's primary config directory (a ``Path``, or an importlib.resources
+    ``Traversable`` for a ``pkg://`` source), or None outside hydra."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        for source in HydraConfig.get().runtime.config_sources:
-            if source.provider == "main" and source.schema == "file":
-                return Path(source.path)
+        sources = HydraConfig.get().runtime.config_sources
     except Exception:
-        pass
+        return None
+    for source in sources:
+        if source.provider != "main":
+            continue
+        if source.schema == "file":
+            return Path(source.path)
+        if source.schema == "pkg":
+            from importlib.resources import files
+
+            return files(source.path)
     return None
 
 
-def apply_task(cfg, config_dir: Path | None = None):
-    """Merge ``configs/tasks/<algo>/<task>.yaml`` into ``cfg``; command-line overrides still win.
+def unapplied_task(cfg, config_dir=None) -> str | None:
+    """The task whose per-algorithm settings ``cfg`` runs without, or None.
 
-    ``task`` is ``cfg.task`` when set, else derived from ``cfg.dataset`` (:func:`task_name`). A task
-    file holds the published per-dataset settings of an algorithm (and the dataset id, so that
-    ``task=hopper-medium`` alone picks data and settings). No file: ``cfg`` unchanged.
+    A task's settings reach a run only through hydra's defaults list: ``task=<name>`` selects
+    ``torchrl_sym/configs/task/<name>.yaml`` (its dataset) and ``torchrl_sym/configs/tasks/<algo>/<name>.yaml`` (the
+    algorithm's published settings for it), so the run, ``.hydra/config.yaml``, ``--cfg job``
+    and ``--help`` all show the same configuration. A run that names the dataset of a task
+    (``dataset=torchrl_sym/walker2d/medium-v1``) without ``task=`` gets the algorithm's defaults;
+    this returns that task's name when the algorithm has settings for it (the recipe logs a
+    warning naming ``task=<name>``), else None.
     """
-    from omegaconf import OmegaConf, open_dict
-
-    config_dir = config_dir or _config_dir()
-    explicit = cfg.get("task")
-    task = explicit or task_name(cfg.dataset)
-    path = None if config_dir is None else config_dir / "tasks" / str(cfg.algo) / f"{task}.yaml"
-    if path is None or not path.is_file():
-        if explicit:
-            folder = None if config_dir is None else config_dir / "tasks" / str(cfg.algo)
-            known = (
-                sorted(p.stem for p in folder.glob("*.yaml")) if folder and folder.is_dir() else []
-            )
-            raise FileNotFoundError(
-                f"task={explicit!r}: no {path}; known tasks for {cfg.algo}: {known}."
-            )
-        return cfg
-    cli = _command_line_overrides()
-    merged = OmegaConf.merge(cfg, OmegaConf.load(path))
-    missing = object()
-    keep = [
-        o
-        for o in cli
-        if "=" in o and OmegaConf.select(cfg, o.split("=", 1)[0], default=missing) is not missing
-    ]
-    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(keep))
-    with open_dict(merged):
-        merged.task = task
-    return merged
-
-
-def _command_line_overrides() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return [
-            o for o in HydraConfig.get().overrides.task if not o.startswith(("hydra", "~", "+"))
-        ]
-    except Exception:
-        return []
+    if cfg.get("task") is not None or "dataset" not in cfg or "algo" not in cfg:
+        return None
+    task = task_name(str(cfg.dataset))
+    root = config_dir if config_dir is not None else _config_dir()
+    if root is None:
+        return None
+    path = root / "tasks" / str(cfg.algo) / f"{task}.yaml"
+    return task if path.is_file() else None
 
 
 def _hydra_context():
@@ -415,7 +403,8 @@ def _defaults_config(config_name: str):
 def prepare_run(cfg, *, recipe_algo: str | None = None):
     """The run directory and configuration of a launch, validated before anything is written.
 
-    A fresh run applies its task file (:func:`apply_task`) and runs in hydra's output directory. A
+    A fresh run runs in hydra's output directory (a dataset run without its task's settings is
+    warned about: :func:`unapplied_task`). A
     launch with ``resume=DIR`` continues the run DIR holds: its configuration is ``DIR/config.yaml``
     with only this command line's overrides on top (:func:`torchrl_sym.train.rundir.resume_config`;
     keys that decide what the checkpoints hold are refused), ``DIR/config.yaml`` is left as it is,
@@ -465,8 +454,18 @@ def prepare_run(cfg, *, recipe_algo: str | None = None):
         cfg, changes = resume_config(run_dir, cfg, keys, recipe_algo=recipe_algo)
         record = {"command_line": command_line, "changes": changes}
     else:
-        cfg = apply_task(cfg) if "dataset" in cfg else cfg  # recipes/sac.py trains in an env
         run_dir = _run_dir(cfg)
+        task = unapplied_task(cfg)
+        if task is not None:
+            log.warning(
+                "dataset=%s is the dataset of the task %s, whose %s settings are not applied: "
+                "pass task=%s to run with them (this run uses %s's defaults).",
+                cfg.dataset,
+                task,
+                cfg.algo,
+                task,
+                cfg.algo,
+            )
         if (run_dir / "config.yaml").exists():
             raise ResumeError(
                 f"{run_dir} already holds a run (config.yaml); continue it with resume={run_dir}, "

@@ -15,7 +15,7 @@ A run directory belongs to one run. This module keeps it that way:
 * :func:`seed_everything` — Python's, NumPy's and torch's global RNGs from one seed.
 
 Hydra's run directory follows ``resume`` through two resolvers registered on import
-(``torchrl_sym_run_dir`` and ``torchrl_sym_hydra_subdir``, used by ``configs/common.yaml``): a
+(``torchrl_sym_run_dir`` and ``torchrl_sym_hydra_subdir``, used by ``torchrl_sym/configs/common.yaml``): a
 resumed launch logs into ``DIR`` (appending to its ``<recipe>.log``), writes no ``.hydra/`` over
 the original's, and a ``resume`` that names no run directory fails before any directory is made.
 """

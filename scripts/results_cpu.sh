@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The experiment=cpu results (docs/results.md): every algorithm of the comparison, three seeds per
+# cell, one hydra multirun (joblib launcher) per algorithm and task.
+#
+#   scripts/results_cpu.sh hopper-medium halfcheetah-medium     # tasks (default: these two)
+#   JOBS=2 ALGOS="iql sfac" scripts/results_cpu.sh walker2d-medium
+#
+# Runs (with checkpoints) go to $RUNS/cpu/<task>/<algo>/<n>_seed<s>/; after each sweep their logs
+# are mirrored into results/cpu/<task>/<algo>/ (scripts/collect_results.py), and
+#   python -m torchrl_sym.report results/ --out docs/results.md
+# regenerates the page. Re-running the script after a kill resumes: a finished sweep (every run has
+# summary.json) is skipped, an unfinished run is continued with resume=<its directory>.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-runs/results}
+JOBS=${JOBS:-1}
+ALGOS=${ALGOS:-"iql sfac awac sql xql srpo"}
+TASKS=("$@")
+[ ${#TASKS[@]} -eq 0 ] && TASKS=(hopper-medium halfcheetah-medium)
+
+variants() {  # the algorithm's variant axis (one override per variant): Sf-AC runs both divergences
+  case "$1" in
+    sfac) echo "sfac.divergence=jeffreys sfac.divergence=js" ;;
+    *) echo "-" ;;
+  esac
+}
+
+has_run() {  # has_run <sweep> <seed> <override or -> : a run of that seed and variant exists
+  local config
+  for config in "$1"/*/config.yaml; do
+    [ -f "$config" ] || continue
+    grep -q "^seed: $2\$" "$config" || continue
+    if [ "$3" = "-" ] || grep -q "^  ${3#*.}\$" <(sed -n "/^${3%%.*}:/,/^[^ ]/p" "$config" | sed 's/: /=/'); then
+      return 0
+    fi
+  done
+  return 1
+}
+
+for task in "${TASKS[@]}"; do
+  for algo in $ALGOS; do
+    sweep="$RUNS/cpu/$task/$algo"
+    if [ ! -d "$sweep" ]; then
+      axis=$(variants "$algo")
+      [ "$axis" = "-" ] && axis="" || axis="${axis%%=*}=$(echo "$axis" | tr ' ' '\n' | sed 's/.*=//' | paste -sd,)"
+      # shellcheck disable=SC2086
+      python "recipes/$algo.py" -m experiment=cpu "task=$task" $axis \
+        hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" "hydra.sweep.dir=$sweep"
+    else
+      # a killed sweep: continue its unfinished runs, then start the ones it never reached
+      for run in "$sweep"/*/; do
+        if [ -f "$run/config.yaml" ] && [ ! -f "$run/summary.json" ]; then
+          python "recipes/$algo.py" "resume=${run%/}"
+        fi
+      done
+      for variant in $(variants "$algo"); do
+        for seed in 0 1 2; do
+          if ! has_run "$sweep" "$seed" "$variant"; then
+            extra=(); [ "$variant" != "-" ] && extra=("$variant")
+            python "recipes/$algo.py" experiment=cpu "task=$task" "seed=$seed" "${extra[@]}" \
+              "hydra.run.dir=$sweep/late_${variant##*=}_seed$seed"
+          fi
+        done
+      done
+    fi
+    python scripts/collect_results.py "$sweep" "results/cpu/$task/$algo"
+  done
+done

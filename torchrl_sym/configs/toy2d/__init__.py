@@ -1,0 +1,1 @@
+"""The papers' 2-D toy figures' configuration (``recipes/toy2d.py``)."""

@@ -1,0 +1,209 @@
+"""BDPO (Gao et al., ICML 2025): behavior-regularized diffusion policy optimization.
+
+    python recipes/bdpo.py                                  # short real run on the default dataset
+    python recipes/bdpo.py profile=smoke                    # 50 steps of every stage, small model
+    python recipes/bdpo.py task=walker2d-medium-replay      # a task's dataset and η, ρ, E
+    python recipes/bdpo.py -m experiment=paper              # 2M + 2M steps, eval every 50k, five seeds
+
+Stages (``BDPOLoss``, docs/bdpo.md)::
+
+    behavior       L_ν = E‖ε_ν(s, a^n, n) − ε‖²;  ν̄ ← EMA(ν);  at the end π, π̄ ← ν̄
+                   (with no behavior steps, π, π̄ ← ν̄ before the first step of training)
+    critic_warmup  every step: L_Q (y_Q = r + γ(1−d)(LCB Q̄(s', a'^0) − η Σ_n ℓ_n), chain at s' by π̄)
+                               L_V (y_V = LCB V̄(s, a^{n−1}, n−1) − η ℓ_n, one step of π̄);  Q̄, V̄ ← EMA
+    train          the same, and every `update_ratio` steps
+                   L_π = −E[LCB V̄(s, a^{n−1}, n−1) − η ℓ_n]  (one reparameterized step of π);  π̄ ← EMA
+                   L_ν again;  ν̄ ← EMA                 (`behavior_updates`, the official code)
+
+Evaluation: `eval_samples` actions of π̄ per state, the one of largest mean Q̄ (the EMA critics, as
+the official code; the paper's rule).
+
+`bdpo.size_caps` (set by `profile=smoke`, torchrl_sym/configs/profile/bdpo/smoke.yaml) bounds the ensemble
+size, the sample counts and the network widths after the task file is merged, so that a smoke run
+takes seconds per stage even on a task with a 20-member ensemble.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import torch
+from omegaconf import OmegaConf
+
+from torchrl_sym.diffusion import (
+    DiffusionBehaviorActor,
+    MLPNoisePredictor,
+    NoiseConditionedCritic,
+    VPDiscreteSchedule,
+)
+from torchrl_sym.objectives.bdpo import BDPOLoss, BDPOPolicy, BDPOPrepareTraining, make_bdpo_qvalue
+from torchrl_sym.train.loop import Objective, Stage, TargetUpdate
+from torchrl_sym.train.recipe import setup_run, stage_steps
+
+log = logging.getLogger(__name__)
+
+# bdpo.size_caps keys: counts capped as they are, and `hidden` capping every hidden width
+SIZE_CAPS = ("ensemble_size", "num_samples", "eval_samples", "hidden")
+
+
+def capped_sizes(hp):
+    """``hp`` (the ``bdpo`` config) with ``hp.size_caps`` applied: each of ``ensemble_size``,
+    ``num_samples`` and ``eval_samples`` becomes ``min(value, cap)``, every width of
+    ``actor_hidden`` and ``critic_hidden`` ``min(width, caps.hidden)`` (depths unchanged). A cap that
+    is absent or null leaves its sizes alone; ``size_caps: null`` returns ``hp`` itself.
+    """
+    caps = hp.get("size_caps")
+    if caps is None:
+        return hp
+    caps = OmegaConf.to_container(caps, resolve=True) if OmegaConf.is_config(caps) else caps
+    if not isinstance(caps, dict):
+        raise ValueError(
+            f"bdpo.size_caps must be a mapping of {list(SIZE_CAPS)} to positive ints (or null), "
+            f"got {caps!r}."
+        )
+    for key, value in caps.items():
+        if key not in SIZE_CAPS:
+            raise ValueError(
+                f"bdpo.size_caps.{key} is not a size cap; known: {list(SIZE_CAPS)}. Remove it, or "
+                "set the size itself (bdpo.<key>=...)."
+            )
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"bdpo.size_caps.{key} must be a positive int or null, got {value!r}.")
+    out = OmegaConf.to_container(hp, resolve=True)
+    for key in ("ensemble_size", "num_samples", "eval_samples"):
+        if caps.get(key) is not None:
+            out[key] = min(int(out[key]), caps[key])
+    if caps.get("hidden") is not None:
+        for key in ("actor_hidden", "critic_hidden"):
+            out[key] = [min(int(width), caps["hidden"]) for width in out[key]]
+    return OmegaConf.create(out)
+
+
+def make_diffusion(obs_dim: int, action_dim: int, hp) -> DiffusionBehaviorActor:
+    net = MLPNoisePredictor(obs_dim, action_dim, hidden=list(hp.actor_hidden))
+    return DiffusionBehaviorActor(
+        net,
+        VPDiscreteSchedule(int(hp.num_steps), variance="beta"),
+        action_low=-1.0,
+        action_high=1.0,
+        clip_sample=True,
+    )
+
+
+@hydra.main(config_path="pkg://torchrl_sym.configs", config_name="bdpo", version_base="1.3")
+def main(cfg) -> dict:
+    run = setup_run(cfg)
+    hp = capped_sizes(run.cfg.bdpo)
+    if hp is not run.cfg.bdpo:  # config.yaml holds the uncapped sizes: say what is trained
+        sized = OmegaConf.to_container(hp)
+        keys = ("ensemble_size", "num_samples", "eval_samples", "actor_hidden", "critic_hidden")
+        log.info(
+            "bdpo.size_caps=%s: %s",
+            OmegaConf.to_container(run.cfg.bdpo.size_caps),
+            ", ".join(f"{key}={sized[key]}" for key in keys),
+        )
+    S, A, E = run.obs_dim, run.action_dim, int(hp.ensemble_size)
+    loss = BDPOLoss(
+        make_diffusion(S, A, hp),
+        [
+            make_bdpo_qvalue(S, A, list(hp.critic_hidden), layer_norm=hp.q_layer_norm)
+            for _ in range(E)
+        ],
+        NoiseConditionedCritic(S, A, num_members=E, hidden=list(hp.critic_hidden)),
+        make_diffusion(S, A, hp),
+        eta=hp.eta,
+        rho=hp.rho,
+        gamma=hp.discount,
+        num_samples=int(hp.num_samples),
+        q_target_form=hp.q_target_form,
+        max_q_backup=hp.max_q_backup,
+    ).to(run.device)
+
+    def adam(name: str, lr: float) -> torch.optim.Adam:
+        return torch.optim.Adam(getattr(loss, f"{name}_network_params").values(True, True), lr=lr)
+
+    behavior_opt = adam("behavior", hp.behavior_lr)
+    q_opt, v_opt, actor_opt = (
+        adam("qvalue", hp.critic_lr),
+        adam("value", hp.critic_lr),
+        adam("actor", hp.actor_lr),
+    )
+    behavior_steps = stage_steps(run.cfg, hp.behavior_steps)
+    warmup_steps = stage_steps(run.cfg, hp.warmup_steps)
+    train_steps = stage_steps(run.cfg, run.cfg.train.steps)
+    # cosine over the whole actor-critic budget (warm-up + train), as optax's schedule in the official
+    # code: the critics reach 0, the actor (stepped only on actor updates) ends near 0.91x
+    horizon = max(warmup_steps + train_steps, 1)
+    critic_sched = [
+        torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=horizon) for o in (q_opt, v_opt)
+    ]
+    actor_sched = [torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, T_max=horizon)]
+    clip, ratio, tau = float(hp.max_grad_norm), int(hp.update_ratio), float(hp.ema_tau)
+
+    def critic_objectives() -> list[Objective]:
+        return [
+            Objective("qvalue", loss.qvalue_loss, [q_opt], [critic_sched[0]], max_grad_norm=clip),
+            Objective("value", loss.value_loss, [v_opt], [critic_sched[1]], max_grad_norm=clip),
+        ]
+
+    critic_ema = TargetUpdate(loss.make_target_updater("critic", tau=tau))
+    behavior_ema = loss.make_target_updater("behavior", tau=tau)
+    behavior_targets = [TargetUpdate(behavior_ema)]
+    if behavior_steps:  # π, π̄ ← ν̄ after the last behavior step
+        behavior_targets.append(TargetUpdate(BDPOPrepareTraining(loss), start=behavior_steps - 1))
+    else:  # no pretraining: π, π̄ ← ν̄ (its initial weights) now (a resumed run then loads its own)
+        loss.prepare_training()
+    behavior_stage = Stage(
+        "behavior",
+        behavior_steps,
+        objectives=[Objective("behavior", loss.behavior_loss, [behavior_opt], max_grad_norm=clip)],
+        targets=behavior_targets,
+    )
+    warmup_stage = Stage(
+        "critic_warmup", warmup_steps, objectives=critic_objectives(), targets=[critic_ema]
+    )
+    # the actor runs on stage steps ratio-1, 2·ratio-1, ...: the steps the loop logs (multiples of
+    # log_interval, counted from 1) then include an actor update
+    phase = ratio - 1
+    actor_objective = Objective(
+        "actor",
+        loss.actor_loss,
+        [actor_opt],
+        actor_sched,
+        every=ratio,
+        start=phase,
+        max_grad_norm=clip,
+    )
+    train_objectives = [*critic_objectives(), actor_objective]
+    actor_ema = loss.make_target_updater("actor", tau=tau)
+    train_targets = [critic_ema, TargetUpdate(actor_ema, every=ratio, start=phase)]
+    if hp.behavior_updates:  # the official code keeps training ν (and ν̄) on the actor's steps
+        train_objectives.append(
+            Objective(
+                "behavior",
+                loss.behavior_loss,
+                [behavior_opt],
+                every=ratio,
+                start=phase,
+                max_grad_norm=clip,
+            )
+        )
+        train_targets.append(TargetUpdate(behavior_ema, every=ratio, start=phase))
+    train_stage = Stage("train", train_steps, train_objectives, train_targets, evaluate=True)
+    policy = BDPOPolicy(
+        loss,
+        num_samples=int(hp.eval_samples),
+        selection=hp.eval_selection,
+        critic=hp.eval_critic,
+    )
+    loop = run.make_loop(
+        [behavior_stage, warmup_stage, train_stage], modules={"loss": loss}, policy=policy
+    )
+    return run.execute(loop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""SRPO (Chen et al., ICLR 2024): score-regularized policy extraction from a diffusion behavior model.
+
+    python recipes/srpo.py                                   # short real run on the default dataset
+    python recipes/srpo.py profile=smoke                     # a few dozen steps of each stage
+    python recipes/srpo.py task=walker2d-medium-replay       # the task's dataset and β
+    python recipes/srpo.py experiment=paper                  # 2M behavior, 1.5M critic, 1M policy steps
+    python recipes/srpo.py experiment=cpu                    # the CPU budget (docs/results.md)
+    python recipes/srpo.py srpo.init_from=outputs/srpo/<run> # reuse that run's behavior model and
+                                                             # critic: stages 1 and 2 are skipped
+    python recipes/srpo.py resume=outputs/srpo/<run>         # continue a killed run (any stage)
+
+Three decoupled stages in one run (docs/srpo.md), each checkpointed (``ckpt_*.pt`` at every
+``checkpoint.interval`` and at the end of each stage) and resumable:
+
+1. ``behavior``: ε-prediction behavior cloning of a VP-SDE diffusion model (IDQL's LN-ResNet)::
+
+       L(ψ) = E_{t~U(1e-3,1), z, (s,a)~D} ‖ε_ψ(α_t a + σ_t z, t, s) − z‖²      (summed over A; AdamW)
+
+2. ``critic``: IQL with TorchRL's IQLLoss (expectile τ = 0.7, l2), V and Q from one forward (so
+   ``V(s')`` in the Q target is read before the V step, as the official code), Polyak 0.005::
+
+       L_V = E |τ − 1(u<0)| u²,  u = min_i Q̄_i(s,a) − V(s);   L_Q = Σ_i E (Q_i(s,a) − r − γ(1−d) V(s'))²
+
+3. ``policy``: SRPOLoss with both frozen; the Dirac actor tanh(MLP(s)) is evaluated::
+
+       ∂ℓ/∂a = ω(t) ε_ψ(α_t a + σ_t z, t, s) − β ∇_a ½(Q̄₁ + Q̄₂)(s, a),   a = π_θ(s),  ω = σ_t²
+
+Stage budgets: ``srpo.behavior.steps``, ``srpo.critic.steps`` and ``train.steps`` (policy);
+``experiment=paper`` takes ``paper.behavior_steps``, ``paper.critic_steps``, ``paper.steps`` and
+the behavior batch ``paper.behavior_batch_size`` instead, ``experiment=cpu`` the same keys of ``cpu``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from tensordict import TensorDict
+from torchrl.objectives import IQLLoss, SoftUpdate
+
+from torchrl_sym.diffusion import DiffusionBehaviorActor, ResidualMLPNoisePredictor, VPSDESchedule
+from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
+from torchrl_sym.objectives import DiffusionBehaviorLoss, SRPOLoss
+from torchrl_sym.objectives.srpo import make_srpo_actor
+from torchrl_sym.train import Objective, Stage, TargetUpdate
+from torchrl_sym.train.checkpoint import CheckpointManager
+from torchrl_sym.train.recipe import network_optimizers, setup_run, stage_steps
+
+log = logging.getLogger(__name__)
+
+
+BUDGET_PRESETS = ("paper", "cpu")
+"""Experiments whose stage budgets come from the config block of the same name."""
+
+
+def budgets(cfg) -> dict[str, int]:
+    """Steps of the three stages (the profile's cap applies) and the behavior batch size:
+    ``experiment=paper`` and ``experiment=cpu`` take them from ``paper.*`` / ``cpu.*``
+    (``behavior_steps``, ``critic_steps``, ``behavior_batch_size``; the policy stage is
+    ``train.steps``), the short default run from ``srpo.behavior.*`` and ``srpo.critic.*``."""
+    experiment = cfg.get("experiment_name")
+    hp = cfg.srpo
+    preset = cfg[experiment] if experiment in BUDGET_PRESETS else None
+    return {
+        "behavior": stage_steps(
+            cfg, preset.behavior_steps if preset is not None else hp.behavior.steps
+        ),
+        "critic": stage_steps(cfg, preset.critic_steps if preset is not None else hp.critic.steps),
+        "policy": stage_steps(cfg, cfg.train.steps),
+        "behavior_batch_size": int(
+            preset.behavior_batch_size if preset is not None else hp.behavior.batch_size
+        ),
+    }
+
+
+def iql_critic(iql: IQLLoss):
+    """Stage 2's objective: IQL's value and Q losses from one forward (its actor term is unused)."""
+
+    def critic(batch):
+        td = batch.copy()
+        loss_qvalue, meta = iql.qvalue_loss(td)
+        loss_value, _ = iql.value_loss(td)
+        return TensorDict(
+            {
+                "loss_qvalue": loss_qvalue,
+                "loss_value": loss_value,
+                "td_error": meta["td_error"].detach().mean(),
+            },
+            batch_size=[],
+        )
+
+    return critic
+
+
+def load_earlier_stages(path: str, bc_loss, iql, device) -> None:
+    """Load the behavior model and critic of an earlier SRPO run (its run directory or one of
+    its checkpoints), which must have finished both stages."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        state = torch.load(path, map_location=device, weights_only=False)
+    else:
+        directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        state = (
+            CheckpointManager(directory).load_latest(map_location=device)
+            if directory.is_dir()
+            else None
+        )
+        if state is None:
+            raise FileNotFoundError(
+                f"srpo.init_from={str(path)!r} holds no checkpoint; pass the directory of an earlier "
+                "srpo run (or one of its checkpoints/ckpt_*.pt files)."
+            )
+    modules = state.get("modules", {})
+    if "behavior" not in modules or "critic" not in modules:
+        raise ValueError(
+            f"srpo.init_from={str(path)!r} is not an srpo checkpoint (it holds {sorted(modules)}; "
+            "expected 'behavior' and 'critic')."
+        )
+    if int(state["stage_index"]) < 2:
+        raise ValueError(
+            f"srpo.init_from={str(path)!r} stopped in stage '{state['stage_name']}' at step "
+            f"{state['stage_step']}: its behavior and critic stages are not finished. Resume that "
+            "run first (resume=<its directory>)."
+        )
+    try:
+        bc_loss.load_state_dict(modules["behavior"])
+        iql.load_state_dict(modules["critic"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"srpo.init_from={str(path)!r}: its networks do not match this configuration "
+            f"(dataset, srpo.behavior.*, srpo.critic.hidden): {err}"
+        ) from err
+    log.info("Loaded the behavior model and critic of %s; stages 1 and 2 are skipped.", path)
+
+
+@hydra.main(config_path="pkg://torchrl_sym.configs", config_name="srpo", version_base="1.3")
+def main(cfg) -> dict:
+    run = setup_run(cfg)
+    cfg, hp = run.cfg, run.cfg.srpo
+    steps = budgets(cfg)
+    obs_dim, act_dim = run.obs_dim, run.action_dim
+
+    # ---- stage 1: the diffusion behavior model μ (ε-network on the continuous VP-SDE)
+    b = hp.behavior
+    behavior = DiffusionBehaviorActor(
+        ResidualMLPNoisePredictor(
+            obs_dim, act_dim, hidden_dim=b.hidden_dim, num_blocks=b.num_blocks, dropout=b.dropout
+        ),
+        VPSDESchedule(),
+        action_low=-1.0,
+        action_high=1.0,
+    )
+    bc_loss = DiffusionBehaviorLoss(behavior, t_min=b.t_min, action_reduction="sum").to(run.device)
+    bc_opt = torch.optim.AdamW(
+        bc_loss.actor_network_params.values(True, True), lr=b.lr, weight_decay=b.weight_decay
+    )
+    # the same tensors, another batch size and sampler
+    behavior_buffer = run.buffer.with_batch_size(
+        steps["behavior_batch_size"], seed=int(cfg.seed) + 1
+    )
+
+    # ---- stage 2: the IQL critic (twin Q, V, Polyak target)
+    c = hp.critic
+    qvalue = make_qvalue(obs_dim, act_dim, list(c.hidden))
+    iql = IQLLoss(
+        make_gaussian_actor(obs_dim, act_dim, list(c.hidden)),  # unused: SRPO extracts its own
+        qvalue,
+        make_value(obs_dim, list(c.hidden)),
+        num_qvalue_nets=2,
+        expectile=c.expectile,
+        loss_function="l2",
+    ).to(run.device)
+    iql.make_value_estimator(gamma=c.discount)
+    v_opt, q_opt = network_optimizers(iql, c.lr, ("value", "qvalue"))
+    critic_target = SoftUpdate(iql, tau=c.tau)
+
+    if hp.init_from:
+        load_earlier_stages(str(hp.init_from), bc_loss, iql, run.device)
+        steps["behavior"] = steps["critic"] = 0
+
+    # ---- stage 3: the Dirac policy, regularized by the frozen behavior score
+    p = hp.policy
+    actor = make_srpo_actor(obs_dim, act_dim, list(p.hidden))
+    srpo = SRPOLoss(
+        actor,
+        behavior,
+        qvalue,
+        beta=float(hp.beta),
+        weight=hp.weight,
+        t_min=hp.t_min,
+        t_max=hp.t_max,
+        eps_baseline=hp.eps_baseline,
+        q_reduce=hp.q_reduce,
+        normalize_q_grad=hp.normalize_q_grad,
+        qvalue_params=iql.target_qvalue_network_params,  # shared: the critic as stage 2 left it
+        behavior_params=bc_loss.actor_network_params,  # shared: the model stage 1 trained
+    ).to(run.device)
+    (actor_opt,) = network_optimizers(srpo, p.lr, ("actor",))
+    schedulers = (
+        [torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, T_max=max(steps["policy"], 1))]
+        if p.cosine_schedule
+        else []
+    )
+
+    stages = [
+        Stage(
+            "behavior",
+            steps["behavior"],
+            objectives=[Objective("bc", bc_loss, [bc_opt])],
+            buffer=behavior_buffer,
+        ),
+        Stage(
+            "critic",
+            steps["critic"],
+            objectives=[Objective("iql", iql_critic(iql), [v_opt, q_opt])],
+            targets=[TargetUpdate(critic_target)],
+        ),
+        Stage(
+            "policy",
+            steps["policy"],
+            objectives=[Objective("srpo", srpo, [actor_opt], schedulers=schedulers)],
+            evaluate=True,
+        ),
+    ]
+    log.info("SRPO stages: %s", {k: v for k, v in steps.items()})
+    modules = {"behavior": bc_loss, "critic": iql, "policy": srpo}
+    return run.execute(run.make_loop(stages, modules=modules, policy=actor))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """BDPO update steps for ``benchmarks/bench_losses.py`` (``--losses bdpo``).
 
-BDPO's updates are split (specs/bdpo.md §4): every step the critics (Q ensemble with its target from
+BDPO's updates are split (docs/specs/bdpo.md §4): every step the critics (Q ensemble with its target from
 a full N-step chain of the EMA actor at s', and the V_n ensemble with one EMA-actor step), and every
 5th step the actor (one reparameterized step). Both are timed at the paper's sizes and N = 5:
 ε-networks [256]×4 (Mish), Q and V_n [256]×3, E = 10, M = 10 samples per state. Each case is a full

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from torchrl_sym.data import D4RL_REF_SCORES, load_offline_dataset
+from torchrl_sym.data._staging import local_minari_ids
 from torchrl_sym.data.generate import (
     DATASET_KINDS,
     ENV_FAMILIES,
@@ -37,7 +38,6 @@ from torchrl_sym.data.generate import (
     parse_generated_id,
     read_provenance,
 )
-from torchrl_sym.data.offline import _local_minari_ids
 from torchrl_sym.data.policies import CARD_SETS, load_card
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def load_registry(path: Path = REGISTRY) -> dict[str, dict]:
 def update_registry(registry: dict[str, dict]) -> dict[str, dict]:
     """``registry`` with every local generated dataset measured afresh (the others kept)."""
     out = dict(registry)
-    for dataset_id in _local_minari_ids():
+    for dataset_id in local_minari_ids():
         if parse_generated_id(dataset_id) is not None:
             out[dataset_id] = measure(dataset_id)
     return dict(sorted(out.items()))
@@ -353,6 +353,7 @@ def render(registry: dict[str, dict], runs: dict[str, list[dict]] | None = None)
         "",
         "## Using Minari remote ids or D4RL files instead",
         "",
+        "<!-- fragment: needs internet (a Minari download) and a D4RL .hdf5 file of the user's -->",
         "```python",
         "from torchrl_sym.data import make_offline_replay_buffer",
         "",
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             if version not in CARD_SETS:
                 continue
             for kind in DATASET_KINDS:
-                if dataset_id_for(family, kind, version) not in _local_minari_ids():
+                if dataset_id_for(family, kind, version) not in local_minari_ids():
                     generate_dataset(family, kind, version=version)
     registry = update_registry(load_registry())
     REGISTRY.write_text(json.dumps(registry, indent=1) + "\n")

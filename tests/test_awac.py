@@ -1,4 +1,4 @@
-"""AWACLoss equals the hand-written losses of ../shared/specs/baselines.md §2.
+"""AWACLoss equals the hand-written losses of docs/specs/baselines.md §2.
 
 §7 tests 4 (batch-softmax weights, the BC limits, exp_clip = IQL's actor form with V = Q(s, ã)) and
 8 (gradient isolation), plus finiteness at extreme values and target updates. The actions the loss

@@ -1,6 +1,6 @@
 """BDPOLoss: the per-step KL, the path KL, the Q / V_n / actor targets by hand, ensembles, gradients.
 
-Numbered items refer to ``../shared/specs/bdpo.md`` §10 (tests 1, 3 and 4 live in
+Numbered items refer to ``docs/specs/bdpo.md`` §10 (tests 1, 3 and 4 live in
 test_diffusion_schedules.py, test_diffusion_actor.py and test_diffusion_bc.py).
 """
 

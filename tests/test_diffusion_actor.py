@@ -1,6 +1,6 @@
 """DiffusionBehaviorActor: TorchRL contract, samplers against the specs' formulas, a learned 2-D law.
 
-Formulas: ../shared/specs/bdpo.md §1 (DDPM mean, σ_n² = β_n, no noise at n = 1) and §10 test 3;
+Formulas: docs/specs/bdpo.md §1 (DDPM mean, σ_n² = β_n, no noise at n = 1) and §10 test 3;
 the 8gaussians data: torchrl_sym/data/toy2d.py (8 centres at radius 4/1.414, σ = 0.5/1.414).
 """
 
@@ -46,7 +46,7 @@ def _actor(schedule=None, seed=0, **kwargs) -> DiffusionBehaviorActor:
 
 
 def _bdpo_chain(actor, obs, noise, clip=None):
-    """BDPO's DDPM chain written from specs/bdpo.md §1, independent of the actor's code."""
+    """BDPO's DDPM chain written from docs/specs/bdpo.md §1, independent of the actor's code."""
     s = actor.schedule
     big_n = s.num_steps
     b, a, abar = s.betas, s.alphas, s.alphas_cumprod

@@ -1,6 +1,6 @@
 """DiffusionBehaviorLoss: the ε-MSE by hand, EMA target, gradient isolation, Gaussian score recovery.
 
-Gaussian tests: ../shared/specs/srpo.md §10 test 2 and ../shared/specs/bdpo.md §10 test 4.
+Gaussian tests: docs/specs/srpo.md §10 test 2 and docs/specs/bdpo.md §10 test 4.
 """
 
 from __future__ import annotations

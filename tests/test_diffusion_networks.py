@@ -1,6 +1,6 @@
 """Backbones (torchrl_sym.diffusion.networks): embeddings, ε-networks, the noise-conditioned critic.
 
-Architectures: ../shared/specs/srpo.md §4 (IDQL LN-ResNet) and ../shared/specs/bdpo.md §5.
+Architectures: docs/specs/srpo.md §4 (IDQL LN-ResNet) and docs/specs/bdpo.md §5.
 """
 
 from __future__ import annotations

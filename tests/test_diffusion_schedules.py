@@ -1,6 +1,6 @@
 """Noise schedules (torchrl_sym.diffusion.schedules) against the specs' tables and closed forms.
 
-BDPO §1 / §10 test 1-2 (../shared/specs/bdpo.md) and SRPO §3 / §10 test 1 (../shared/specs/srpo.md).
+BDPO §1 / §10 test 1-2 (docs/specs/bdpo.md) and SRPO §3 / §10 test 1 (docs/specs/srpo.md).
 """
 
 from __future__ import annotations

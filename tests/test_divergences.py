@@ -1,6 +1,6 @@
 """f-divergences (torchrl_sym.divergences) against sympy, closed forms and the spec's tables.
 
-Sf-AC §2–4 and §10 tests 1–8 (../shared/specs/sfac.md). Everything runs in float64.
+Sf-AC §2–4 and §10 tests 1–8 (docs/specs/sfac.md). Everything runs in float64.
 """
 
 from __future__ import annotations

@@ -271,7 +271,7 @@ def test_all_generates_every_env_and_kind_and_skips_existing(monkeypatch, capsys
         ),
     )
     existing = gen.dataset_id_for("walker2d", "random")
-    monkeypatch.setattr("torchrl_sym.data.offline._local_minari_ids", lambda: [existing])
+    monkeypatch.setattr("torchrl_sym.data._staging.local_minari_ids", lambda: [existing])
     assert gen.main(["--all", "--transitions", "10"]) == 0
     expected = [
         (e, k, 10)

@@ -1,6 +1,6 @@
 """IQL through TorchRL's IQLLoss with our networks equals the hand-written losses of the spec.
 
-../shared/specs/baselines.md §1 (IQL losses) and §7, tests 3 (losses on a fixed batch; expectile
+docs/specs/baselines.md §1 (IQL losses) and §7, tests 3 (losses on a fixed batch; expectile
 minimizer) and 8 (gradient isolation). The loss is built exactly as ``recipes/iql.py`` builds it.
 """
 

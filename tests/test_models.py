@@ -1,7 +1,7 @@
 """Network builders (torchrl_sym.models): the IQL paper's Gaussian actor, Q(s, a) and V(s).
 
 The actor is ``π(a|s) = N(tanh(μ(s)), diag(exp(clip(log σ, −5, 2))²))`` with a state-independent
-``log σ`` (../shared/specs/baselines.md §1), wrapped as a TorchRL ProbabilisticActor.
+``log σ`` (docs/specs/baselines.md §1), wrapped as a TorchRL ProbabilisticActor.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def test_shipped_v1_cards_meet_the_targets(family):
 def test_v1_cards_are_remeasured_from_the_shipped_weights(family, kind):
     """The card's deterministic and sampled returns, measured again from the weights with the
     card's seeds: equal within the noise of 20 episodes."""
-    from torchrl_sym.data.policies.build import _evaluate
+    from torchrl_sym.recipes.build_policies import _evaluate
 
     card = load_card(family, kind, 1)
     policy = load_behavior_policy(family, kind, 1)

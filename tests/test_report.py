@@ -419,7 +419,7 @@ def test_published_numbers_are_in_their_own_labelled_column(page):
     assert row(text, HOPPER, "sfac", "sfac.divergence=js")[9].startswith("not published [p")
     section = text.split(f"(`{HOPPER}`)", 1)[1].split("\n### ", 1)[0]
     assert (
-        "IQL: Kostrikov et al., IQL (ICLR 2022), Table 1; transcribed in specs/baselines.md §6"
+        "IQL: Kostrikov et al., IQL (ICLR 2022), Table 1; transcribed in docs/specs/baselines.md §6"
         in (section)
     )
     assert NOT_PUBLISHED["sfac"] in section

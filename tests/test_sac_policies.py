@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchrl_sym.data.policies.build import build, select_sampled_medium, select_snapshots
+from torchrl_sym.recipes.build_policies import build, select_sampled_medium, select_snapshots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,7 @@ def test_build_with_a_medium_run_writes_sampled_returns_and_a_version_folder(sac
         "frames,return_mean,return_std\n50,95.0,1\n100,200.0,1\n150,300.0,1\n"
     )
     seen = []
-    import torchrl_sym.data.policies.build as build_module
+    import torchrl_sym.recipes.build_policies as build_module
 
     real = build_module._evaluate
 

@@ -1,4 +1,4 @@
-"""D4RL normalized scores (specs/baselines.md §0 and §7 test 1)."""
+"""D4RL normalized scores (docs/specs/baselines.md §0 and §7 test 1)."""
 
 from __future__ import annotations
 

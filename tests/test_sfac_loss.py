@@ -1,4 +1,4 @@
-"""SfACLoss against hand computations of ../shared/specs/sfac.md §4–6 and its §10 tests 9–11.
+"""SfACLoss against hand computations of docs/specs/sfac.md §4–6 and its §10 tests 9–11.
 
 Networks are tiny and the checks run in float64, so every comparison is to 1e-6 or better. Q and
 V in the hand checks are single linear layers whose target/online parameters differ, so using the

@@ -1,4 +1,4 @@
-"""SQLLoss equals the hand-written losses of ../shared/specs/baselines.md §3.
+"""SQLLoss equals the hand-written losses of docs/specs/baselines.md §3.
 
 §7 tests 5 (the paper-form minimizer of L_V equals the code-form one at α_c = 4α, and solves
 mean (1 + (q − v)/(2α))₊ = 1) and 8 (gradient isolation), plus finiteness at extreme values and

@@ -1,4 +1,4 @@
-"""SRPOLoss (specs/srpo.md §1-2, §9-10): the analytic-Gaussian checks of §10 (3-8), the code's
+"""SRPOLoss (docs/specs/srpo.md §1-2, §9-10): the analytic-Gaussian checks of §10 (3-8), the code's
 per-sample gradient, gradient isolation, sharing with the IQL critic and input validation.
 
 §10.1 (schedule table, VP identity, log α) is tests/test_diffusion_schedules.py; §10.2 (exact ε* of a

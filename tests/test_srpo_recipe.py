@@ -1,5 +1,5 @@
 """recipes/srpo.py end to end: three checkpointed stages, exact resume across stages, reuse of an
-earlier run's behavior model and critic, the paper preset and the per-task β of specs/srpo.md §6."""
+earlier run's behavior model and critic, the paper preset and the per-task β of docs/specs/srpo.md §6."""
 
 from __future__ import annotations
 

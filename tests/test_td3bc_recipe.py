@@ -1,4 +1,4 @@
-"""recipes/td3bc.py: TorchRL's TD3BCLoss set up as the paper (specs/baselines.md §5) end to end.
+"""recipes/td3bc.py: TorchRL's TD3BCLoss set up as the paper (docs/specs/baselines.md §5) end to end.
 
 A smoke run checks the run directory, the loss's α through its logged λ, the policy delay through
 the optimizers' step counts, and that the dataset's observation statistics reach the evaluation

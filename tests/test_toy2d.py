@@ -1,4 +1,4 @@
-"""The 2-D bandit datasets match the generators and energies of specs/bdpo.md §8."""
+"""The 2-D bandit datasets match the generators and energies of docs/specs/bdpo.md §8."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """BDPO's 2-D tasks (recipes/toy2d.py algo=bdpo): the re-weighted target, the metrics, and a trained
-policy that is closer to p_data·exp(E/η) than the behavior model (specs/bdpo.md §8, §10 test 9)."""
+policy that is closer to p_data·exp(E/η) than the behavior model (docs/specs/bdpo.md §8, §10 test 9)."""
 
 from __future__ import annotations
 

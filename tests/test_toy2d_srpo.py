@@ -1,4 +1,4 @@
-"""SRPO's 2-D bandit (specs/srpo.md §8) on a small, fast configuration: at 1/β = 0 the points sit on
+"""SRPO's 2-D bandit (docs/specs/srpo.md §8) on a small, fast configuration: at 1/β = 0 the points sit on
 their targets; at 1/β = 1 they have moved into regions of higher behavior density."""
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+_NOT_SOURCE = (".git", ".venv", ".ci-venv", "build", "dist", "*.egg-info", "outputs", "multirun",
+               "runs", "results", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +24,13 @@ def installed(tmp_path_factory):
     """``pip wheel`` of the checkout, installed with ``--target`` (no editable finder, no
     checkout on the path): returns ``(wheel, target dir, env)``."""
     work = tmp_path_factory.mktemp("wheel")
+    # a clean copy of the source: setuptools builds in <source>/build/, whose leftovers from an
+    # earlier build (files since deleted) would otherwise end up in the wheel
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(work), str(ROOT)],
+         "-w", str(work), str(source)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]

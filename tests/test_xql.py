@@ -1,4 +1,4 @@
-"""XQLLoss equals the hand-written losses of ../shared/specs/baselines.md §4.
+"""XQLLoss equals the hand-written losses of docs/specs/baselines.md §4.
 
 §7 tests 6 (the minimizer of L_V is β log mean exp(q/β), the rescaled loss has the same minimizer
 and the per-sample gradient −e^{−m}(e^z − 1)/β, Huber with δ = 20 is ½x² up to 20 and linear

@@ -1,6 +1,6 @@
 r"""f-divergences for behavior regularization (pure math on tensors).
 
-This module is the mathematical layer of Sf-AC (``specs/sfac.md`` §2–4, reference: Zhu et al.,
+This module is the mathematical layer of Sf-AC (``docs/specs/sfac.md`` §2–4, reference: Zhu et al.,
 *Symmetric Behavior Regularized Policy Optimization*, arXiv 2508.04225). Every function works
 elementwise or reduces along one ``dim``, keeps dtype and device, and is exact in float64 unless
 its docstring says it truncates a series.

@@ -83,7 +83,7 @@ def _block(algo, column, tasks, values, *, version, table, spec, unverified=Fals
 # Rows in the order of the spec's tables: halfcheetah/hopper/walker2d × medium, medium-replay,
 # medium-expert (srpo.md §7 lists medium-expert first; its values are reordered here to match).
 PUBLISHED: tuple[PublishedScore, ...] = tuple(
-    # specs/baselines.md §6, "Reference D4RL scores": AWAC (re-run on -v2), TD3+BC and IQL are the
+    # docs/specs/baselines.md §6, "Reference D4RL scores": AWAC (re-run on -v2), TD3+BC and IQL are the
     # IQL paper's Table 1.
     _block(
         "awac",
@@ -92,7 +92,7 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         (43.5, 57.0, 72.4, 40.5, 37.2, 27.0, 42.8, 55.8, 74.5),
         version="v2",
         table=_IQL_TABLE + " (AWAC re-run on -v2)",
-        spec="specs/baselines.md §6",
+        spec="docs/specs/baselines.md §6",
     )
     + _block(
         "td3bc",
@@ -101,7 +101,7 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         (48.3, 59.3, 83.7, 44.6, 60.9, 81.8, 90.7, 98.0, 110.1),
         version="v2",
         table=_IQL_TABLE,
-        spec="specs/baselines.md §6",
+        spec="docs/specs/baselines.md §6",
     )
     + _block(
         "iql",
@@ -110,9 +110,9 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         (47.4, 66.3, 78.3, 44.2, 94.7, 73.9, 86.7, 91.5, 109.6),
         version="v2",
         table=_IQL_TABLE,
-        spec="specs/baselines.md §6",
+        spec="docs/specs/baselines.md §6",
     )
-    # specs/baselines.md §6, the paragraph after the table: AntMaze (-v0), IQL.
+    # docs/specs/baselines.md §6, the paragraph after the table: AntMaze (-v0), IQL.
     + _block(
         "iql",
         "IQL",
@@ -120,9 +120,9 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         (87.5, 62.2, 71.2, 70.0, 39.6, 47.5),
         version="v0",
         table=_IQL_TABLE,
-        spec="specs/baselines.md §6",
+        spec="docs/specs/baselines.md §6",
     )
-    # specs/baselines.md §6: SQL is tagged [U] there.
+    # docs/specs/baselines.md §6: SQL is tagged [U] there.
     + _block(
         "sql",
         "SQL",
@@ -130,10 +130,10 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         (48.3, 75.5, 84.2, 44.8, 99.7, 81.2, 94.0, 111.8, 110.0),
         version="v2",
         table=_SQL_TABLE,
-        spec="specs/baselines.md §6",
+        spec="docs/specs/baselines.md §6",
         unverified=True,
     )
-    # specs/baselines.md §6: XQL-C ("consistent" hyper-parameters, our torchrl_sym/configs/xql.yaml defaults)
+    # docs/specs/baselines.md §6: XQL-C ("consistent" hyper-parameters, our torchrl_sym/configs/xql.yaml defaults)
     # and XQL-T (per-dataset tuned, our torchrl_sym/configs/tasks/xql/*.yaml).
     + _block(
         "xql",
@@ -142,7 +142,7 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         (47.7, 71.1, 81.5, 44.8, 97.3, 75.9, 89.8, 107.1, 110.1),
         version="v2",
         table=_XQL_TABLE,
-        spec="specs/baselines.md §6",
+        spec="docs/specs/baselines.md §6",
     )
     + _block(
         "xql",
@@ -151,9 +151,9 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         (48.3, 74.2, 84.2, 45.2, 100.7, 82.2, 94.2, 111.2, 112.7),
         version="v2",
         table=_XQL_TABLE,
-        spec="specs/baselines.md §6",
+        spec="docs/specs/baselines.md §6",
     )
-    # specs/srpo.md §7 (SRPO column; the BDPO paper's Table 1 prints the same locomotion values).
+    # docs/specs/srpo.md §7 (SRPO column; the BDPO paper's Table 1 prints the same locomotion values).
     + _block(
         "srpo",
         "SRPO",
@@ -161,9 +161,9 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         (60.4, 95.5, 84.4, 51.4, 101.2, 84.6, 92.2, 100.1, 114.0),
         version="v2",
         table=_SRPO_TABLE,
-        spec="specs/srpo.md §7",
+        spec="docs/specs/srpo.md §7",
     )
-    # specs/bdpo.md §7 (BDPO column).
+    # docs/specs/bdpo.md §7 (BDPO column).
     + _block(
         "bdpo",
         "BDPO",
@@ -181,7 +181,7 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         ),
         version="v2",
         table=_BDPO_TABLE,
-        spec="specs/bdpo.md §7",
+        spec="docs/specs/bdpo.md §7",
     )
     + _block(
         "bdpo",
@@ -190,12 +190,12 @@ PUBLISHED: tuple[PublishedScore, ...] = tuple(
         ((98.4, 1.5), (83.0, 12.4), (92.0, 2.9), (93.2, 2.8), (69.0, 8.0), (84.0, 3.2)),
         version="v0",
         table=_BDPO_TABLE,
-        spec="specs/bdpo.md §7",
+        spec="docs/specs/bdpo.md §7",
     )
 )
 
 NOT_PUBLISHED: dict[str, str] = {
-    "sfac": "Sf-AC publishes no per-task D4RL table we can cite (specs/sfac.md §1)",
+    "sfac": "Sf-AC publishes no per-task D4RL table we can cite (docs/specs/sfac.md §1)",
 }
 """Algorithms of this library without published per-task numbers, and why."""
 

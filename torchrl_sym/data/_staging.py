@@ -110,3 +110,14 @@ def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
         if not staging.exists():
             removed.append(staging)
     return removed
+
+
+def local_minari_ids() -> list[str]:
+    """The ids of the datasets in the local Minari store (``MINARI_DATASETS_PATH``), sorted."""
+    import warnings
+
+    import minari
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sorted(minari.list_local_datasets().keys())

@@ -421,9 +421,9 @@ def _local_or_rollout(
 
 
 def _local_ids() -> list[str]:
-    from torchrl_sym.data.offline import _local_minari_ids
+    from torchrl_sym.data import _staging
 
-    return _local_minari_ids()
+    return _staging.local_minari_ids()
 
 
 def _reference_returns(
@@ -562,11 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.all
         else [(args.env, args.kind)]
     )
-    from torchrl_sym.data.offline import _local_minari_ids
+    from torchrl_sym.data import _staging
 
     for env, kind in jobs:
         target = dataset_id_for(env, kind, args.version)
-        if args.all and not args.overwrite and target in _local_minari_ids():
+        if args.all and not args.overwrite and target in _staging.local_minari_ids():
             print(f"{target} exists (--overwrite to rebuild)")
             continue
         try:

@@ -608,7 +608,9 @@ def _load_minari_cached(
     # unreadable (which minari.list_local_datasets silently leaves out) raises in _open_minari.
     if not path.exists():
         if not _generate_if_ours(dataset_id, generate_transitions):
-            _download_minari_or_raise(dataset_id, _local_minari_ids(), download)
+            from torchrl_sym.data import _staging
+
+            _download_minari_or_raise(dataset_id, _staging.local_minari_ids(), download)
     dataset = _open_minari(dataset_id, path)
     data_dir = path / "data"
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())
@@ -727,14 +729,6 @@ def _open_minari(dataset_id: str, path: Path):
             meta_file,
             f"does not describe a loadable dataset ({type(err).__name__}: {err})",
         ) from err
-
-
-def _local_minari_ids() -> list[str]:
-    import minari
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return sorted(minari.list_local_datasets().keys())
 
 
 def _offline_flag() -> bool:

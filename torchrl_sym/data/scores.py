@@ -27,7 +27,7 @@ Where the reference returns come from, first match wins (:func:`reference_scores
    that only carry an ``env_id`` / ``dataset_id``.
 
 D4RL constants (``d4rl/infos.py``, ``REF_MIN_SCORE`` / ``REF_MAX_SCORE``, identical for every
-``-v2`` dataset of one environment; ``specs/baselines.md`` §0):
+``-v2`` dataset of one environment; ``docs/specs/baselines.md`` §0):
 
 ============  ============  ==========
 family        R_min         R_max

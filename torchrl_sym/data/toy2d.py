@@ -2,7 +2,7 @@
 
 Each dataset is a cloud of 2-D points ``x`` (the *actions* of a one-step bandit) with an energy
 ``E(x) ∈ [0, 1]`` (the *reward*). The generators follow ``flowrl/dataset/toy2d.py`` (BDPO) and
-SRPO's ``dataset/dataset.py``; the table is in ``specs/bdpo.md`` §8. ``U`` is uniform on [0, 1),
+SRPO's ``dataset/dataset.py``; the table is in ``docs/specs/bdpo.md`` §8. ``U`` is uniform on [0, 1),
 ``N`` a standard normal, every draw i.i.d. per point.
 
 ``8gaussians``

@@ -9,10 +9,10 @@ accepted too.
   (Transformer / DDPM positional encoding; BDPO feeds the integer step n).
 * :class:`GaussianFourierTimeEmbedding` — ``[sin(2π τ w_i), cos(2π τ w_i)]`` with fixed random
   ``w_i ~ N(0, scale²)`` stored in the state dict (SRPO / IDQL, scale 30, for t ∈ [0, 1]).
-* :class:`ResidualMLPNoisePredictor` — IDQL's LN-ResNet as SRPO uses it (specs/srpo.md §4):
+* :class:`ResidualMLPNoisePredictor` — IDQL's LN-ResNet as SRPO uses it (docs/specs/srpo.md §4):
   ``h = W_in [a_t, s, e(τ)]``; ``h ← h + W₂ Mish(W₁ LN(Dropout(h)))`` (×3, 256 → 1024 → 256);
   ``ε̂ = W_out Mish(h)``; ``e(τ) = W Mish(W Fourier(τ))`` (64 → 128 → 128).
-* :class:`MLPNoisePredictor` — BDPO's ε-network (specs/bdpo.md §5): ``ε̂ = MLP([a_n, e(n), s])``,
+* :class:`MLPNoisePredictor` — BDPO's ε-network (docs/specs/bdpo.md §5): ``ε̂ = MLP([a_n, e(n), s])``,
   body [256]×4 with Mish, ``e(n) = W Mish(W Sinusoidal(n))`` (64 → 64 → 64), orthogonal init.
 * :class:`NoiseConditionedCritic` — BDPO's ensemble ``V_k(s, a_n, n)``, k = 1..E, as one module
   with stacked member weights: ``[*B, S], [*B, A], [*B] -> [E, *B, 1]``.

@@ -1,4 +1,4 @@
-r"""BDPO: behavior-regularized diffusion policy optimization (``specs/bdpo.md`` §2–§5, §9).
+r"""BDPO: behavior-regularized diffusion policy optimization (``docs/specs/bdpo.md`` §2–§5, §9).
 
 Reference: Gao, Wu, Cao, Xiao, Yu, Zhang, *Behavior-Regularized Diffusion Policy Optimization for
 Offline Reinforcement Learning*, ICML 2025 (arXiv 2502.04778); official JAX code

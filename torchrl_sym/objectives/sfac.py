@@ -1,4 +1,4 @@
-r"""Sf-AC: symmetric f-divergence actor-critic (``specs/sfac.md`` §4–6, §9)."""
+r"""Sf-AC: symmetric f-divergence actor-critic (``docs/specs/sfac.md`` §4–6, §9)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class SfACLoss(LossModule):
 
     Reference: Zhu, Shah, Chen, Nagai, White, *Symmetric Behavior Regularized Policy
     Optimization*, arXiv 2508.04225. The paper's exact estimator is not public; this is the
-    library's documented reconstruction (``specs/sfac.md``, tagged [L] there), and every choice
+    library's documented reconstruction (``docs/specs/sfac.md``, tagged [L] there), and every choice
     in it is a constructor argument. Per-sample quantities have shape ``[B]``; ``Q̄`` are the
     Polyak target critics; ``A_v``, the weights and ``π̂_β`` are detached.
 

@@ -1,4 +1,4 @@
-r"""SRPO: score-regularized policy optimization through a diffusion behavior (``specs/srpo.md``)."""
+r"""SRPO: score-regularized policy optimization through a diffusion behavior (``docs/specs/srpo.md``)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ class SRPOLoss(LossModule):
             critics, vmapped, each keeping its weights) or one module (one head).
 
     Keyword Args:
-        beta: the Q-gradient coefficient ``β > 0`` (per task, ``specs/srpo.md`` §6); ``math.inf``
+        beta: the Q-gradient coefficient ``β > 0`` (per task, ``docs/specs/srpo.md`` §6); ``math.inf``
             removes the regularizer.
         weight: ``ω(t)``, one of :data:`SRPO_WEIGHTS`.
         t_min, t_max: range of the diffusion time, ``0 < t_min ≤ t_max ≤ 1`` (``t_min = t_max``

@@ -6,7 +6,7 @@
     python recipes/td3bc.py experiment=paper dataset=...     # 1M steps, eval every 5k, 10 episodes
     python recipes/td3bc.py -m experiment=paper hydra/launcher=joblib   # five seeds
 
-Set up as the paper's code (``sfujim/TD3_BC``; ``specs/baselines.md`` §5): states standardized
+Set up as the paper's code (``sfujim/TD3_BC``; ``docs/specs/baselines.md`` §5): states standardized
 with the dataset's mean and std + 1e-3 (``data.normalize_observations=true``; the evaluation env
 applies the same statistics), raw rewards, a deterministic tanh actor and twin critics 2×256, Adam
 3e-4, batch 256, γ = 0.99. Per step::

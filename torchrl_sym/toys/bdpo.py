@@ -1,4 +1,4 @@
-"""BDPO's 2-D tasks (specs/bdpo.md §8; paper §5.1, Fig. 4/5/9/13): a diffusion policy regularized
+"""BDPO's 2-D tasks (docs/specs/bdpo.md §8; paper §5.1, Fig. 4/5/9/13): a diffusion policy regularized
 toward a diffusion behavior model converges to ``p(x) ∝ p_data(x) exp(E(x)/η)``.
 
 Bandit form: the action is a 2-D point, the observation a constant 0, the reward the point's energy

@@ -1,4 +1,4 @@
-"""Sf-AC's distribution-approximation toy (specs/sfac.md §8), on a 1-D action grid.
+"""Sf-AC's distribution-approximation toy (docs/specs/sfac.md §8), on a 1-D action grid.
 
 Behavior ``π_D``: a mixture of three Gaussians (weights 0.5 / 0.3 / 0.2, means −0.6 / 0 / 0.6,
 std 0.1) truncated to (−1, 1); ``Q(a) = a``; the regularized target is the N = 2 policy
@@ -416,7 +416,7 @@ def run(cfg, out_dir, seed: int = 0) -> dict:
         ax_tv.legend(fontsize=7)
         results["taus"][str(tau)] = entry
     fig.suptitle(
-        "Sf-AC toy (specs/sfac.md §8): one tanh-Gaussian fitted to the sparse target π*",
+        "Sf-AC toy (docs/specs/sfac.md §8): one tanh-Gaussian fitted to the sparse target π*",
         fontsize=11,
     )
     fig.tight_layout()

@@ -1,4 +1,4 @@
-"""SRPO's 2-D bandit (Figure 3 of the paper; ``specs/srpo.md`` §8), run with :class:`SRPOLoss`.
+"""SRPO's 2-D bandit (Figure 3 of the paper; ``docs/specs/srpo.md`` §8), run with :class:`SRPOLoss`.
 
 Per dataset (two-moons, 8-Gaussians, checkerboard; :mod:`torchrl_sym.data.toy2d`):
 

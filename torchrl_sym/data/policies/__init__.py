@@ -11,7 +11,7 @@ For each env family (hopper, halfcheetah, walker2d) this folder holds
 * ``<family>_medium_replay.npz``: the SAC replay buffer up to the medium checkpoint (episodes in
   collection order), the source of the medium-replay dataset.
 
-They are built from ``recipes/sac.py`` runs by :mod:`torchrl_sym.data.policies.build`.
+They are built from ``recipes/sac.py`` runs by :mod:`torchrl_sym.recipes.build_policies`.
 
 Dataset versions: the files above, in this folder, are the policies of the ``-v0`` datasets (SAC on
 a CPU budget); ``v1/`` holds those of the ``-v1`` datasets (CrossQ experts near D4RL's strength, a
@@ -192,7 +192,7 @@ def load_behavior_policy(env: str, kind: str, version: int = 0) -> BehaviorPolic
         raise FileNotFoundError(
             f"No shipped {kind} policy for {family} ({path} is missing); available: "
             f"{available_policies()}. Build one with recipes/sac.py and "
-            "python -m torchrl_sym.data.policies.build."
+            "python -m torchrl_sym.recipes.build_policies."
         )
     blob = torch.load(path, map_location="cpu", weights_only=True)
     actor = make_tanh_gaussian_actor(
@@ -214,7 +214,9 @@ def load_medium_replay(env: str, version: int = 0) -> list[dict[str, np.ndarray]
         raise FileNotFoundError(_missing_message(family, "medium-replay data", version))
     if not path.is_file():
         raise FileNotFoundError(f"No medium-replay data for {family} ({path} is missing).")
-    z = np.load(path)
+    with np.load(path) as npz:
+        # read each array once: NpzFile decompresses the whole array on every item access
+        z = {key: npz[key] for key in npz.files}
     obs_ends = np.cumsum(z["episode_lengths"] + 1)
     act_ends = np.cumsum(z["episode_lengths"])
     episodes = []

@@ -1,6 +1,6 @@
 """Pick the expert and medium policies from ``recipes/sac.py`` runs and write them with their cards.
 
-    python -m torchrl_sym.data.policies.build hopper EXPERT_RUN [--medium-run MEDIUM_RUN]
+    python -m torchrl_sym.recipes.build_policies hopper EXPERT_RUN [--medium-run MEDIUM_RUN]
         [--version 1] [--min-replay 100000] [--episodes 20] [--medium-episodes 10]
 
 * **expert**: the actor snapshot of ``EXPERT_RUN`` with the highest evaluated (deterministic) return
@@ -261,7 +261,7 @@ def build(
     probe.close()
     evals = _read_evals(run_dir)
     build_command = (
-        f"python -m torchrl_sym.data.policies.build {family} <expert run dir>"
+        f"python -m torchrl_sym.recipes.build_policies {family} <expert run dir>"
         + (" --medium-run <medium run dir>" if medium_run is not None else "")
         + f" --version {version} --episodes {episodes}"
         + (f" --min-replay {min_replay} --medium-episodes {medium_episodes}" if medium_run else "")
@@ -363,7 +363,7 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m torchrl_sym.data.policies.build", description=__doc__.split("\n\n")[0]
+        prog="python -m torchrl_sym.recipes.build_policies", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("family", help="hopper | halfcheetah | walker2d")
     parser.add_argument("run_dir", type=Path, help="the expert's recipes/sac.py run directory")

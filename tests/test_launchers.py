@@ -78,3 +78,31 @@ def test_ray_preset_composes_where_the_ray_launcher_is_installed():
     launcher = _compose_hydra("hydra/launcher=ray_cluster").launcher
     assert launcher._target_.endswith("RayLauncher")
     assert (launcher.ray.remote.num_cpus, launcher.ray.remote.num_gpus) == (1, 0)
+
+
+def test_two_seed_sweep_through_the_ray_launcher(tmp_path, recipe_dataset):
+    """Runs only where hydra-ray-launcher is installed (not in the extras: it pins cloudpickle<3):
+    a local Ray instance runs both seeds as Ray tasks."""
+    pytest.importorskip(
+        "hydra_plugins.hydra_ray_launcher",
+        reason="hydra-ray-launcher is not installed (it pins cloudpickle<3; docs/training.md)",
+    )
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray instance
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "iql.py"),
+        "-m",
+        "seed=0,1",
+        "profile=smoke",
+        f"dataset={recipe_dataset}",
+        "logger.backend=csv",
+        "hydra/launcher=ray_cluster",
+        "+hydra.launcher.ray.init.num_cpus=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert [p.name for p in runs] == ["0_seed0", "1_seed1"]
+    assert all(json.loads((r / "summary.json").read_text())["global_step"] == 50 for r in runs)

@@ -842,3 +842,12 @@ def test_forward_shares_work_and_equals_the_individual_terms(value_loss):
     torch.testing.assert_close(out["loss_behavior"], behavior, rtol=1e-12, atol=1e-12)
     for key in ("asym", "csym", "w_kl_mean", "w2_nonzero_frac", "r_clamped_frac"):
         torch.testing.assert_close(out[key], meta[key], rtol=1e-12, atol=1e-12)
+
+
+def test_the_critic_plumbing_is_the_shared_in_sample_base():
+    """Sf-AC's critics, TD target and keys come from WeightedActorCriticLoss (AWAC, SQL, XQL)."""
+    from torchrl_sym.objectives.in_sample import WeightedActorCriticLoss
+
+    assert issubclass(SfACLoss, WeightedActorCriticLoss)
+    for name in ("qvalue_loss", "_q_ensemble", "_min_q", "_make_vmap", "make_value_estimator"):
+        assert getattr(SfACLoss, name) is getattr(WeightedActorCriticLoss, name), name

@@ -1,4 +1,4 @@
-r"""What AWAC, SQL and XQL share: a weighted-regression actor and a TD-regressed critic ensemble.
+r"""What AWAC, SQL, XQL and Sf-AC share: a weighted-regression actor and a TD-regressed critic ensemble.
 
 With critics ``Q_i`` (``i = 1…N``), their Polyak targets ``Q̄_i``, a stochastic actor ``π`` and a
 next-state value ``V'(s')`` that each loss defines, on a batch of ``B`` transitions
@@ -15,7 +15,8 @@ next-state value ``V'(s')`` that each loss defines, on a batch of ``B`` transiti
 target parameters, advanced by :class:`~torchrl.objectives.SoftUpdate`), ``y`` through
 ``make_value_estimator``, ``L_Q`` (``ℓ`` per loss, ``distance_loss(loss_function)`` by default),
 the weighted log-likelihood ``L_π`` (``w`` per loss), the priority entry and the keys. AWAC builds
-on it directly, with ``V'(s') = min_i Q̄_i(s', a') − α log π(a'|s')``, ``a' ~ π(·|s')``.
+on it directly, with ``V'(s') = min_i Q̄_i(s', a') − α log π(a'|s')``, ``a' ~ π(·|s')``, and so does
+:class:`~torchrl_sym.objectives.SfACLoss` (its own value losses and actor; ``V'(s') = V(s')``).
 
 :class:`InSampleActorCriticLoss` adds a state value ``V`` trained in-sample (on dataset actions
 only) against the target critics, IQL-style; SQL and XQL build on it:

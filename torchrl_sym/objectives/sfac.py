@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -13,17 +13,10 @@ from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, d
 from tensordict.utils import NestedKey
 from torch import Tensor
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.objectives import LossModule
-from torchrl.objectives.utils import (
-    ValueEstimators,
-    _vmap_func,
-    dispatch_value_estimator,
-    distance_loss,
-)
-from torchrl.objectives.value import ValueEstimatorBase
+from torchrl.objectives.utils import ValueEstimators
 
 from torchrl_sym.divergences import FDivergence, get_divergence, n2_policy_weight
-from torchrl_sym.objectives._ensemble import ensemble_call
+from torchrl_sym.objectives.in_sample import WeightedActorCriticLoss, check_loss_function
 
 __all__ = ["SfACLoss", "conditional_symmetry_term"]
 
@@ -35,7 +28,7 @@ _KL_WEIGHTS = ("exp", "sparse")
 _VALUE_LOSSES = ("expectile", "sparse", "policy")
 
 
-class SfACLoss(LossModule):
+class SfACLoss(WeightedActorCriticLoss):
     r"""Sf-AC loss: an advantage-weighted regression plus a Taylor-expanded symmetry term.
 
     Reference: Zhu, Shah, Chen, Nagai, White, *Symmetric Behavior Regularized Policy
@@ -85,6 +78,10 @@ class SfACLoss(LossModule):
             a'' \sim \pi_\theta(s') \\
         L_\beta &= -\mathrm{mean}_B \log\hat\pi_\beta(a|s)
 
+    The critic plumbing (the vmapped heads and their Polyak targets, the TD target ``y`` through
+    ``make_value_estimator``, ``L_Q``, the input keys) is
+    :class:`~torchrl_sym.objectives.in_sample.WeightedActorCriticLoss`'s, shared with AWAC, SQL
+    and XQL; ``V'(s')`` of ``y`` is ``V(s')`` or, with ``value_loss="policy"``, ``min Q̄(s', a'')``.
     ``d`` is ``("next", "terminated")``: truncated transitions bootstrap. ``V(s')`` in ``y`` is
     evaluated with detached value parameters; ``a'``, ``a''`` are drawn under
     ``ExplorationType.RANDOM`` with detached actor parameters. Each ``loss_*`` reaches only its
@@ -167,7 +164,7 @@ class SfACLoss(LossModule):
         ...     make_value(n_obs, [16]),
         ...     divergence="jeffreys", n_loss=3, behavior_warmup=0,
         ... )
-        >>> loss.make_value_estimator(gamma=0.99)
+        >>> _ = loss.make_value_estimator(gamma=0.99)
         >>> updater = SoftUpdate(loss, tau=0.005)
         >>> optim = torch.optim.Adam(loss.parameters(), lr=3e-4)
         >>> batch = TensorDict({
@@ -187,39 +184,26 @@ class SfACLoss(LossModule):
     """
 
     @dataclass
-    class _AcceptedKeys:
+    class _AcceptedKeys(WeightedActorCriticLoss._AcceptedKeys):
         """Keys read from the batch and written by the networks.
 
+        Those of :class:`~torchrl_sym.objectives.in_sample.WeightedActorCriticLoss` (``action``:
+        the dataset action and the key the actor writes its sample to; ``state_action_value``:
+        the Q network's output; ``reward``, ``done`` and ``terminated`` under ``"next"``, only
+        terminated transitions stopping the bootstrap; ``priority``, which this loss never
+        writes), and:
+
         Attributes:
-            action (NestedKey): the dataset action (and the key the actor writes its sample
-                to). Defaults to ``"action"``.
             value (NestedKey): the value network's output. Defaults to ``"state_value"``.
-            state_action_value (NestedKey): the Q network's output. Defaults to
-                ``"state_action_value"``.
-            reward (NestedKey): reward, read under ``"next"``. Defaults to ``"reward"``.
-            done (NestedKey): done flag, read under ``"next"``. Defaults to ``"done"``.
-            terminated (NestedKey): termination flag, read under ``"next"``; only terminated
-                transitions stop the bootstrap. Defaults to ``"terminated"``.
         """
 
-        action: NestedKey = "action"
         value: NestedKey = "state_value"
-        state_action_value: NestedKey = "state_action_value"
-        reward: NestedKey = "reward"
-        done: NestedKey = "done"
-        terminated: NestedKey = "terminated"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0,)
 
-    actor_network: TensorDictModule
-    actor_network_params: TensorDictParams
-    target_actor_network_params: TensorDictParams
-    qvalue_network: TensorDictModule
-    qvalue_network_params: TensorDictParams
-    target_qvalue_network_params: TensorDictParams
     value_network: TensorDictModule
     value_network_params: TensorDictParams
     target_value_network_params: TensorDictParams
@@ -255,9 +239,8 @@ class SfACLoss(LossModule):
         reduction: Literal["mean", "sum", "none"] = "mean",
         deactivate_vmap: bool = False,
     ) -> None:
-        self._in_keys = None
         self._out_keys = None
-        super().__init__()
+        check_loss_function(loss_function)
 
         # ---- the divergence and its coefficients
         self.divergence = (
@@ -332,7 +315,7 @@ class SfACLoss(LossModule):
                 f"value_loss must be one of {_VALUE_LOSSES}, got {self.value_loss_type!r}."
             )
 
-        # ---- networks
+        # ---- networks: actor, value and the critic ensemble through the shared base
         if behavior_network is None:
             behavior_network = copy.deepcopy(actor_network)
             for module in behavior_network.modules():
@@ -345,49 +328,22 @@ class SfACLoss(LossModule):
                 "behavior_network shares parameters with actor_network; pass a separate model "
                 "(or None for a freshly initialized copy of the actor's architecture)."
             )
-        self.convert_to_functional(actor_network, "actor_network", create_target_params=False)
-        self.convert_to_functional(behavior_network, "behavior_network", create_target_params=False)
-        self.convert_to_functional(value_network, "value_network", create_target_params=False)
-        self.num_qvalue_nets = num_qvalue_nets
-        if num_qvalue_nets == 1 and isinstance(qvalue_network, (list, tuple)):
-            (qvalue_network,) = qvalue_network
-        self.convert_to_functional(
+        super().__init__(
+            actor_network,
             qvalue_network,
-            "qvalue_network",
-            None if num_qvalue_nets == 1 else num_qvalue_nets,
-            create_target_params=True,
+            value_network,
+            num_qvalue_nets=num_qvalue_nets,
+            reduction=reduction,
+            deactivate_vmap=deactivate_vmap,
         )
-        self._make_vmap()
+        self.loss_function = loss_function
+        self.convert_to_functional(behavior_network, "behavior_network", create_target_params=False)
         # counts forward calls in training mode; saved with the module (see the class docstring)
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------------------ plumbing
-    def _make_vmap(self) -> None:
-        # an MLP critic runs as batched matmuls over the stacked heads (same numbers as vmap,
-        # faster compiled; torchrl_sym/objectives/_ensemble.py); any other module is vmapped
-        vmapped = None if self.deactivate_vmap else ensemble_call(self.qvalue_network)
-        if vmapped is None:
-            vmapped = _vmap_func(
-                self.qvalue_network,
-                (None, 0),
-                randomness=self.vmap_randomness,
-                pseudo_vmap=self.deactivate_vmap,
-            )
-        if self.qvalue_network_params.ndim == 0:
-
-            def call_single(tensordict, params):
-                return vmapped(tensordict, params.unsqueeze(0))
-
-            self._vmap_qvalue_networkN0 = call_single
-        else:
-            self._vmap_qvalue_networkN0 = vmapped
-
-    def _set_in_keys(self) -> None:
-        keys = [
-            self.tensor_keys.action,
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
+    def _network_in_keys(self) -> list[NestedKey]:
+        return [
             *self.actor_network.in_keys,
             *[("next", key) for key in self.actor_network.in_keys],
             *self.behavior_network.in_keys,
@@ -395,17 +351,6 @@ class SfACLoss(LossModule):
             *self.value_network.in_keys,
             *[("next", key) for key in self.value_network.in_keys],
         ]
-        self._in_keys = list(dict.fromkeys(keys))
-
-    @property
-    def in_keys(self):
-        if self._in_keys is None:
-            self._set_in_keys()
-        return self._in_keys
-
-    @in_keys.setter
-    def in_keys(self, values):
-        self._in_keys = values
 
     @property
     def out_keys(self):
@@ -428,27 +373,17 @@ class SfACLoss(LossModule):
     def out_keys(self, values):
         self._out_keys = values
 
-    def make_value_estimator(self, value_type: ValueEstimators = None, **hyperparams):
-        """TD(0) targets ``y = r + γ (1 − terminated) · next value`` (``gamma`` as a kwarg)."""
-        if value_type is None:
-            value_type = self.default_value_estimator
-        if isinstance(value_type, ValueEstimatorBase) or (
-            isinstance(value_type, type) and issubclass(value_type, ValueEstimatorBase)
-        ):
-            return LossModule.make_value_estimator(self, value_type, **hyperparams)
-        dispatch_value_estimator(
-            self,
-            value_type,
-            supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value_target": "value_target",
-                "value": self.tensor_keys.value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
-            **hyperparams,
-        )
+    def _value_estimator_kwargs(self) -> dict[str, Any]:
+        """The base's keys and ``value`` (``V'(s')`` is always passed in)."""
+        tensor_keys = super()._value_estimator_kwargs()["tensor_keys"]
+        return {"tensor_keys": {**tensor_keys, "value": self.tensor_keys.value}}
+
+    def _next_state_value(self, tensordict: TensorDictBase) -> Tensor:
+        """``V'(s')`` of ``y``: ``V(s')`` with detached parameters, or ``min Q̄(s', a'')``,
+        ``a'' ~ π_θ(s')``, for ``value_loss="policy"``; called without gradient."""
+        if self.value_loss_type == "policy":
+            return self._min_target_q(self._sample_policy(tensordict.get("next")))
+        return self._state_value(tensordict.get("next"), self.value_network_params.detach())
 
     @property
     def symmetry_enabled(self) -> bool:
@@ -476,13 +411,15 @@ class SfACLoss(LossModule):
 
     def _min_target_q(self, tensordict: TensorDictBase) -> Tensor:
         """``min_i Q̄_i`` on the (observation, action) entries of ``tensordict``, shape ``[B]``."""
-        td_q = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        td_q = self._vmap_qvalue_networkN0(td_q, self.target_qvalue_network_params)
-        return td_q.get(self.tensor_keys.state_action_value).min(0)[0].squeeze(-1)
+        return self._min_q(tensordict, self.target_qvalue_network_params)
 
-    def _state_value(self, tensordict: TensorDictBase) -> Tensor:
+    def _state_value(
+        self, tensordict: TensorDictBase, params: TensorDictBase | None = None
+    ) -> Tensor:
+        """``V(s)`` with ``params`` (default: the value network's, with gradient), shape ``[B]``."""
+        params = self.value_network_params if params is None else params
         td_v = tensordict.select(*self.value_network.in_keys, strict=False)
-        with self.value_network_params.to_module(self.value_network):
+        with params.to_module(self.value_network):
             self.value_network(td_v)
         return td_v.get(self.tensor_keys.value).squeeze(-1)
 
@@ -645,31 +582,6 @@ class SfACLoss(LossModule):
                 z = 1 + u / (2 * alpha)
                 loss = z.clamp(min=0).pow(2) + value / alpha
         return self._reduce_loss(loss, tensordict=tensordict)
-
-    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
-        """``L_Q = Σ_i mean_B ℓ(Q_i(s, a), y)`` with a detached TD(0) target ``y``."""
-        td = tensordict.select(
-            "next",
-            *self.actor_network.in_keys,
-            *self.qvalue_network.in_keys,
-            self.tensor_keys.action,
-            strict=False,
-        )
-        with torch.no_grad():
-            if self.value_loss_type == "policy":
-                next_q = self._min_target_q(self._sample_policy(td.get("next")))
-                target = self.value_estimator.value_estimate(td, next_value=next_q.unsqueeze(-1))
-            else:
-                target = self.value_estimator.value_estimate(
-                    td, target_params=self.target_value_network_params
-                )
-        target = target.squeeze(-1)
-        td_q = self._vmap_qvalue_networkN0(
-            td.select(*self.qvalue_network.in_keys, strict=False), self.qvalue_network_params
-        )
-        pred = td_q.get(self.tensor_keys.state_action_value).squeeze(-1)
-        loss = distance_loss(pred, target.expand_as(pred), loss_function=self.loss_function).sum(0)
-        return self._reduce_loss(loss, tensordict=tensordict), {}
 
     def behavior_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
         """``L_β = −mean_B log π̂_β(a|s)`` (maximum likelihood of the dataset actions)."""

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-runs/results}
 JOBS=${JOBS:-1}
-ALGOS=${ALGOS:-"iql sfac awac sql xql srpo"}
+ALGOS=${ALGOS:-"iql sfac awac sql xql td3bc srpo"}
 TASKS=("$@")
 [ ${#TASKS[@]} -eq 0 ] && TASKS=(hopper-medium halfcheetah-medium)
 

@@ -17,7 +17,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "torchrl_sym" / "configs"
-# named like a task, so that torchrl_sym/configs/tasks/bdpo/walker2d-medium.yaml applies (dataset= still wins)
+# named like a task; task=walker2d-medium applies torchrl_sym/configs/tasks/bdpo/walker2d-medium.yaml
+# (and dataset= still wins over the task's dataset)
 DATASET = "test/walker2d/medium-v0"
 # profile=smoke sizes the model (torchrl_sym/configs/profile/bdpo/smoke.yaml); these only shorten the evaluation
 SHORT = ["eval.episodes=1", "eval.max_steps=30", "logger.backend=tensorboard", "checkpoint.keep=10"]
@@ -78,7 +79,13 @@ def _tags(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def test_smoke_run_goes_through_the_three_stages(tmp_path, recipe_dataset):
     run_dir = tmp_path / "run"
     start = time.perf_counter()
-    _run("profile=smoke", f"dataset={recipe_dataset}", *SHORT, f"hydra.run.dir={run_dir}")
+    _run(
+        "profile=smoke",
+        "task=walker2d-medium",
+        f"dataset={recipe_dataset}",
+        *SHORT,
+        f"hydra.run.dir={run_dir}",
+    )
     # about 25 s on a loaded 2-core machine (it was > 500 s at the paper's sizes); a loose bound
     assert time.perf_counter() - start < 240
     summary = json.loads((run_dir / "summary.json").read_text())

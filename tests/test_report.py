@@ -465,7 +465,7 @@ def test_published_data_matches_the_specs():
         == 378.0
     )
     for p in PUBLISHED:
-        assert p.spec.startswith("specs/") and "§" in p.spec and "Table" in p.paper_table
+        assert p.spec.startswith("docs/specs/") and "§" in p.spec and "Table" in p.paper_table
         assert p.unverified == (p.column == "SQL")
     assert [p.score for p in published_for("srpo", "hopper-medium-expert")] == [100.1]
     assert published_for("sfac", "hopper-medium") == []
@@ -566,3 +566,11 @@ def test_preamble_is_shown_before_the_tables_and_checked(tree, tmp_path, capsys)
     missing = [str(tree), "--out", str(out), "--preamble", str(tmp_path / "nope.md")]
     assert rp.main(missing) == 2
     assert "--preamble" in capsys.readouterr().err
+
+
+def test_a_table_without_a_valid_run_names_no_empty_k(tmp_path):
+    write_run(tmp_path / "runs" / "a", "iql", "torchrl_sym/hopper/medium-v1", 0, csv=False)
+    out = tmp_path / "page.md"
+    assert rp.main([str(tmp_path / "runs"), "--out", str(out), "--reps", str(REPS)]) == 0
+    text = out.read_text()
+    assert "final (last k evaluations): mean" in text and "k ∈ {}" not in text

@@ -823,6 +823,8 @@ def _last_k_text(report: Report, runs: Iterable[Run]) -> str:
     ks = sorted({r.last_k for r in runs})
     if len(ks) == 1:
         return f"last {ks[0]} evaluations"
+    if not ks:  # no valid run in the table
+        return "last k evaluations"
     return f"last k evaluations, k ∈ {{{', '.join(map(str, ks))}}} from each run's eval.last_k"
 
 

@@ -2,10 +2,11 @@
 
     python scripts/collect_results.py runs/results/cpu/hopper-medium/iql results/cpu/hopper-medium/iql
 
-Every run directory under SRC (one holding ``config.yaml``) is mirrored under DST with only what
-the report reads and what reproduces it: ``config.yaml``, ``eval_returns.csv``, ``summary.json``
-(absent while a run is unfinished) and ``.hydra/overrides.yaml`` (the command line). Checkpoints,
-TensorBoard events and logs stay behind. Files are written to a temporary name and renamed, so a
+Every finished run directory under SRC (one holding ``config.yaml`` and the ``summary.json`` a run
+writes when it ends) is mirrored under DST with only what the report reads and what reproduces it:
+``config.yaml``, ``eval_returns.csv``, ``summary.json`` and ``.hydra/overrides.yaml`` (the command
+line). Unfinished runs stay behind (they are resumed from their own directory, or run again by
+scripts/results_cpu.sh on a machine that lost it), as do checkpoints, TensorBoard events and logs. Files are written to a temporary name and renamed, so a
 killed copy never leaves a half-written file.
 """
 
@@ -21,10 +22,15 @@ KEPT = ("config.yaml", "eval_returns.csv", "summary.json", ".hydra/overrides.yam
 
 
 def collect(src: Path, dst: Path) -> list[Path]:
-    """Mirrors the kept files of every run under ``src`` into ``dst``; returns the runs copied."""
+    """Mirrors the kept files of every finished run under ``src`` into ``dst``; returns the runs
+    copied."""
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a directory of runs")
-    runs = sorted(p.parent for p in src.rglob("config.yaml") if ".hydra" not in p.parts)
+    runs = sorted(
+        p.parent
+        for p in src.rglob("config.yaml")
+        if ".hydra" not in p.parts and (p.parent / "summary.json").is_file()
+    )
     for run in runs:
         out = dst / run.relative_to(src)
         for name in KEPT:
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"collect_results: {err}", file=sys.stderr)
         return 2
-    print(f"{len(runs)} run(s) from {args.src} -> {args.dst}")
+    print(f"{len(runs)} finished run(s) from {args.src} -> {args.dst}")
     return 0
 
 

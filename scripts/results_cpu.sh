@@ -8,8 +8,10 @@
 # Runs (with checkpoints) go to $RUNS/cpu/<task>/<algo>/<n>_seed<s>/; after each sweep their logs
 # are mirrored into results/cpu/<task>/<algo>/ (scripts/collect_results.py), and
 #   python -m torchrl_sym.report results/ --out docs/results.md
-# regenerates the page. Re-running the script after a kill resumes: a finished sweep (every run has
-# summary.json) is skipped, an unfinished run is continued with resume=<its directory>.
+# regenerates the page. Re-running the script after a kill resumes: an unfinished run whose
+# directory is still there is continued with resume=<its directory>, and only the seeds and variants
+# that neither $RUNS nor results/ hold finished are started (so a new machine, whose $RUNS is
+# empty, runs only what the committed logs lack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +28,11 @@ variants() {  # the algorithm's variant axis (one override per variant): Sf-AC r
   esac
 }
 
-has_run() {  # has_run <sweep> <seed> <override or -> : a run of that seed and variant exists
-  local config
+has_run() {  # has_run <dir> <seed> <override or -> [finished]: a run of that seed and variant
+  local config  # exists in <dir> (with "finished": one that wrote summary.json)
   for config in "$1"/*/config.yaml; do
     [ -f "$config" ] || continue
+    [ "${4:-}" = "finished" ] && [ ! -f "$(dirname "$config")/summary.json" ] && continue
     grep -q "^seed: $2\$" "$config" || continue
     if [ "$3" = "-" ] || grep -q "^  ${3#*.}\$" <(sed -n "/^${3%%.*}:/,/^[^ ]/p" "$config" | sed 's/: /=/'); then
       return 0
@@ -41,14 +44,17 @@ has_run() {  # has_run <sweep> <seed> <override or -> : a run of that seed and v
 for task in "${TASKS[@]}"; do
   for algo in $ALGOS; do
     sweep="$RUNS/cpu/$task/$algo"
-    if [ ! -d "$sweep" ]; then
+    committed="results/cpu/$task/$algo"
+    if [ ! -d "$sweep" ] && [ ! -d "$committed" ]; then
       axis=$(variants "$algo")
       [ "$axis" = "-" ] && axis="" || axis="${axis%%=*}=$(echo "$axis" | tr ' ' '\n' | sed 's/.*=//' | paste -sd,)"
       # shellcheck disable=SC2086
       python "recipes/$algo.py" -m experiment=cpu "task=$task" $axis \
         hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" "hydra.sweep.dir=$sweep"
     else
-      # a killed sweep: continue its unfinished runs, then start the ones it never reached
+      # a killed sweep: continue its unfinished runs, then start the ones it never reached and
+      # that results/ does not hold finished (run directories are lost with the machine; the
+      # committed logs are not)
       for run in "$sweep"/*/; do
         if [ -f "$run/config.yaml" ] && [ ! -f "$run/summary.json" ]; then
           python "recipes/$algo.py" "resume=${run%/}"
@@ -56,7 +62,7 @@ for task in "${TASKS[@]}"; do
       done
       for variant in $(variants "$algo"); do
         for seed in 0 1 2; do
-          if ! has_run "$sweep" "$seed" "$variant"; then
+          if ! has_run "$sweep" "$seed" "$variant" && ! has_run "$committed" "$seed" "$variant" finished; then
             extra=(); [ "$variant" != "-" ] && extra=("$variant")
             python "recipes/$algo.py" experiment=cpu "task=$task" "seed=$seed" "${extra[@]}" \
               "hydra.run.dir=$sweep/late_${variant##*=}_seed$seed"
@@ -64,6 +70,6 @@ for task in "${TASKS[@]}"; do
         done
       done
     fi
-    python scripts/collect_results.py "$sweep" "results/cpu/$task/$algo"
+    [ -d "$sweep" ] && python scripts/collect_results.py "$sweep" "$committed"
   done
 done

@@ -57,20 +57,104 @@ def test_collect_mirrors_the_logs_of_every_run_and_nothing_else(tmp_path):
             (run / "summary.json").write_text("{}\n")
     out = tmp_path / "results"
     runs = collect.collect(sweep, out)
-    assert [r.name for r in runs] == ["0_seed0", "1_seed1"]
+    assert [r.name for r in runs] == ["0_seed0"]  # the unfinished run stays behind
     copied = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert copied == [
         "0_seed0/.hydra/overrides.yaml",
         "0_seed0/config.yaml",
         "0_seed0/eval_returns.csv",
         "0_seed0/summary.json",
-        "1_seed1/.hydra/overrides.yaml",
-        "1_seed1/config.yaml",
-        "1_seed1/eval_returns.csv",
     ]
-    # a second collect after the run finished adds its summary and leaves no temporary files
+    # a second collect after the run finished adds it and leaves no temporary files
     (sweep / "1_seed1" / "summary.json").write_text("{}\n")
-    collect.collect(sweep, out)
+    assert [r.name for r in collect.collect(sweep, out)] == ["0_seed0", "1_seed1"]
     assert (out / "1_seed1" / "summary.json").is_file()
     assert not [p for p in out.rglob(".*tmp-*")]
     assert collect.main([str(tmp_path / "missing"), str(out)]) == 2
+
+
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# a stand-in for python: records each recipe call; a recipe call writes a finished run
+echo "$*" >> "$CALLS"
+case "$1" in
+  scripts/collect_results.py) exec "$REAL_PYTHON" "$@" ;;
+esac
+algo=$(basename "$1" .py); shift
+sweep=""; run=""; seed=0; div=""
+for arg in "$@"; do
+  case "$arg" in
+    hydra.sweep.dir=*) sweep=${arg#*=} ;;
+    hydra.run.dir=*) run=${arg#*=} ;;
+    seed=*) seed=${arg#*=} ;;
+    sfac.divergence=*) div=${arg#*=} ;;
+  esac
+done
+write() {  # write <dir> <seed> <divergence>
+  mkdir -p "$1"
+  printf 'algo: %s\nseed: %s\n' "$algo" "$2" > "$1/config.yaml"
+  [ -n "$3" ] && printf 'sfac:\n  divergence: %s\n' "$3" >> "$1/config.yaml"
+  echo "{}" > "$1/summary.json"
+}
+if [ -n "$sweep" ]; then
+  n=0
+  for d in ${div//,/ }; do for s in 0 1 2; do write "$sweep/${n}_seed$s" $s "$d"; n=$((n+1)); done; done
+  if [ -z "$div" ]; then for s in 0 1 2; do write "$sweep/${s}_seed$s" $s ""; done; fi
+else
+  write "$run" "$seed" "$div"
+fi
+"""
+
+
+def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("results_cpu.sh", "collect_results.py"):
+        shutil.copy(ROOT / "scripts" / name, repo / "scripts" / name)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "CALLS": str(calls),
+        "REAL_PYTHON": sys.executable,
+        "RUNS": str(tmp_path / "runs"),
+        "ALGOS": "iql sfac",
+    }
+
+    def run():
+        calls.write_text("")
+        subprocess.run(
+            ["bash", str(repo / "scripts" / "results_cpu.sh"), "hopper-medium"],
+            env=env, check=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return [c for c in calls.read_text().splitlines() if c.startswith("recipes/")]
+
+    first = run()  # one multirun per algorithm; Sf-AC sweeps both divergences
+    assert first == [
+        "recipes/iql.py -m experiment=cpu task=hopper-medium hydra/launcher=joblib "
+        f"hydra.launcher.n_jobs=1 hydra.sweep.dir={tmp_path}/runs/cpu/hopper-medium/iql",
+        "recipes/sfac.py -m experiment=cpu task=hopper-medium sfac.divergence=jeffreys,js "
+        "hydra/launcher=joblib hydra.launcher.n_jobs=1 "
+        f"hydra.sweep.dir={tmp_path}/runs/cpu/hopper-medium/sfac",
+    ]
+    committed = repo / "results" / "cpu" / "hopper-medium"
+    assert len(list(committed.glob("iql/*/summary.json"))) == 3
+    assert len(list(committed.glob("sfac/*/summary.json"))) == 6
+    assert run() == []  # everything finished: nothing runs again
+
+    # a new machine (no run directories) whose results lack iql seed 2 and sfac js seed 0
+    shutil.rmtree(tmp_path / "runs")
+    shutil.rmtree(committed / "iql" / "2_seed2")
+    (committed / "sfac" / "3_seed0" / "summary.json").unlink()  # js, seed 0: unfinished
+    again = run()
+    assert len(again) == 2
+    assert "recipes/iql.py experiment=cpu task=hopper-medium seed=2 " in again[0]
+    assert "seed=0 sfac.divergence=js hydra.run.dir=" in again[1]

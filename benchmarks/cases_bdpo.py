@@ -26,7 +26,7 @@ NUM_STEPS, ENSEMBLE, SAMPLES = 5, 10, 10
 EPS_HIDDEN, CRITIC_HIDDEN = [256] * 4, [256] * 3
 
 
-def make_loss(obs_dim: int, act_dim: int) -> BDPOLoss:
+def make_loss(obs_dim: int, act_dim: int, step_sampling: str = "stratified") -> BDPOLoss:
     def diffusion():
         return DiffusionBehaviorActor(
             MLPNoisePredictor(obs_dim, act_dim, hidden=EPS_HIDDEN),
@@ -44,6 +44,7 @@ def make_loss(obs_dim: int, act_dim: int) -> BDPOLoss:
         eta=0.15,
         rho=1.0,
         num_samples=SAMPLES,
+        step_sampling=step_sampling,
     )
 
 
@@ -59,11 +60,11 @@ def _clipped_step(optimizer, value):
 
 
 def updates(
-    obs_dim: int, act_dim: int, hidden: list[int], batch_size: int
+    obs_dim: int, act_dim: int, hidden: list[int], batch_size: int, step_sampling="stratified"
 ) -> list[tuple[str, Callable[[TensorDict], TensorDict], TensorDict]]:
     """``bdpo-critic`` (Q and V_n losses, two Adams, critic EMAs) and ``bdpo-actor`` (actor loss,
     Adam, actor EMA). ``hidden`` is not used: BDPO's networks have their own sizes (module doc)."""
-    loss = make_loss(obs_dim, act_dim)
+    loss = make_loss(obs_dim, act_dim, step_sampling)
     q_opt, v_opt, actor_opt = _adam(loss, "qvalue"), _adam(loss, "value"), _adam(loss, "actor")
     critic_ema, actor_ema = loss.make_target_updater("critic"), loss.make_target_updater("actor")
 
@@ -85,6 +86,19 @@ def updates(
 
     batch = _batch(batch_size, obs_dim, act_dim)
     return [("bdpo-critic", critic, batch), ("bdpo-actor", actor, batch)]
+
+
+def gflops_by_step_sampling(obs_dim: int = 11, act_dim: int = 3, batch_size: int = 256):
+    """``{step_sampling: (critic GFLOP, actor GFLOP)}`` per update at the paper's sizes, counted
+    with ``torch.utils.flop_counter``'s formulas (machine-independent)."""
+    from bench_losses import flops_per_update
+
+    out = {}
+    for mode in ("uniform", "stratified"):
+        torch.manual_seed(0)
+        (_, critic, batch), (_, actor, _) = updates(obs_dim, act_dim, [], batch_size, mode)
+        out[mode] = (flops_per_update(critic, batch) / 1e9, flops_per_update(actor, batch) / 1e9)
+    return out
 
 
 def extra_section(min_time: float) -> list[str]:
@@ -112,4 +126,15 @@ def extra_section(min_time: float) -> list[str]:
         "",
         f"The paper reports 80 min for 2M steps on an RTX 4090 in JAX (about 420 steps/s); at the rate "
         f"above 2M steps take {2e6 / step / 3600:.0f} h on this machine.",
+        "",
+        "GFLOP per update by how the diffusion step n of each row is drawn (`step_sampling`; "
+        "docs/bdpo.md): `uniform` (the official code) evaluates both V̄ and Q̄ on every row, "
+        "`stratified` each on its own rows.",
+        "",
+        "| step_sampling | critic update GFLOP | actor update GFLOP |",
+        "|---|---|---|",
+        *(
+            f"| {mode} | {critic:.1f} | {actor:.1f} |"
+            for mode, (critic, actor) in gflops_by_step_sampling().items()
+        ),
     ]

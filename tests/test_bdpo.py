@@ -361,16 +361,24 @@ def test_reduction_to_plain_td_target_and_next_step_value():
     torch.testing.assert_close(y_v, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_value_and_actor_losses_by_hand():
-    loss = _make_loss()
+@pytest.mark.parametrize("step_sampling", ["uniform", "stratified"])
+def test_value_and_actor_losses_by_hand(step_sampling):
+    loss = _make_loss(step_sampling=step_sampling)
     td = _batch()
-    a0 = td["action"].clamp(-(1 - 1e-5), 1 - 1e-5)
+    a0_all = td["action"].clamp(-(1 - 1e-5), 1 - 1e-5)
     w = loss.actor_network.schedule.kl_weight
-    obs = td["observation"]
-    obs_m = obs.unsqueeze(1).expand(B, 4, S)
 
     def replay(target_actor: bool):
-        n = torch.randint(1, N + 1, (B,))
+        if step_sampling == "uniform":
+            perm = torch.arange(B)
+            n = torch.randint(1, N + 1, (B,))
+        else:  # shuffled rows, each n on floor(B/N) rows, distinct random n on the rest
+            perm = torch.randperm(B)
+            k = B // N
+            left = torch.randperm(N)[: B - k * N] + 1
+            n = torch.cat([torch.arange(1, N + 1).repeat_interleave(k), left])
+        obs, a0 = td["observation"][perm], a0_all[perm]
+        obs_m = obs.unsqueeze(1).expand(B, 4, S)
         abar = loss.actor_network.schedule.alphas_cumprod[n].unsqueeze(-1)
         x = abar.sqrt() * a0 + (1 - abar).sqrt() * torch.randn(B, A)
         eps = _eps(loss, "actor_network", target_actor, obs, x, n)
@@ -384,12 +392,12 @@ def test_value_and_actor_losses_by_hand():
         v = _lcb(_v(loss, obs_m, prev, (n - 1).unsqueeze(-1).expand(B, 4), target=True), 0.5)
         q = _lcb(_q(loss, obs_m, prev, target=True), 0.5)
         boot = torch.where((n > 1).unsqueeze(-1), v, q)
-        return n, x, ell, boot
+        return obs, n, x, ell, boot
 
     torch.manual_seed(7)
     out = loss.value_loss(td)
     torch.manual_seed(7)
-    n, x, ell, boot = replay(target_actor=True)
+    obs, n, x, ell, boot = replay(target_actor=True)
     y = boot - 0.3 * ell.unsqueeze(-1)
     v_online = _v(loss, obs, x, n, target=False)
     torch.testing.assert_close(out["loss_value"], ((v_online - y) ** 2).mean(), rtol=1e-5, atol=0)
@@ -398,10 +406,68 @@ def test_value_and_actor_losses_by_hand():
     torch.manual_seed(8)
     out = loss.actor_loss(td)
     torch.manual_seed(8)
-    n, x, ell, boot = replay(target_actor=False)
+    obs, n, x, ell, boot = replay(target_actor=False)
     expected = -(boot.squeeze(-1) - 0.3 * ell).mean()
     torch.testing.assert_close(out["loss_actor"], expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["actor_penalty"], ell.mean().detach(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("batch", [10, 13, 3])
+def test_stratified_bootstrap_equals_the_unsplit_one_row_by_row(batch):
+    """The split evaluation (Q only on the n = 1 rows, V only on the others) gives every row the
+    value the per-row where of the uniform path gives it: same expectation, half the work."""
+    loss = _make_loss()
+    torch.manual_seed(3)
+    obs = torch.randn(batch, S)
+    prev = torch.randn(batch, 4, A)
+    n = loss.stratified_steps(batch)
+    split = batch // N
+    assert (n[:split] == 1).all() and (n[split : N * split] > 1).all()
+    assert sorted(n[: N * split].tolist()) == sorted(list(range(1, N + 1)) * split)
+    assert len(set(n[N * split :].tolist())) == batch - N * split  # distinct left-over steps
+    with torch.no_grad():
+        split_value = loss._bootstrap(obs, prev, n, split)
+        unsplit = loss._bootstrap(obs, prev, n, None)
+    assert split_value.shape == (batch, 1)
+    torch.testing.assert_close(split_value, unsplit, rtol=1e-5, atol=1e-6)
+
+
+def test_stratified_rows_get_every_step_with_probability_one_over_n():
+    """Each data row lands on a uniformly random position of the shuffled batch: P(n = k) = 1/N
+    for every row and k, as with n ~ U{1..N}, so the expectation of every target is unchanged."""
+    loss = _make_loss()
+    batch, draws = 7, 3000  # 7 = 1 x 5 + 2 left-over rows
+    td = _batch(n=batch)
+    counts = torch.zeros(batch, N)
+    torch.manual_seed(0)
+    for _ in range(draws):
+        _, n, _, split, perm = loss._noisy_dataset_action(td)
+        assert split == 1
+        counts[perm, n - 1] += 1
+    freq = counts / draws
+    # binomial std sqrt(0.2 * 0.8 / 3000) = 0.0073; 5 sigma
+    assert (freq - 1 / N).abs().max() < 0.037, freq
+
+
+def test_stratified_per_row_losses_follow_the_batch_rows():
+    """With reduction="none" the shuffled rows are put back in the batch's order (row i of the
+    shuffled batch is the batch's row perm[i]), differentiably; the mean is the mean loss."""
+    perm = torch.randperm(10)
+    per_row = torch.arange(10.0, requires_grad=True)  # the loss of the batch's row j is j
+    restored = BDPOLoss._unshuffle(per_row[perm], perm)
+    assert torch.equal(restored, per_row.detach())
+    restored.sum().backward()
+    assert torch.equal(per_row.grad, torch.ones(10))
+
+    td = _batch(n=10)
+    for method in ("actor_loss", "value_loss"):
+        key = "loss_actor" if method == "actor_loss" else "loss_value"
+        torch.manual_seed(5)
+        rows = getattr(_make_loss(reduction="none"), method)(td)[key]
+        torch.manual_seed(5)
+        mean = getattr(_make_loss(), method)(td)[key]
+        assert rows.shape == (10,)
+        torch.testing.assert_close(rows.mean(), mean, rtol=1e-5, atol=1e-6)
 
 
 def test_bandit_target_is_the_reward_and_max_q_backup():
@@ -604,6 +670,8 @@ def test_bad_arguments_are_reported():
         BDPOLoss(actor, q, v, behavior, num_samples=0)
     with pytest.raises(ValueError, match="q_target_form"):
         BDPOLoss(actor, q, v, behavior, q_target_form="eq12")
+    with pytest.raises(ValueError, match="step_sampling must be one of"):
+        BDPOLoss(actor, q, v, behavior, step_sampling="sorted")
     with pytest.raises(ValueError, match="bandit=True"):
         BDPOLoss(actor, q, v, behavior, bandit=True, q_target_form="legacy")
     with pytest.raises(ValueError, match="schedule"):
@@ -634,3 +702,31 @@ def test_docs_example_runs():
     namespace: dict = {}
     exec(code, namespace)
     assert namespace["action"].shape == (3,) and namespace["action"].abs().max() <= 1.0
+
+
+def test_stratified_steps_halve_the_bootstrap_flops():
+    """V̄ and Q̄ each run on their own rows: the bootstrap's FLOPs are 1/N of Q̄'s plus (N−1)/N of
+    V̄'s on all rows, instead of both on all rows (flop_counter's matmul formulas)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    loss = _make_loss()
+    batch = 10 * N
+    torch.manual_seed(0)
+    obs, prev = torch.randn(batch, S), torch.randn(batch, 4, A)
+    n = loss.stratified_steps(batch)
+    with torch.no_grad():
+        q_all = flops(lambda: loss.q_values(loss._repeat(obs), prev, target=True))
+        v_all = flops(
+            lambda: loss.values(
+                loss._repeat(obs), prev, (n - 1).unsqueeze(-1).expand(batch, 4), target=True
+            )
+        )
+        uniform = flops(lambda: loss._bootstrap(obs, prev, n, None))
+        stratified = flops(lambda: loss._bootstrap(obs, prev, n, batch // N))
+    assert uniform == q_all + v_all
+    assert stratified == q_all // N + v_all * (N - 1) // N

@@ -120,6 +120,7 @@ def main(cfg) -> dict:
         num_samples=int(hp.num_samples),
         q_target_form=hp.q_target_form,
         max_q_backup=hp.max_q_backup,
+        step_sampling=str(hp.get("step_sampling", "uniform")),  # runs from before the knob: uniform
     ).to(run.device)
 
     def adam(name: str, lr: float) -> torch.optim.Adam:

@@ -54,3 +54,17 @@ def test_bench_losses_runs_the_staged_cases_of_srpo_and_bdpo(tmp_path):
     labels = [row.split("|")[1].strip() for row in text.splitlines() if row.startswith("| ")]
     assert {"srpo policy", "bdpo-critic", "bdpo-actor"} <= set(labels)
     assert "SRPO / diffusion" in text  # the acting-speed section of cases_srpo
+
+
+def test_bdpo_gflops_count_both_step_samplings():
+    """cases_bdpo's FLOP table: stratified steps cost less than uniform in both updates."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import cases_bdpo
+
+        gflops = cases_bdpo.gflops_by_step_sampling(11, 3, 20)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert set(gflops) == {"uniform", "stratified"}
+    (critic_u, actor_u), (critic_s, actor_s) = gflops["uniform"], gflops["stratified"]
+    assert 0 < critic_s < critic_u and 0 < actor_s < actor_u

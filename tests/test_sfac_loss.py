@@ -851,3 +851,28 @@ def test_the_critic_plumbing_is_the_shared_in_sample_base():
     assert issubclass(SfACLoss, WeightedActorCriticLoss)
     for name in ("qvalue_loss", "_q_ensemble", "_min_q", "_make_vmap", "make_value_estimator"):
         assert getattr(SfACLoss, name) is getattr(WeightedActorCriticLoss, name), name
+
+
+def test_single_critic_checkpoints_without_the_ensemble_dim_still_load():
+    """Before the shared base a single critic was stored without the leading ensemble dim; such
+    a state dict loads into today's loss (the dim is added), and today's loads as well."""
+    from torchrl_sym.models import make_qvalue, make_tanh_gaussian_actor, make_value
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return SfACLoss(
+            make_tanh_gaussian_actor(3, 2, [8], log_std_bounds=(-5.0, 2.0)),
+            make_qvalue(3, 2, [8]),
+            make_value(3, [8]),
+            num_qvalue_nets=1,
+        )
+
+    source = build(0).state_dict()
+    assert source["qvalue_network_params.module.0.weight"].shape == (1, 8, 5)
+    old_format = {
+        k: (v.squeeze(0) if "qvalue_network_params" in k else v) for k, v in source.items()
+    }
+    for state in (old_format, source):
+        loaded = build(1)
+        loaded.load_state_dict(state)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.items())

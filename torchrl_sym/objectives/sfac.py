@@ -341,6 +341,20 @@ class SfACLoss(WeightedActorCriticLoss):
         # counts forward calls in training mode; saved with the module (see the class docstring)
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # SfACLoss before the shared base stored a single critic without the ensemble dim: give
+        # such checkpoints (num_qvalue_nets=1) the leading dim of 1 they have now
+        if self.num_qvalue_nets == 1:
+            for name in ("qvalue_network_params", "target_qvalue_network_params"):
+                current = getattr(self, name).flatten_keys(".")
+                for key, value in list(state_dict.items()):
+                    if not key.startswith(f"{prefix}{name}."):
+                        continue
+                    expected = current.get(key[len(prefix) + len(name) + 1 :], None)
+                    if expected is not None and value.dim() == expected.dim() - 1:
+                        state_dict[key] = value.unsqueeze(0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ------------------------------------------------------------------------------ plumbing
     def _network_in_keys(self) -> list[NestedKey]:
         return [

@@ -2,9 +2,9 @@ r"""SRPO: score-regularized policy optimization through a diffusion behavior (``
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,6 +13,7 @@ from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
+from torch.func import functional_call
 from torchrl.modules import Actor
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import _reduce, _vmap_func
@@ -275,6 +276,8 @@ class SRPOLoss(LossModule):
         if not isinstance(behavior_params, TensorDictParams):
             behavior_params = TensorDictParams(behavior_params, no_convert=True)
         self.__dict__["behavior_network"] = behavior_network
+        # the same structure, always in eval mode: the loss runs it with behavior_params
+        self.__dict__["_behavior_eval"] = _EpsilonOf(copy.deepcopy(behavior_network)).eval()
         self.behavior_network_params = behavior_params
         self._has_update_associated["behavior_network"] = True
 
@@ -345,36 +348,38 @@ class SRPOLoss(LossModule):
     def out_keys(self, value):
         self._out_keys = value
 
-    @contextmanager
-    def _frozen_behavior(self) -> Iterator[DiffusionBehaviorActor]:
-        """The behavior model in eval mode with detached parameters (its mode is restored)."""
-        module = self.behavior_network
-        modes = [(m, m.training) for m in module.modules()]
-        for m, _ in modes:
-            m.training = False
-        try:
-            with self.behavior_network_params.detach().to_module(module):
-                yield module
-        finally:
-            for m, mode in modes:
-                m.training = mode
+    def _behavior_epsilon(self, observation: Tensor, noisy: Tensor, time: Tensor) -> Tensor:
+        """``ε_ψ(a_t, t, s)`` of the frozen behavior: an eval-mode copy of its structure
+        (no dropout) called with the behavior's detached parameters through
+        ``torch.func.functional_call``, so no ``training`` flag is flipped and no parameter is
+        swapped at run time (either breaks a ``torch.compile`` graph)."""
+        params = {
+            f"inner.{key}": value
+            for key, value in self.behavior_network_params.detach().flatten_keys(".").items()
+        }
+        return functional_call(self._behavior_eval, params, (observation, noisy, time))
 
     # ------------------------------------------------------------------------------ math
     def q_gradient(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """``(Q̄(s, a), g = ∇_a Q̄(s, a))`` with the frozen critic heads reduced by ``q_reduce``;
-        ``Q̄`` is ``[*B]``, ``g`` is ``[*B, A]``, both detached (before ``normalize_q_grad``)."""
-        with torch.enable_grad():
-            a = action.detach().requires_grad_(True)
+        ``Q̄`` is ``[*B]``, ``g`` is ``[*B, A]``, both detached (before ``normalize_q_grad``).
+        ``g`` is ``torch.func.grad`` of ``Σ_b Q̄(s_b, a_b)`` (rows are independent), which
+        ``torch.compile`` traces into the update's graph."""
+        observation = observation.detach()
+        params = self.target_qvalue_network_params.detach()
+
+        def total_q(a: Tensor) -> tuple[Tensor, Tensor]:
             td = TensorDict(
-                {self.tensor_keys.observation: observation.detach(), self.tensor_keys.action: a},
-                batch_size=action.shape[:-1],
+                {self.tensor_keys.observation: observation, self.tensor_keys.action: a},
+                batch_size=a.shape[:-1],
             )
-            q = self._vmap_qvalue(td, self.target_qvalue_network_params.detach())
-            q = q.get(self.tensor_keys.state_action_value)  # [E, *B, 1]
-            if q.shape[-1] == 1 and q.ndim == action.ndim + 1:
+            q = self._vmap_qvalue(td, params).get(self.tensor_keys.state_action_value)
+            if q.shape[-1] == 1 and q.ndim == a.ndim + 1:  # [E, *B, 1]
                 q = q.squeeze(-1)
             q = q.mean(0) if self.q_reduce == "mean" else q.min(0).values
-            (g,) = torch.autograd.grad(q.sum(), a, create_graph=False)
+            return q.sum(), q
+
+        g, q = torch.func.grad(total_q, has_aux=True)(action.detach())
         return q.detach(), g.detach()
 
     def actor_loss(
@@ -413,9 +418,9 @@ class SRPOLoss(LossModule):
 
         regularized = not math.isinf(self.beta)
         if regularized:
-            with torch.no_grad(), self._frozen_behavior() as behavior:
+            with torch.no_grad():
                 noisy = alpha.unsqueeze(-1) * action.detach() + sigma.unsqueeze(-1) * noise
-                eps = behavior.epsilon(obs_b, noisy, time.to(action.dtype))
+                eps = self._behavior_epsilon(obs_b, noisy, time.to(action.dtype))
                 if self.eps_baseline:
                     eps = eps - noise
             score_term = omega.unsqueeze(-1) * eps  # [*B, A]
@@ -448,6 +453,17 @@ class SRPOLoss(LossModule):
         ``in_keys`` (nested keys joined by ``"_"``) give the ``out_keys`` entries as a tuple."""
         loss, metadata = self.actor_loss(tensordict)
         return TensorDict({"loss_actor": loss, **metadata}, batch_size=[])
+
+
+class _EpsilonOf(nn.Module):
+    """``forward = inner.epsilon``: lets ``functional_call`` run a diffusion actor's ε-network."""
+
+    def __init__(self, inner: DiffusionBehaviorActor):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, observation: Tensor, noisy: Tensor, time: Tensor) -> Tensor:
+        return self.inner.epsilon(observation, noisy, time)
 
 
 def _check_structure(given: TensorDictBase, expected: TensorDictBase, name: str, owner: str):

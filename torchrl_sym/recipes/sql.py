@@ -18,7 +18,7 @@ import hydra
 
 from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
 from torchrl_sym.objectives import SQLLoss
-from torchrl_sym.train.recipe import cosine_schedule, network_optimizers, setup_run, train_one_stage
+from torchrl_sym.train.recipe import setup_run, train_in_sample
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="sql", version_base="1.3")
@@ -36,18 +36,7 @@ def main(cfg) -> dict:
         alpha=hp.alpha,
         form=hp.form,
     ).to(run.device)
-    loss.make_value_estimator(gamma=hp.discount)
-    v_opt, actor_opt, q_opt = network_optimizers(loss, hp.lr, ("value", "actor", "qvalue"))
-    schedulers = [cosine_schedule(actor_opt, run)] if hp.actor_cosine_schedule else []
-    return train_one_stage(
-        run,
-        loss,
-        [v_opt, actor_opt, q_opt],
-        policy=actor,
-        tau=hp.tau,
-        name="sql",
-        schedulers=schedulers,
-    )
+    return train_in_sample(run, loss, policy=actor, hp=hp, name="sql")
 
 
 if __name__ == "__main__":

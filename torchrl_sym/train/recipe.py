@@ -602,6 +602,24 @@ def train_one_stage(
     return run.execute(run.make_loop([stage], modules={"loss": loss}, policy=policy))
 
 
+def train_in_sample(run: Run, loss, *, policy, hp, name: str) -> dict[str, float]:
+    """IQL, SQL and XQL: TD(0) targets with ``hp.discount``, one Adam of ``hp.lr`` per network
+    (value, actor, critics), the actor's lr cosine-decayed when ``hp.actor_cosine_schedule``, and
+    :func:`train_one_stage` with Polyak ``hp.tau``."""
+    loss.make_value_estimator(gamma=hp.discount)
+    v_opt, actor_opt, q_opt = network_optimizers(loss, hp.lr, ("value", "actor", "qvalue"))
+    schedulers = [cosine_schedule(actor_opt, run)] if hp.actor_cosine_schedule else []
+    return train_one_stage(
+        run,
+        loss,
+        [v_opt, actor_opt, q_opt],
+        policy=policy,
+        tau=hp.tau,
+        name=name,
+        schedulers=schedulers,
+    )
+
+
 def cosine_schedule(optimizer, run: Run):
     """Cosine decay of ``optimizer``'s learning rate to 0 over the main stage (IQL's actor)."""
     steps = stage_steps(run.cfg, run.cfg.train.steps)

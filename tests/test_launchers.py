@@ -24,30 +24,39 @@ def _compose_hydra(*overrides):
         return compose("iql", overrides=list(overrides), return_hydra_config=True).hydra
 
 
-def test_two_seed_sweep_through_submitits_local_executor(tmp_path, recipe_dataset):
-    sweep = tmp_path / "sweep"
+def _two_seed_sweep(sweep, dataset, *launcher, env=None) -> list:
+    """A smoke IQL sweep over seeds 0 and 1 through ``launcher``; the two finished run dirs."""
     cmd = [
         sys.executable,
         str(ROOT / "recipes" / "iql.py"),
         "-m",
         "seed=0,1",
         "profile=smoke",
-        f"dataset={recipe_dataset}",
+        f"dataset={dataset}",
         "logger.backend=csv",
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=15",
-        "hydra.launcher.cpus_per_task=1",
+        *launcher,
         f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=os.environ.copy()
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env or os.environ.copy()
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
     assert [p.name for p in runs] == ["0_seed0", "1_seed1"]
+    assert all(json.loads((r / "summary.json").read_text())["global_step"] == 50 for r in runs)
+    return runs
+
+
+def test_two_seed_sweep_through_submitits_local_executor(tmp_path, recipe_dataset):
+    sweep = tmp_path / "sweep"
+    runs = _two_seed_sweep(
+        sweep,
+        recipe_dataset,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=15",
+        "hydra.launcher.cpus_per_task=1",
+    )
     for seed, run in enumerate(runs):
-        summary = json.loads((run / "summary.json").read_text())
-        assert summary["global_step"] == 50
         config = (run / "config.yaml").read_text()
         assert f"seed: {seed}" in config
         rows = (run / "eval_returns.csv").read_text().splitlines()
@@ -87,22 +96,11 @@ def test_two_seed_sweep_through_the_ray_launcher(tmp_path, recipe_dataset):
         "hydra_plugins.hydra_ray_launcher",
         reason="hydra-ray-launcher is not installed (it pins cloudpickle<3; docs/training.md)",
     )
-    sweep = tmp_path / "sweep"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray instance
-    cmd = [
-        sys.executable,
-        str(ROOT / "recipes" / "iql.py"),
-        "-m",
-        "seed=0,1",
-        "profile=smoke",
-        f"dataset={recipe_dataset}",
-        "logger.backend=csv",
+    _two_seed_sweep(
+        tmp_path / "sweep",
+        recipe_dataset,
         "hydra/launcher=ray_cluster",
         "+hydra.launcher.ray.init.num_cpus=2",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
-    assert [p.name for p in runs] == ["0_seed0", "1_seed1"]
-    assert all(json.loads((r / "summary.json").read_text())["global_step"] == 50 for r in runs)
+        env=env,
+    )

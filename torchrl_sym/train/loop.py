@@ -237,6 +237,98 @@ def _compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def _on_cuda(batch) -> bool:
+    return batch.device is not None and batch.device.type == "cuda"
+
+
+def prepare_optimizers(optimizers: Sequence[torch.optim.Optimizer], *, graphs: bool) -> None:
+    """Make ``optimizers`` safe to step inside a CUDA graph (``graphs=True``), or undo it.
+
+    For a parameter group on a CUDA device and ``graphs=True``: ``capturable=True`` (the step
+    counter lives on the device and is read there, no host sync), the learning rate becomes a
+    0-d float32 tensor on that device (an LR scheduler fills it in place, so a captured graph sees
+    every new value; a Python float would be frozen into the graph) and the per-parameter
+    ``step`` states move to the device. Otherwise (CPU parameters, or ``graphs=False``): the
+    PyTorch defaults back, a float learning rate, ``capturable=False`` and ``step`` on the CPU;
+    so a checkpoint of either kind resumes in the other. Values (learning rate, moments, step
+    count) are unchanged either way.
+    """
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if not group["params"]:
+                continue
+            device = group["params"][0].device
+            capturable = graphs and device.type == "cuda"
+            if "capturable" in group:
+                group["capturable"] = capturable
+            lr = group["lr"]
+            if capturable:
+                if not (isinstance(lr, torch.Tensor) and lr.device == device):
+                    group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
+            elif isinstance(lr, torch.Tensor):
+                group["lr"] = float(lr)
+            step_device = device if capturable or group.get("fused") else torch.device("cpu")
+            for p in group["params"]:
+                state = opt.state.get(p)
+                if state and isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(step_device)
+
+
+def _portable(state: dict) -> dict:
+    """An optimizer state dict as a plain (non-graph) optimizer holds it: float learning rates,
+    ``capturable=False``; :func:`prepare_optimizers` makes it graph-safe again after loading."""
+    groups = []
+    for group in state["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+        if group.get("capturable"):
+            group["capturable"] = False
+        groups.append(group)
+    return {**state, "param_groups": groups}
+
+
+class _GraphPerPattern:
+    """One :class:`tensordict.nn.CudaGraphModule` per cadence pattern of an update.
+
+    A captured graph replays fixed kernels, so the Python-level choice of which objectives run at
+    a step (``active``, ``targets``) must be fixed per graph: each pattern gets its own capture.
+    """
+
+    def __init__(self, update, warmup: int):
+        self.update = update
+        self.warmup = warmup
+        self.graphs: dict[tuple, Any] = {}
+
+    def __call__(self, batch, active: tuple[bool, ...], targets: tuple[bool, ...]):
+        from tensordict.nn import CudaGraphModule
+
+        key = (active, targets)
+        graph = self.graphs.get(key)
+        if graph is None:
+            if not _on_cuda(batch):
+                raise ValueError(
+                    f"cudagraphs=True needs the batch on a CUDA device, got {batch.device}; "
+                    "build the replay buffer with device=cuda."
+                )
+            update = self.update
+
+            def fixed(batch, active=active, targets=targets):
+                return update(batch, active, targets)
+
+            graph = self.graphs[key] = CudaGraphModule(
+                fixed, warmup=self.warmup, device=batch.device
+            )
+        return graph(batch)
+
+
 def _check_cadence(what: str, every: int, start: int) -> None:
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"{what}: every must be a positive int, got {every!r}.")
@@ -260,6 +352,14 @@ class OfflineLoop:
         checkpoint_dir: where ``ckpt_*.pt`` go; ``None`` disables checkpoints.
         checkpoint_interval: save every this many global steps, and at the end of each stage.
         compile: ``torch.compile`` the update step (``True`` or a dict of ``torch.compile`` kwargs).
+        cudagraphs: capture the update step (compiled or not) in CUDA graphs with
+            :class:`tensordict.nn.CudaGraphModule`, one graph per cadence pattern, after
+            ``cudagraph_warmup`` eager calls of that pattern. Needs the networks and the batch on a
+            CUDA device. The optimizers are made graph-safe before the first step
+            (:func:`prepare_optimizers`: ``capturable=True`` and the learning rate a device tensor
+            that LR schedulers fill in place), also for ``compile={"mode": "reduce-overhead"}``
+            (inductor's own CUDA graphs).
+        cudagraph_warmup: eager calls of each cadence pattern before its graph is captured.
         progress: show a tqdm bar with steps/s and the last evaluation.
 
     Steps are counted globally across stages (the step axis of every log) and per stage (cadence).
@@ -279,6 +379,8 @@ class OfflineLoop:
         checkpoint_interval: int = 50_000,
         keep_checkpoints: int = 2,
         compile: bool | dict = False,
+        cudagraphs: bool = False,
+        cudagraph_warmup: int = 5,
         progress: bool = True,
     ):
         if not stages:
@@ -304,7 +406,16 @@ class OfflineLoop:
             CheckpointManager(checkpoint_dir, keep=keep_checkpoints) if checkpoint_dir else None
         )
         self.checkpoint_interval = checkpoint_interval
+        if cudagraphs and not _cuda_available():
+            raise ValueError(
+                "cudagraphs=True captures CUDA graphs but CUDA is not available on this machine; "
+                "drop cudagraphs (or run with device=cuda on a machine with a GPU)."
+            )
+        if not isinstance(cudagraph_warmup, int) or cudagraph_warmup < 1:
+            raise ValueError(f"cudagraph_warmup must be a positive int, got {cudagraph_warmup!r}.")
         self.compile = compile
+        self.cudagraphs = bool(cudagraphs)
+        self.cudagraph_warmup = cudagraph_warmup
         self._lr_tag_cache: dict[tuple[str, str], list[str]] = {}
         self.progress = progress
         # position: the next step to run is `stage_step` of `stages[stage_index]`
@@ -338,7 +449,7 @@ class OfflineLoop:
             "global_step": self.global_step,
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizers": {
-                f"{s.name}/{o.name}/{i}": opt.state_dict()
+                f"{s.name}/{o.name}/{i}": _portable(opt.state_dict())
                 for s in self.stages
                 for o in s.objectives
                 for i, opt in enumerate(o.optimizers)
@@ -472,10 +583,19 @@ class OfflineLoop:
                     target.updater.step()
             return outputs
 
-        if not self.compile:
-            return update
-        kwargs = self.compile if isinstance(self.compile, dict) else {}
-        return torch.compile(update, **kwargs)
+        if self.compile:
+            kwargs = self.compile if isinstance(self.compile, dict) else {}
+            update = torch.compile(update, **kwargs)
+        if self.cudagraphs:
+            update = _GraphPerPattern(update, warmup=self.cudagraph_warmup)
+        return update
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether the update runs in CUDA graphs (``cudagraphs`` or a compile mode that captures
+        them: ``reduce-overhead``, ``max-autotune``) where its parameters are on a CUDA device."""
+        mode = self.compile.get("mode") if isinstance(self.compile, dict) else None
+        return self.cudagraphs or mode in _GRAPH_MODES
 
     def _step(
         self, stage: Stage, update, batch
@@ -534,6 +654,10 @@ class OfflineLoop:
             return
         bar.set_description(stage.name)
         buffer = stage.buffer if stage.buffer is not None else self.buffer
+        # after any resume (a checkpoint holds portable optimizer states: float lr, not capturable)
+        prepare_optimizers(
+            [opt for o in stage.objectives for opt in o.optimizers], graphs=self.uses_cuda_graphs
+        )
         update = stage._compiled.get(bool(self.compile))
         if update is None:
             update = stage._compiled[bool(self.compile)] = self._update_fn(stage)

@@ -4,7 +4,7 @@ A recipe calls :func:`setup_run` with its hydra config and gets a :class:`Run`: 
 the offline replay buffer, the dataset info, a logger, and factories for the evaluator and the
 loop. Every recipe therefore accepts the same overrides (``torchrl_sym/configs/common.yaml``)::
 
-    dataset=<id or path>  seed=<int>  device=cpu|cuda  compile=true|false
+    dataset=<id or path>  seed=<int>  device=cpu|cuda  compile=true|false  cudagraphs=true|false
     train.steps=<main stage>  eval.interval=<steps>  eval.episodes=<n>
     logger.backend=tensorboard|csv|wandb|none  profile=smoke  experiment=paper  resume=<run dir>
 
@@ -254,6 +254,7 @@ class Run:
             checkpoint_interval=int(cfg.checkpoint.interval),
             keep_checkpoints=int(cfg.checkpoint.keep),
             compile=_compile_arg(cfg.compile),
+            cudagraphs=bool(cfg.get("cudagraphs", False)),
             progress=bool(cfg.train.progress),
         )
 
@@ -523,6 +524,11 @@ def setup_run(cfg) -> Run:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was requested but CUDA is not available; use device=cpu.")
+    if bool(cfg.get("cudagraphs", False)) and device.type != "cuda":
+        raise ValueError(
+            f"cudagraphs=true captures the update in CUDA graphs and needs device=cuda, got "
+            f"device={cfg.device}; set device=cuda (on a machine with a GPU) or drop cudagraphs=true."
+        )
     cfg, run_dir, lock, record = prepare_run(cfg, recipe_algo=str(cfg.algo))
     try:
         data = cfg.data

@@ -13,6 +13,13 @@ batch 256, 2×256 MLPs). Printed per loss:
     python benchmarks/bench_losses.py                  # all losses (several minutes: compiles)
     python benchmarks/bench_losses.py --losses iql sfac --quick
     python benchmarks/bench_losses.py --threads 1 2 --write docs/benchmarks.md   # one table per count
+    python benchmarks/bench_losses.py --device cuda --write docs/benchmarks.md    # the GPU section
+
+On a GPU (``--device cuda``) the data and networks live on the device, Adam is ``capturable`` (the
+CUDA-graph column needs it; every column uses it so they time the same update), and a third column
+times the compiled update captured in a CUDA graph (tensordict's ``CudaGraphModule``, as the
+training loop's ``cudagraphs=true``). ``--write`` replaces only its device's section of the page
+(CPU or GPU) and keeps the other.
 
 Besides the losses, ``iql_hand`` is IQL written in plain PyTorch (the reference for how fast an
 update of this size can run); ``srpo`` and ``bdpo`` come from ``benchmarks/cases_<algo>.py``.
@@ -46,7 +53,7 @@ from torchrl_sym.models import (
 )
 
 
-def _batch(n: int, obs_dim: int, act_dim: int, seed: int = 0) -> TensorDict:
+def _batch(n: int, obs_dim: int, act_dim: int, seed: int = 0, device="cpu") -> TensorDict:
     g = torch.Generator().manual_seed(seed)
     return TensorDict(
         {
@@ -60,7 +67,15 @@ def _batch(n: int, obs_dim: int, act_dim: int, seed: int = 0) -> TensorDict:
             },
         },
         [n],
-    )
+    ).to(device)
+
+
+def adam(params, lr: float = 3e-4, **kwargs) -> torch.optim.Adam:
+    """The benchmarks' Adam: ``capturable`` for parameters on a CUDA device (a CUDA graph can
+    step it), PyTorch's defaults elsewhere."""
+    params = list(params)
+    on_cuda = bool(params) and params[0].device.type == "cuda"
+    return torch.optim.Adam(params, lr=lr, capturable=on_cuda, **kwargs)
 
 
 def build_loss(name: str, obs_dim: int, act_dim: int, hidden: list[int]):
@@ -115,7 +130,7 @@ def build_loss(name: str, obs_dim: int, act_dim: int, hidden: list[int]):
 EXTERNAL = {"srpo": "cases_srpo", "bdpo": "cases_bdpo"}
 
 
-def hand_written_iql(obs_dim: int, act_dim: int, hidden: list[int]):
+def hand_written_iql(obs_dim: int, act_dim: int, hidden: list[int], device="cpu"):
     """IQL written as plain PyTorch (no TensorDict, no LossModule): the reference for how fast
     an update of this size can run. Same networks, losses and optimizer as TorchRL's IQLLoss
     with ``expectile=0.7, temperature=3, loss_function="l2"`` and a Gaussian actor."""
@@ -129,14 +144,14 @@ def hand_written_iql(obs_dim: int, act_dim: int, hidden: list[int]):
         return nn.Sequential(*layers, nn.Linear(d, o))
 
     actor, q1, q2, v = (
-        mlp(obs_dim, 2 * act_dim),
-        mlp(obs_dim + act_dim, 1),
-        mlp(obs_dim + act_dim, 1),
-        mlp(obs_dim, 1),
+        mlp(obs_dim, 2 * act_dim).to(device),
+        mlp(obs_dim + act_dim, 1).to(device),
+        mlp(obs_dim + act_dim, 1).to(device),
+        mlp(obs_dim, 1).to(device),
     )
     tq1, tq2 = copy.deepcopy(q1).requires_grad_(False), copy.deepcopy(q2).requires_grad_(False)
     nets = [actor, q1, q2, v]
-    optim = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=3e-4)
+    optim = adam([p for n in nets for p in n.parameters()])
     online = [p for n in (q1, q2) for p in n.parameters()]
     targets = [p for n in (tq1, tq2) for p in n.parameters()]
 
@@ -167,22 +182,29 @@ def hand_written_iql(obs_dim: int, act_dim: int, hidden: list[int]):
     return update
 
 
-def cases(name: str, obs_dim: int, act_dim: int, hidden: list[int], batch_size: int):
-    """``[(label, update, batch)]`` for loss ``name``."""
+def cases(
+    name: str,
+    obs_dim: int,
+    act_dim: int,
+    hidden: list[int],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+):
+    """``[(label, update, batch)]`` for loss ``name``, networks and batch on ``device``."""
+    device = torch.device(device)
+    batch = _batch(batch_size, obs_dim, act_dim, device=device)
     if name == "iql_hand":
-        return [
-            (name, hand_written_iql(obs_dim, act_dim, hidden), _batch(batch_size, obs_dim, act_dim))
-        ]
+        return [(name, hand_written_iql(obs_dim, act_dim, hidden, device), batch)]
     if name in EXTERNAL:
         module = importlib.import_module(EXTERNAL[name])
-        return module.updates(obs_dim, act_dim, hidden, batch_size)
-    loss = build_loss(name, obs_dim, act_dim, hidden)
-    return [(name, make_update(loss), _batch(batch_size, obs_dim, act_dim))]
+        return module.updates(obs_dim, act_dim, hidden, batch_size, device=device)
+    loss = build_loss(name, obs_dim, act_dim, hidden).to(device)
+    return [(name, make_update(loss), batch)]
 
 
 def make_update(loss) -> Callable[[TensorDict], TensorDict]:
     params = [p for p in loss.parameters() if p.requires_grad]
-    optim = torch.optim.Adam(params, lr=3e-4)
+    optim = adam(params)
     target = SoftUpdate(loss, tau=0.005)
 
     def update(batch: TensorDict) -> TensorDict:
@@ -197,22 +219,38 @@ def make_update(loss) -> Callable[[TensorDict], TensorDict]:
     return update
 
 
-def rate(fn: Callable[[], object], min_time: float, warmup: int) -> float:
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(
+    fn: Callable[[], object], min_time: float, warmup: int, device: torch.device | None = None
+) -> float:
+    """Calls per second of ``fn``; on a CUDA ``device`` the clock is read after the device has
+    finished (one synchronize per timing window, none between calls)."""
     for _ in range(warmup):
         fn()
-    calls, start = 0, time.perf_counter()
+    _sync(device)
+    calls, start, batch = 0, time.perf_counter(), 1
     while True:
-        fn()
-        calls += 1
+        for _ in range(batch):
+            fn()
+        calls += batch
+        _sync(device)
         elapsed = time.perf_counter() - start
         if elapsed >= min_time and calls >= 5:
             return calls / elapsed
+        if device is not None and torch.device(device).type == "cuda":
+            batch = min(batch * 2, 256)  # fewer synchronizations as the window grows
 
 
-def matmul_peak(n: int = 2048, min_time: float = 3.0) -> float:
-    """Large float32 matmul throughput in GFLOP/s (the machine's practical peak)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return rate(lambda: a @ b, min_time, warmup=2) * 2 * n**3 / 1e9
+def matmul_peak(n: int = 2048, min_time: float = 3.0, device: torch.device | None = None) -> float:
+    """Large float32 matmul throughput in GFLOP/s (the machine's practical peak); float32 also on
+    a GPU (TF32 off, PyTorch's default for matmuls)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    return rate(lambda: a @ b, min_time, warmup=2, device=device) * 2 * n**3 / 1e9
 
 
 class FlopCount(TorchDispatchMode):
@@ -241,55 +279,194 @@ def flops_per_update(update, batch) -> float:
     return counter.total
 
 
+def _graphed(update, warmup: int = 3):
+    """``update`` captured in a CUDA graph after ``warmup`` calls (the training loop's
+    ``cudagraphs=true``)."""
+    from tensordict.nn import CudaGraphModule
+
+    return CudaGraphModule(update, warmup=warmup)
+
+
+LABELS = {"iql": "TorchRL IQLLoss", "iql_hand": "IQL, hand-written PyTorch"}
+
+
 def measure(args, min_time: float, *, extras: bool) -> tuple[list[str], list[str]]:
-    """Time every case at the current thread count; the markdown table and the extra sections."""
-    peak_before = matmul_peak(min_time=min_time)
+    """Time every case at the current thread count (or on the GPU); the markdown table and the
+    extra sections."""
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    peak_n = 8192 if on_gpu else 2048
+    peak_before = matmul_peak(peak_n, min_time=min_time, device=device)
     rows, extra = [], []
     for name in args.losses:
         torch.manual_seed(0)
         for label, update, batch in cases(
-            name, args.obs_dim, args.action_dim, args.hidden, args.batch
+            name, args.obs_dim, args.action_dim, args.hidden, args.batch, device
         ):
             flops = flops_per_update(update, batch)
-            eager = rate(lambda u=update, b=batch: u(b), min_time, warmup=5)
-            compiled, compile_s = float("nan"), float("nan")
+            eager = rate(lambda u=update, b=batch: u(b), min_time, warmup=5, device=device)
+            compiled = graphed = compile_s = float("nan")
             if not args.no_compile:
                 cupdate = torch.compile(update)
                 t0 = time.perf_counter()
                 cupdate(batch)
+                _sync(device)
                 compile_s = time.perf_counter() - t0
-                compiled = rate(lambda u=cupdate, b=batch: u(b), min_time, warmup=5)
-            rows.append((label, eager, compiled, flops / 1e9, compile_s))
+                compiled = rate(lambda u=cupdate, b=batch: u(b), min_time, warmup=5, device=device)
+                if on_gpu:
+                    gupdate = _graphed(cupdate)
+                    graphed = rate(
+                        lambda u=gupdate, b=batch: u(b), min_time, warmup=5, device=device
+                    )
+            rows.append((label, eager, compiled, graphed, flops / 1e9, compile_s))
             print(
                 f"{label:14s} eager {eager:7.1f}/s  compiled {compiled:7.1f}/s  "
-                f"{flops / 1e9:.3f} GFLOP/update  (compile {compile_s:.0f} s)",
+                + (f"graphs {graphed:7.1f}/s  " if on_gpu else "")
+                + f"{flops / 1e9:.3f} GFLOP/update  (compile {compile_s:.0f} s)",
                 flush=True,
             )
-        if extras and name in EXTERNAL:
+        if extras and name in EXTERNAL and not on_gpu:
             module = importlib.import_module(EXTERNAL[name])
             if hasattr(module, "extra_section"):
                 section = module.extra_section(min_time)
                 print("\n".join(section), flush=True)
                 extra += [*section, ""]
-    peak = max(peak_before, matmul_peak(min_time=min_time))
+    peak = max(peak_before, matmul_peak(peak_n, min_time=min_time, device=device))
+    lines = table_lines(rows, peak, on_gpu)
+    if on_gpu:
+        lines = [
+            f"{torch.cuda.get_device_name(device)}; large float32 matmul peak measured in this "
+            f"run: {peak / 1000:.1f} TFLOP/s (TF32 off).",
+            "",
+            *lines[2:],
+        ]
+        lines += ["", *gpu_targets(rows)]
+    print()
+    print("\n".join(lines), flush=True)
+    return lines, extra
+
+
+def _best(row) -> float:
+    speeds = [v for v in row[1:4] if v == v]  # drop NaN (a column not measured)
+    return max(speeds)
+
+
+def table_lines(rows, peak: float, on_gpu: bool) -> list[str]:
+    """The markdown table of ``rows`` = ``(label, eager, compiled, graphed, GFLOP, compile s)``."""
+    iql = next((r for r in rows if r[0] == "iql"), None)
     lines = [
         f"**{torch.get_num_threads()} thread(s)**; large-matmul peak measured in this run: "
         f"{peak:.0f} GFLOP/s.",
         "",
+    ]
+    if on_gpu:
+        lines += [
+            "| loss | updates/s eager | updates/s compiled | updates/s compiled + CUDA graph | best / eager | GFLOP per update | GFLOP/s best | fraction of peak | vs IQLLoss (best) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            name, eager, compiled, graphed, gflop, _ = row
+            best = _best(row)
+            rel = best / _best(iql) if iql else float("nan")
+            lines.append(
+                f"| {LABELS.get(name, name)} | {eager:,.1f} | {compiled:,.1f} | {graphed:,.1f} | "
+                f"{best / eager:.2f} | {gflop:.3f} | {best * gflop:,.0f} | "
+                f"{best * gflop / peak:.1%} | {rel:.2f} |"
+            )
+        return lines
+    lines += [
         "| loss | updates/s eager | updates/s compiled | compiled / eager | GFLOP per update | GFLOP/s compiled | fraction of peak | vs IQLLoss (compiled) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    iql = next((r for r in rows if r[0] == "iql"), None)
-    for name, eager, compiled, gflop, _ in rows:
+    for name, eager, compiled, _, gflop, _ in rows:
         achieved = compiled * gflop
         rel = compiled / iql[2] if iql else float("nan")
-        label = {"iql": "TorchRL IQLLoss", "iql_hand": "IQL, hand-written PyTorch"}.get(name, name)
         lines.append(
-            f"| {label} | {eager:.1f} | {compiled:.1f} | {compiled / eager:.2f} | {gflop:.3f} | {achieved:.1f} | {achieved / peak:.0%} | {rel:.2f} |"
+            f"| {LABELS.get(name, name)} | {eager:.1f} | {compiled:.1f} | {compiled / eager:.2f} | {gflop:.3f} | {achieved:.1f} | {achieved / peak:.0%} | {rel:.2f} |"
         )
-    print()
-    print("\n".join(lines), flush=True)
-    return lines, extra
+    return lines
+
+
+# the GPU targets of issue #16: an IQL-size update and one BDPO training step (critic every step,
+# actor every 5th; the paper's JAX figure on an RTX 4090 is about 420 steps/s)
+GPU_TARGETS = {"iql": 5000.0, "bdpo step": 400.0}
+
+
+def gpu_targets(rows) -> list[str]:
+    """Lines comparing the best GPU rates with the targets (only for the rows measured)."""
+    by = {r[0]: _best(r) for r in rows}
+    out = []
+    for name in ("iql", "iql_hand"):
+        if name in by:
+            out.append(
+                f"- {LABELS[name]}: {by[name]:,.0f} updates/s (target ≥ {GPU_TARGETS['iql']:,.0f}: "
+                f"{'met' if by[name] >= GPU_TARGETS['iql'] else 'not met'})."
+            )
+    if "bdpo-critic" in by and "bdpo-actor" in by:
+        step = 1.0 / (1.0 / by["bdpo-critic"] + 1.0 / (5.0 * by["bdpo-actor"]))
+        target = GPU_TARGETS["bdpo step"]
+        out.append(
+            f"- BDPO training step (critic every step, actor every 5th): {step:,.0f} steps/s "
+            f"(target ≥ {target:,.0f}: {'met' if step >= target else 'not met'}); 2M steps in "
+            f"{2e6 / step / 60:,.0f} min (paper, JAX on an RTX 4090: 80 min)."
+        )
+    return out
+
+
+SECTIONS = {"cpu": "## Loss updates", "cuda": "## Loss updates on a GPU"}
+HEADER = [
+    "# Benchmarks",
+    "",
+    "<!-- generated by benchmarks/bench_losses.py --write; do not edit by hand -->",
+    "",
+    "One update = forward, sum of the `loss_*` terms, backward, Adam on every network, Polyak",
+    "target update (`benchmarks/bench_losses.py`). FLOPs are counted with",
+    "`torch.utils.flop_counter`'s formulas; the peak is a large float32 matmul timed in the same",
+    "run, so the fraction holds whatever else the machine is doing. With `--threads` one table",
+    "per thread count, each against the peak at that count: at batch 256 an update need not",
+    "scale with threads, so compare rows within a table. `--device cuda` writes the GPU section",
+    "and keeps the CPU one (and the other way round).",
+    "",
+    "Diffusion behavior model (BC updates/s, sampled actions/s): see [diffusion.md](diffusion.md).",
+    "SRPO's policy update beside the official thu-ml/SRPO code: see "
+    "[benchmarks_srpo_official.md](benchmarks_srpo_official.md).",
+    "",
+]
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """The device sections of a page written by :func:`write_page` (``<!-- section KIND -->`` ...
+    ``<!-- end section KIND -->``); a page from before the markers counts as its CPU section."""
+    lines = text.splitlines()
+    found, current = {}, None
+    for line in lines:
+        if line.startswith("<!-- section ") and line.endswith(" -->"):
+            current = line[len("<!-- section ") : -len(" -->")]
+            found[current] = []
+        elif line.startswith("<!-- end section "):
+            current = None
+        elif current is not None:
+            found[current].append(line)
+    if not found and SECTIONS["cpu"] in lines:
+        found["cpu"] = lines[lines.index(SECTIONS["cpu"]) + 1 :]
+        found["cpu"] = [line for line in found["cpu"] if not line.startswith("Diffusion behavior")]
+    return found
+
+
+def write_page(path: str | Path, kind: str, body: list[str]) -> None:
+    """Write ``body`` as the ``kind`` (``cpu`` or ``cuda``) section of the page at ``path``,
+    keeping the page's other section; atomically (a temporary file renamed over it)."""
+    path = Path(path)
+    sections = _sections(path.read_text()) if path.exists() else {}
+    sections[kind] = body
+    page = list(HEADER)
+    for name in ("cpu", "cuda"):
+        if name in sections:
+            page += [SECTIONS[name], f"<!-- section {name} -->", *sections[name]]
+            page += [f"<!-- end section {name} -->", ""]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("\n".join(page).rstrip("\n") + "\n")
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -304,52 +481,54 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--obs-dim", type=int, default=11)
     parser.add_argument("--action-dim", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument(
-        "--threads", type=int, nargs="+", default=None, help="one table per thread count"
+        "--threads", type=int, nargs="+", default=None, help="one table per thread count (CPU)"
     )
     parser.add_argument("--min-time", type=float, default=5.0)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="1 s timings")
     parser.add_argument("--write", default=None, help="write the table (markdown) to this file")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: use cpu or cuda[:N].")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device {args.device}: CUDA is not available on this machine; use --device cpu."
+        )
     min_time = 1.0 if args.quick else args.min_time
     tables, extra = [], []
-    for i, threads in enumerate(args.threads or [torch.get_num_threads()]):
-        torch.set_num_threads(threads)
+    counts = [None] if device.type == "cuda" else (args.threads or [torch.get_num_threads()])
+    for i, threads in enumerate(counts):
+        if threads is not None:
+            torch.set_num_threads(threads)
         torch._dynamo.reset()  # fresh compile caches: the same update code is compiled per loss
         table, section = measure(args, min_time, extras=i == 0)
         tables += [*table, ""]
         extra += section
-    table = "\n".join(tables)
     if args.write:
-        page = [
-            "# Benchmarks",
-            "",
-            "<!-- generated by benchmarks/bench_losses.py --write; do not edit by hand -->",
-            "",
-            "## Loss updates",
-            "",
-            "One update = forward, sum of the `loss_*` terms, backward, Adam on every network, Polyak",
-            "target update (`benchmarks/bench_losses.py`). FLOPs are counted with",
-            "`torch.utils.flop_counter`'s formulas; the peak is a 2048³ float32 matmul timed in the same",
-            "run, so the fraction holds whatever else the machine is doing. With `--threads` one table",
-            "per thread count, each against the peak at that count: at batch 256 an update need not",
-            "scale with threads, so compare rows within a table.",
+        if device.type == "cuda":
+            machine = (
+                f"Machine: {torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores, "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda}."
+            )
+        else:
+            machine = (
+                f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                f"torch {torch.__version__}."
+            )
+        body = [
             "",
             f"Command: `python benchmarks/bench_losses.py {' '.join(sys.argv[1:])}`",
             "",
-            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}. Batch {args.batch}, MLPs {args.hidden}, observation "
-            f"{args.obs_dim}, action {args.action_dim}.",
+            f"{machine} Batch {args.batch}, MLPs {args.hidden}, observation {args.obs_dim}, "
+            f"action {args.action_dim}.",
             "",
-            table,
-            "",
+            *tables,
             *extra,
-            "Diffusion behavior model (BC updates/s, sampled actions/s): see [diffusion.md](diffusion.md).",
-            "",
         ]
-        with open(args.write, "w") as f:
-            f.write("\n".join(page))
+        write_page(args.write, "cuda" if device.type == "cuda" else "cpu", body)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def make_loss(obs_dim: int, act_dim: int, step_sampling: str = "stratified") -> 
 
 
 def _adam(loss, name):
-    return torch.optim.Adam(getattr(loss, f"{name}_network_params").values(True, True), lr=3e-4)
+    from bench_losses import adam  # capturable on a GPU (the CUDA-graph column steps it)
+
+    return adam(getattr(loss, f"{name}_network_params").values(True, True))
 
 
 def _clipped_step(optimizer, value):
@@ -60,11 +62,17 @@ def _clipped_step(optimizer, value):
 
 
 def updates(
-    obs_dim: int, act_dim: int, hidden: list[int], batch_size: int, step_sampling="stratified"
+    obs_dim: int,
+    act_dim: int,
+    hidden: list[int],
+    batch_size: int,
+    step_sampling="stratified",
+    device: torch.device | str = "cpu",
 ) -> list[tuple[str, Callable[[TensorDict], TensorDict], TensorDict]]:
     """``bdpo-critic`` (Q and V_n losses, two Adams, critic EMAs) and ``bdpo-actor`` (actor loss,
-    Adam, actor EMA). ``hidden`` is not used: BDPO's networks have their own sizes (module doc)."""
-    loss = make_loss(obs_dim, act_dim, step_sampling)
+    Adam, actor EMA), on ``device``. ``hidden`` is not used: BDPO's networks have their own sizes
+    (module doc)."""
+    loss = make_loss(obs_dim, act_dim, step_sampling).to(device)
     q_opt, v_opt, actor_opt = _adam(loss, "qvalue"), _adam(loss, "value"), _adam(loss, "actor")
     critic_ema, actor_ema = loss.make_target_updater("critic"), loss.make_target_updater("actor")
 
@@ -84,7 +92,7 @@ def updates(
 
     from bench_losses import _batch  # the same synthetic D4RL-size batch as every loss
 
-    batch = _batch(batch_size, obs_dim, act_dim)
+    batch = _batch(batch_size, obs_dim, act_dim, device=device)
     return [("bdpo-critic", critic, batch), ("bdpo-actor", actor, batch)]
 
 

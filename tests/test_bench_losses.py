@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,3 +71,72 @@ def test_bdpo_gflops_count_both_step_samplings():
     assert set(gflops) == {"uniform", "stratified"}
     (critic_u, actor_u), (critic_s, actor_s) = gflops["uniform"], gflops["stratified"]
     assert 0 < critic_s < critic_u and 0 < actor_s < actor_u
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_losses
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return bench_losses
+
+
+def test_a_device_section_replaces_only_its_own(tmp_path):
+    bench = _bench()
+    page = tmp_path / "benchmarks.md"
+    # a page from before the section markers: everything under "## Loss updates" is the CPU part
+    page.write_text("# Benchmarks\n\nintro\n\n## Loss updates\n\nold cpu table\n")
+    bench.write_page(page, "cuda", ["", "gpu table 1"])
+    text = page.read_text()
+    assert "old cpu table" in text and "gpu table 1" in text
+    assert text.index("## Loss updates\n") < text.index("## Loss updates on a GPU")
+    bench.write_page(page, "cpu", ["", "new cpu table"])
+    text = page.read_text()
+    assert "old cpu table" not in text and "new cpu table" in text and "gpu table 1" in text
+    bench.write_page(page, "cuda", ["", "gpu table 2"])
+    text = page.read_text()
+    assert "gpu table 1" not in text and "gpu table 2" in text and "new cpu table" in text
+    assert text.count("# Benchmarks") == 1 and text.count("<!-- section cpu -->") == 1
+    assert not (tmp_path / "benchmarks.md.tmp").exists()
+
+
+def test_the_gpu_table_and_its_targets():
+    bench = _bench()
+    nan = float("nan")
+    rows = [
+        ("iql", 1000.0, 2000.0, 6000.0, 0.63, 30.0),
+        ("sfac", 900.0, nan, nan, 0.63, nan),  # compiled columns not measured (--no-compile)
+        ("bdpo-critic", 100.0, 300.0, 500.0, 31.6, 60.0),
+        ("bdpo-actor", 100.0, 300.0, 1000.0, 16.3, 60.0),
+    ]
+    lines = bench.table_lines(rows, peak=50_000.0, on_gpu=True)
+    iql = next(line for line in lines if line.startswith("| TorchRL IQLLoss"))
+    cells = [c.strip() for c in iql.split("|")[1:-1]]
+    # best = the CUDA-graph column; best / eager, GFLOP/s and fraction of peak from it
+    assert cells[1:5] == ["1,000.0", "2,000.0", "6,000.0", "6.00"]
+    assert cells[6] == "3,780" and cells[7] == "7.6%" and cells[8] == "1.00"
+    sfac = [c.strip() for c in lines[-3].split("|")[1:-1]]
+    assert sfac[0] == "sfac" and sfac[4] == "1.00"  # only eager measured: best = eager
+    targets = bench.gpu_targets(rows)
+    assert "6,000 updates/s (target ≥ 5,000: met)" in targets[0]
+    # 1 / (1/500 + 1/(5 * 1000)) = 454.5 steps/s
+    assert "455 steps/s (target ≥ 400: met)" in targets[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_bench_losses_refuses_a_missing_device():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_losses.py"), "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_losses.py"), "--device", "mps"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "use cpu or cuda" in proc.stderr

@@ -617,7 +617,7 @@ def test_benchmark_cases_run_and_srpo_acts_faster_than_diffusion_sampling():
     spec = importlib.util.spec_from_file_location("cases_srpo", path)
     cases = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cases)
-    ((label, update, batch),) = cases.updates(11, 3, [32, 32], 16)
+    *_, (label, update, batch) = cases.updates(11, 3, [32, 32], 16)
     out = update(batch)
     assert label == "srpo policy" and torch.isfinite(out["loss_actor"])
     lines = cases.extra_section(0.01, batches=(4,))

@@ -530,7 +530,9 @@ class BDPOLoss(LossModule):
         action = self._action(tensordict)
         batch = action.shape[:-1]
         if self.step_sampling == "stratified" and len(batch) == 1:
-            perm = torch.randperm(batch[0], device=action.device)
+            # a uniform random permutation of the rows; argsort of uniforms, not randperm, whose
+            # `x[randperm(len(x))]` pattern inductor fails to compile in torch 2.13
+            perm = torch.rand(batch[0], device=action.device).argsort()
             observation, action = observation[perm], action[perm]
             n = self.stratified_steps(batch[0], device=action.device)
             split = batch[0] // self.num_steps
@@ -553,7 +555,10 @@ class BDPOLoss(LossModule):
         left-over rows with distinct n drawn uniformly without replacement."""
         k = batch_size // self.num_steps
         steps = torch.arange(1, self.num_steps + 1, device=device)
-        left = torch.randperm(self.num_steps, device=device)[: batch_size - k * self.num_steps]
+        # the first B − kN entries of a uniform random permutation of 1..N (argsort of uniforms,
+        # as for the rows above)
+        order = torch.rand(self.num_steps, device=device).argsort()
+        left = order[: batch_size - k * self.num_steps]
         return torch.cat([steps.repeat_interleave(k), steps[left]])
 
     def _one_step(self, observation, noisy, n, eps, mean_std_params) -> Tensor:

@@ -71,6 +71,7 @@ import cases_srpo  # benchmarks/ is not a package: imported from this folder
 from torchrl_sym.models import make_qvalue
 from torchrl_sym.objectives import SRPOLoss
 from torchrl_sym.objectives.srpo import make_srpo_actor
+from torchrl_sym.recipes.srpo import make_srpo_loss
 from torchrl_sym.train.recipe import network_optimizers
 
 CLONE_HINT = "git clone https://github.com/thu-ml/SRPO"
@@ -231,18 +232,7 @@ def build_ours(actor, behavior, critics, *, beta: float) -> Ours:
     Adam with the recipe's learning rate, cosine-decayed over ``POLICY_STEPS`` as theirs. The
     loss copies the critic heads' weights: load them before."""
     cfg = cases_srpo.recipe_config()
-    loss = SRPOLoss(
-        actor,
-        behavior,
-        critics,
-        beta=beta,
-        weight=cfg.weight,
-        t_min=cfg.t_min,
-        t_max=cfg.t_max,
-        eps_baseline=cfg.eps_baseline,
-        q_reduce=cfg.q_reduce,
-        normalize_q_grad=cfg.normalize_q_grad,
-    )
+    loss = make_srpo_loss(actor, behavior, critics, cfg, beta=beta)
     (optimizer,) = network_optimizers(loss, cfg.policy.lr, ("actor",))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=POLICY_STEPS)
     return Ours(loss, optimizer, scheduler, actor, behavior, critics)

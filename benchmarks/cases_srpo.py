@@ -45,9 +45,9 @@ from torchrl.objectives import IQLLoss, SoftUpdate
 
 from torchrl_sym.diffusion import DiffusionBehaviorActor, ResidualMLPNoisePredictor, VPSDESchedule
 from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
-from torchrl_sym.objectives import DiffusionBehaviorLoss, SRPOLoss
+from torchrl_sym.objectives import DiffusionBehaviorLoss
 from torchrl_sym.objectives.srpo import make_srpo_actor
-from torchrl_sym.recipes.srpo import iql_critic
+from torchrl_sym.recipes.srpo import iql_critic, make_srpo_loss
 from torchrl_sym.train.recipe import network_optimizers
 
 OBS_DIM, ACT_DIM = 11, 3  # Hopper
@@ -86,22 +86,11 @@ def _networks(obs_dim: int, act_dim: int, hidden: list[int]):
 def make_batch(
     n: int, obs_dim: int, act_dim: int, device: torch.device = CPU, seed: int = 0
 ) -> TensorDict:
-    """A transition batch with TorchRL's keys (drawn on the CPU, so every device sees the same
-    numbers), actions in ±(1 − 1e-5)."""
-    g = torch.Generator().manual_seed(seed)
-    return TensorDict(
-        {
-            "observation": torch.randn(n, obs_dim, generator=g),
-            "action": (torch.rand(n, act_dim, generator=g) * 2 - 1) * (1 - 1e-5),
-            "next": {
-                "observation": torch.randn(n, obs_dim, generator=g),
-                "reward": torch.randn(n, 1, generator=g),
-                "done": torch.zeros(n, 1, dtype=torch.bool),
-                "terminated": torch.zeros(n, 1, dtype=torch.bool),
-            },
-        },
-        [n],
-    ).to(device)
+    """The synthetic D4RL-size transition batch every benchmark uses (``bench_losses._batch``:
+    drawn on the CPU, so every device sees the same numbers)."""
+    from bench_losses import _batch
+
+    return _batch(n, obs_dim, act_dim, seed=seed, device=device)
 
 
 class Case(NamedTuple):
@@ -206,18 +195,7 @@ def policy_case(
     """Stage 3: SRPOLoss with the frozen behavior and twin critic, Adam on the actor."""
     cfg = recipe_config()
     actor, behavior, critics = _networks(obs_dim, act_dim, hidden)
-    loss = SRPOLoss(
-        actor,
-        behavior,
-        critics,
-        beta=float(cfg.beta),
-        weight=cfg.weight,
-        t_min=cfg.t_min,
-        t_max=cfg.t_max,
-        eps_baseline=cfg.eps_baseline,
-        q_reduce=cfg.q_reduce,
-        normalize_q_grad=cfg.normalize_q_grad,
-    ).to(device)
+    loss = make_srpo_loss(actor, behavior, critics, cfg).to(device)
     optimizers = _on_device(network_optimizers(loss, cfg.policy.lr, ("actor",)))
 
     def update(batch: TensorDict) -> TensorDict:

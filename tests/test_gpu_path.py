@@ -34,7 +34,6 @@ from torchrl_sym.train.loop import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -319,7 +318,8 @@ def _td3bc():
 
 
 @pytest.mark.parametrize("name", ["iql", "awac", "sql", "xql", "sfac", "td3bc"])
-def test_no_host_sync_in_an_update_of_the_in_sample_losses(name):
+def test_no_host_sync_in_an_update_of_the_in_sample_losses(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_losses
 
     torch.manual_seed(0)
@@ -332,7 +332,8 @@ def test_no_host_sync_in_an_update_of_the_in_sample_losses(name):
 
 
 @pytest.mark.parametrize("name", ["srpo", "bdpo"])
-def test_no_host_sync_in_the_diffusion_updates(name):
+def test_no_host_sync_in_the_diffusion_updates(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # bench_losses imports cases_<name>
     import bench_losses
 
     torch.manual_seed(0)

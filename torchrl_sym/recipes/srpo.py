@@ -135,6 +135,25 @@ def load_earlier_stages(path: str, bc_loss, iql, device) -> None:
     log.info("Loaded the behavior model and critic of %s; stages 1 and 2 are skipped.", path)
 
 
+def make_srpo_loss(actor, behavior, qvalue, hp, **kwargs) -> SRPOLoss:
+    """Stage 3's SRPOLoss with the ``srpo`` settings ``hp`` (β, weighting, t range, ε baseline, Q
+    reduction and its normalization); ``kwargs`` go to SRPOLoss (shared parameters, or ``beta=``
+    in place of ``hp.beta``)."""
+    kwargs.setdefault("beta", float(hp.beta))
+    return SRPOLoss(
+        actor,
+        behavior,
+        qvalue,
+        weight=hp.weight,
+        t_min=hp.t_min,
+        t_max=hp.t_max,
+        eps_baseline=hp.eps_baseline,
+        q_reduce=hp.q_reduce,
+        normalize_q_grad=hp.normalize_q_grad,
+        **kwargs,
+    )
+
+
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="srpo", version_base="1.3")
 def main(cfg) -> dict:
     run = setup_run(cfg)
@@ -183,17 +202,11 @@ def main(cfg) -> dict:
     # ---- stage 3: the Dirac policy, regularized by the frozen behavior score
     p = hp.policy
     actor = make_srpo_actor(obs_dim, act_dim, list(p.hidden))
-    srpo = SRPOLoss(
+    srpo = make_srpo_loss(
         actor,
         behavior,
         qvalue,
-        beta=float(hp.beta),
-        weight=hp.weight,
-        t_min=hp.t_min,
-        t_max=hp.t_max,
-        eps_baseline=hp.eps_baseline,
-        q_reduce=hp.q_reduce,
-        normalize_q_grad=hp.normalize_q_grad,
+        hp,
         qvalue_params=iql.target_qvalue_network_params,  # shared: the critic as stage 2 left it
         behavior_params=bc_loss.actor_network_params,  # shared: the model stage 1 trained
     ).to(run.device)

@@ -23,6 +23,7 @@ from tensordict import TensorDict
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchrl.objectives import SoftUpdate
 
+from tests.test_loop import _dataset as _loop_dataset
 from torchrl_sym.data import make_offline_replay_buffer
 from torchrl_sym.train import loop as loop_module
 from torchrl_sym.train.loop import (
@@ -37,21 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _dataset(n=256, obs_dim=5, act_dim=2, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDict(
-        {
-            "observation": torch.randn(n, obs_dim, generator=g),
-            "action": torch.rand(n, act_dim, generator=g) * 2 - 1,
-            "next": {
-                "observation": torch.randn(n, obs_dim, generator=g),
-                "reward": torch.randn(n, 1, generator=g),
-                "terminated": torch.rand(n, 1, generator=g) < 0.05,
-                "done": torch.zeros(n, 1, dtype=torch.bool),
-            },
-        },
-        [n],
-    ).to(device)
+def _dataset(n=256, device="cpu"):
+    """test_loop's synthetic transitions with a ``done`` flag, on ``device``."""
+    data = _loop_dataset(n=n)
+    data["next", "done"] = torch.zeros(n, 1, dtype=torch.bool)
+    return data.to(device)
 
 
 def _iql_stage(device="cpu", steps=12, hidden=(16, 16)):

@@ -63,9 +63,10 @@ for task in "${TASKS[@]}"; do
       for variant in $(variants "$algo"); do
         for seed in 0 1 2; do
           if ! has_run "$sweep" "$seed" "$variant" && ! has_run "$committed" "$seed" "$variant" finished; then
-            extra=(); [ "$variant" != "-" ] && extra=("$variant")
+            extra=(); name=late_seed$seed
+            [ "$variant" != "-" ] && extra=("$variant") && name=late_${variant##*=}_seed$seed
             python "recipes/$algo.py" experiment=cpu "task=$task" "seed=$seed" "${extra[@]}" \
-              "hydra.run.dir=$sweep/late_${variant##*=}_seed$seed"
+              "hydra.run.dir=$sweep/$name"
           fi
         done
       done

@@ -156,5 +156,10 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
     (committed / "sfac" / "3_seed0" / "summary.json").unlink()  # js, seed 0: unfinished
     again = run()
     assert len(again) == 2
-    assert "recipes/iql.py experiment=cpu task=hopper-medium seed=2 " in again[0]
-    assert "seed=0 sfac.divergence=js hydra.run.dir=" in again[1]
+    assert again[0] == (
+        "recipes/iql.py experiment=cpu task=hopper-medium seed=2 "
+        f"hydra.run.dir={tmp_path}/runs/cpu/hopper-medium/iql/late_seed2"
+    )
+    assert again[1].endswith(
+        f"seed=0 sfac.divergence=js hydra.run.dir={tmp_path}/runs/cpu/hopper-medium/sfac/late_js_seed0"
+    )

@@ -574,3 +574,145 @@ def test_a_table_without_a_valid_run_names_no_empty_k(tmp_path):
     assert rp.main([str(tmp_path / "runs"), "--out", str(out), "--reps", str(REPS)]) == 0
     text = out.read_text()
     assert "final (last k evaluations): mean" in text and "k ∈ {}" not in text
+
+
+# ---------------------------------------------------------------------------------- claims
+
+
+def welch_by_hand(a, b):
+    """Welch's interval from its textbook formula (independent of scipy's ttest_ind)."""
+    from scipy.stats import t
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = t.ppf(0.975, df) * np.sqrt(va + vb)
+    diff = a.mean() - b.mean()
+    return diff - half, diff + half
+
+
+def test_claim_rows_on_the_fixture(report, page):
+    rows = {
+        (r.dataset, r.cell.label, r.other.label): r for r in report.claims
+    }  # every pair where both cells have valid runs, and only those
+    assert set(rows) == {
+        (HOPPER, "sfac (sfac.divergence=jeffreys)", "iql"),
+        (HOPPER, "sfac (sfac.divergence=jeffreys)", "xql"),
+        (HOPPER, "sfac (sfac.divergence=js)", "iql"),
+        (HOPPER, "sfac (sfac.divergence=js)", "xql"),
+        (HOPPER, "bdpo", "iql"),  # published 100.6 vs 66.3
+        (HOPPER, "bdpo", "xql"),
+        (WALKER, "sfac (sfac.divergence=jeffreys)", "iql"),
+        (WALKER, "sfac (sfac.divergence=js)", "iql"),
+    }
+    sfac = rows[(HOPPER, "sfac (sfac.divergence=jeffreys)", "iql")]
+    a = expected_final_and_best("sfac", HOPPER, "jeffreys", range(3))[0]
+    b = expected_final_and_best("iql", HOPPER, "", range(3))[0]  # the partial/diverged excluded
+    assert sfac.diff == pytest.approx(a.mean() - b.mean(), abs=1e-9)
+    assert sfac.ci == pytest.approx(welch_by_hand(a, b), abs=1e-9)
+    assert sfac.expected == 0 and sfac.verdict == "not contradicted"  # 3 and 3 seeds, ahead
+    assert (
+        rows[(HOPPER, "sfac (sfac.divergence=js)", "xql")].verdict == "pending"
+    )  # xql has 2 seeds
+    assert (
+        rows[(HOPPER, "sfac (sfac.divergence=js)", "xql")].ci is not None
+    )  # the interval is shown anyway
+    bdpo = rows[(HOPPER, "bdpo", "iql")]
+    assert bdpo.expected == 1 and bdpo.ci is None and bdpo.verdict == "pending"  # 1 seed
+    text = page.read_text()
+    section = text.split("## The papers' claims on our runs", 1)[1].split("\n## ", 1)[0]
+    assert text.index("## The papers' claims") < text.index("## Aggregates across datasets")
+    assert "No claim is contradicted by a comparison with 3 or more seeds per cell." in section
+    assert "| hopper-medium | bdpo above iql (published 100.6 vs 66.3) [c" in section
+    assert "bdpo above xql (published 100.6 vs 71.1 XQL-C, 74.2 XQL-T)" in section
+    assert "Zhu et al., arXiv 2508.04225" in section and "Gao et al., BDPO" in section
+    lo, hi = sfac.ci
+    assert f"| {sfac.diff:+.1f} | [{lo:.1f}, {hi:.1f}] | 3, 3 | not contradicted |" in section
+
+
+def _constant_runs(root, algo, finals, *, dataset=HOPPER, variant=""):
+    for seed, value in enumerate(finals):
+        scores = np.full((len(STEPS), 2), float(value))
+        write_run(root / f"{algo}{variant}_s{seed}", algo, dataset, seed, variant=variant,
+                  scores=scores)  # fmt: skip
+
+
+def test_claim_verdicts_and_the_plain_statement(tmp_path):
+    runs = tmp_path / "runs"
+    _constant_runs(runs, "iql", [60.0, 62.0, 64.0])
+    _constant_runs(runs, "xql", [40.0, 41.0, 43.0])
+    _constant_runs(runs, "sfac", [30.0, 33.0, 31.0], variant="jeffreys")  # below iql and xql
+    _constant_runs(runs, "sfac", [58.0, 66.0, 61.0], variant="js")  # level with iql
+    _constant_runs(runs, "bdpo", [20.0, 22.0, 25.0])  # published above iql: contradicted
+    _constant_runs(runs, "srpo", [70.0, 72.0, 71.0])  # published above iql (95.5 vs 66.3): agrees
+    out = tmp_path / "page.md"
+    report = rp.build_report([runs], out=out, reps=REPS)
+    verdicts = {(r.cell.label, r.other.label): r.verdict for r in report.claims}
+    assert verdicts == {
+        ("sfac (sfac.divergence=jeffreys)", "iql"): "contradicts",
+        ("sfac (sfac.divergence=jeffreys)", "xql"): "contradicts",
+        ("sfac (sfac.divergence=js)", "iql"): "not contradicted",
+        ("sfac (sfac.divergence=js)", "xql"): "not contradicted",
+        ("bdpo", "iql"): "contradicts",
+        ("bdpo", "xql"): "contradicts",
+        ("bdpo", "srpo"): "contradicts",  # published 100.6 vs 95.5
+        ("srpo", "iql"): "agrees",
+        ("srpo", "xql"): "agrees",
+    }
+    text = rp.render_markdown(report)
+    assert (
+        "Contradicted on our runs: sfac (sfac.divergence=jeffreys) is below iql on `hopper-medium`"
+        in text
+    )
+    assert "bdpo is below srpo on `hopper-medium`" in text
+    assert "| **contradicts** |" in text
+    assert "(2 agrees, 5 contradicts, 2 not contradicted.)" in text
+
+    # an order the papers put the other way: SRPO below BDPO is claimed by BDPO's table only,
+    # and a published "below" is checked from the claiming side (srpo has no claim against bdpo)
+    level = tmp_path / "level"
+    _constant_runs(level, "iql", [60.0, 62.0, 64.0])
+    _constant_runs(level, "srpo", [55.0, 66.0, 63.0])
+    report = rp.build_report([level], out=out, reps=REPS)
+    ((row),) = report.claims
+    assert row.verdict == "not resolved" and row.ci[0] < 0 < row.ci[1]
+
+
+def test_published_order_needs_every_column_on_one_side():
+    from torchrl_sym.published import published_order
+
+    assert published_order("srpo", "iql", "hopper-medium") == 1  # 95.5 vs 66.3
+    assert published_order("iql", "srpo", "hopper-medium") == -1
+    # SRPO 92.2 vs XQL-C 89.8 and XQL-T 94.2 on halfcheetah-medium-expert: no order
+    assert published_order("srpo", "xql", "halfcheetah-medium-expert") == 0
+    assert published_order("srpo", "xql", "walker2d-medium-replay") == 1  # 84.6 vs 75.9, 82.2
+    assert published_order("sfac", "iql", "hopper-medium") == 0  # Sf-AC publishes no numbers
+    assert published_order("bdpo", "iql", "antmaze-umaze") == 1  # the v0 tables
+    assert published_order("iql", "iql", "pen-human") == 0  # no table
+
+
+def test_claim_seeds_option(tree, tmp_path, capsys):
+    out = tmp_path / "page.md"
+    args = [str(tree), "--out", str(out), "--reps", str(REPS)]
+    assert rp.main([*args, "--claim-seeds", "2"]) == 0
+    text = out.read_text()
+    assert "A verdict needs 2 valid seeds in both cells" in text
+    section = text.split("## The papers' claims on our runs", 1)[1].split("\n## ", 1)[0]
+    assert section.count("| pending (2 seeds each needed) |") == 2  # bdpo's one seed only
+    assert rp.main([*args, "--check"]) == 1  # the default (3) would write another page
+    assert "--claim-seeds" not in capsys.readouterr().err
+    assert rp.main([*args, "--claim-seeds", "2", "--check"]) == 0
+    out.write_text("stale\n")
+    assert rp.main([*args, "--claim-seeds", "2", "--check"]) == 1
+    assert "--claim-seeds 2" in capsys.readouterr().err  # the regenerate command keeps it
+    assert rp.main([*args, "--claim-seeds", "1"]) == 2
+    assert "--claim-seeds must be >= 2" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="claim_seeds must be >= 2"):
+        rp.build_report([tree], out=out, claim_seeds=1)
+
+
+def test_a_page_without_claim_pairs_has_no_claims_section(tmp_path):
+    _constant_runs(tmp_path / "runs", "iql", [60.0, 62.0, 64.0])
+    report = rp.build_report([tmp_path / "runs"], out=tmp_path / "page.md", reps=REPS)
+    assert report.claims == []
+    assert "## The papers' claims" not in rp.render_markdown(report)

@@ -22,7 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["NOT_PUBLISHED", "PUBLISHED", "PublishedScore", "published_for"]
+__all__ = [
+    "CLAIMS",
+    "NOT_PUBLISHED",
+    "PUBLISHED",
+    "Claim",
+    "PublishedScore",
+    "published_for",
+    "published_order",
+]
 
 
 @dataclass(frozen=True)
@@ -204,3 +212,64 @@ def published_for(algo: str, task: str) -> list[PublishedScore]:
     """The published scores of ``algo`` (our config's ``algo``) on the D4RL task ``task``
     (``hopper-medium``), in transcription order; ``[]`` if none."""
     return [p for p in PUBLISHED if p.algo == algo and p.task == task]
+
+
+def published_order(algo: str, other: str, task: str) -> int:
+    """``+1`` when every published column of ``algo`` on ``task`` is above every column of
+    ``other``, ``-1`` when every one is below, ``0`` when either has no number there or the
+    columns disagree (e.g. one of XQL-C/XQL-T above, the other below)."""
+    ours, theirs = published_for(algo, task), published_for(other, task)
+    signs = {(a.score > b.score) - (a.score < b.score) for a in ours for b in theirs}
+    return signs.pop() if len(signs) == 1 else 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A comparative claim of a paper that runs of this library can test: ``algo`` against each
+    algorithm in ``against``, on every dataset where both have runs.
+
+    ``kind``:
+
+    - ``"not_below"``: ``algo`` is not below the other (Sf-AC's claim of no per-environment
+      failure); contradicted when the 95% CI of the difference lies below zero;
+    - ``"published_order"``: the order of the two algorithms' published scores on the task
+      (:func:`published_order`); contradicted when the CI lies on the other side of zero. Tasks
+      without a published order for the pair are skipped.
+    """
+
+    algo: str
+    against: tuple[str, ...]
+    kind: str
+    statement: str
+    source: str
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "sfac",
+        ("iql", "sql", "xql", "awac"),
+        "not_below",
+        "Sf-AC avoids the per-environment failures of IQL, SQL, XQL and AWAC: on no dataset is it "
+        "below them",
+        "Zhu et al., arXiv 2508.04225, abstract; docs/specs/sfac.md §1 item 5",
+    ),
+    Claim(
+        "srpo",
+        ("iql", "sql", "xql"),
+        "published_order",
+        "SRPO's published D4RL score against the baseline's on the same task",
+        "Chen et al., SRPO (ICLR 2024), Table 1 (docs/specs/srpo.md §7), and the baselines' "
+        "tables (docs/specs/baselines.md §6)",
+    ),
+    Claim(
+        "bdpo",
+        ("iql", "sql", "xql", "srpo"),
+        "published_order",
+        "BDPO's published D4RL score against the other algorithm's on the same task",
+        "Gao et al., BDPO (ICML 2025), Table 1 (docs/specs/bdpo.md §7), and the other papers' "
+        "tables (docs/specs/baselines.md §6, docs/specs/srpo.md §7)",
+    ),
+)
+"""The papers' comparative claims the results page tests against our runs (its "claims"
+section). Sf-AC publishes no numbers, so its claim is its abstract's; SRPO's and BDPO's are the
+orders of the published tables."""

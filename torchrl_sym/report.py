@@ -18,6 +18,10 @@ Per cell (dataset, algorithm, variant) over its valid runs: mean, sample std (dd
 95% percentile-bootstrap CI of the mean from rliable (``get_interval_estimates`` with
 ``aggregate_mean`` on the ``[runs, 1]`` matrix). Across datasets per algorithm/variant: rliable's
 ``aggregate_mean`` and ``aggregate_iqm`` with stratified-bootstrap CIs, and a performance profile.
+The papers' comparative claims (:data:`torchrl_sym.published.CLAIMS`) are tested pairwise on
+each dataset: the difference of two cells' mean final scores with a 95% Welch t interval
+(``scipy.stats.ttest_ind(equal_var=False)``), and a verdict once both cells have
+``--claim-seeds`` valid runs.
 
 A run is excluded from the statistics (and named in a note under its table) when it has no
 evaluation, no normalized score, a non-finite score, or stops before the cell's last evaluation
@@ -42,16 +46,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchrl_sym.published import NOT_PUBLISHED, PUBLISHED, published_for
+from torchrl_sym.published import (
+    CLAIMS,
+    NOT_PUBLISHED,
+    PUBLISHED,
+    Claim,
+    published_for,
+    published_order,
+)
 from torchrl_sym.tasks import task_name
 
 __all__ = [
     "Aggregate",
     "Cell",
+    "ClaimRow",
     "Report",
     "Run",
     "bootstrap_mean_ci",
     "build_report",
+    "claim_rows",
     "find_run_dirs",
     "load_run",
     "main",
@@ -66,6 +79,7 @@ CSV_COLUMNS = ("step", "episode", "return", "normalized_score")
 DEFAULT_LAST_K = 10
 DEFAULT_REPS = 2000
 DEFAULT_SEED = 0
+DEFAULT_CLAIM_SEEDS = 3  # the protocol's seeds per cell: a claim's verdict needs this many
 # Config keys that never make a variant: they differ between seeds of one experiment, or change
 # where and how a run is logged, not what it computes.
 IGNORED_KEYS = (
@@ -430,6 +444,38 @@ def _aggregate_estimates(matrix, *, reps: int, seed: int):
     )
 
 
+def welch_ci(a: Sequence[float], b: Sequence[float]) -> tuple[float, float] | None:
+    """95% Welch t confidence interval of ``mean(a) - mean(b)`` (scipy
+    ``ttest_ind(a, b, equal_var=False).confidence_interval()``); ``None`` when a side has fewer
+    than 2 values or neither has any spread."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return None
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    low, high = float(ci.low), float(ci.high)
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else None
+
+
+def _verdict(expected: int, ci: tuple[float, float] | None, enough: bool) -> str:
+    if not enough:
+        return "pending"
+    if ci is None:
+        return "not resolved"
+    low, high = ci
+    if expected == 0:  # "not below"
+        return "contradicts" if high < 0 else "not contradicted"
+    if (expected > 0 and low > 0) or (expected < 0 and high < 0):
+        return "agrees"
+    if (expected > 0 and high < 0) or (expected < 0 and low > 0):
+        return "contradicts"
+    return "not resolved"
+
+
 @dataclass
 class Cell:
     """The runs of one dataset × algorithm × variant and their statistics."""
@@ -481,6 +527,24 @@ class Aggregate:
 
 
 @dataclass
+class ClaimRow:
+    """One paper claim tested on one dataset: ``cell`` (the claiming algorithm) against ``other``.
+
+    ``expected``: +1 the claim puts ``cell`` above ``other``, -1 below (a published order),
+    0 "not below" (Sf-AC's claim). ``diff`` is mean(cell finals) - mean(other finals); ``ci`` its
+    95% Welch t interval (None with fewer than 2 runs in a cell or no spread at all)."""
+
+    claim: Claim
+    dataset: str
+    cell: Cell
+    other: Cell
+    expected: int
+    diff: float
+    ci: tuple[float, float] | None
+    verdict: str  # "agrees", "contradicts", "not contradicted", "not resolved", "pending"
+
+
+@dataclass
 class Report:
     cells: list[Cell]
     aggregates: list[Aggregate]
@@ -494,6 +558,8 @@ class Report:
     variant_keys: dict[str, list[str]]  # algo -> the keys its variants are told apart by
     forced_variant_keys: bool
     preamble: str = ""  # markdown placed before the tables (--preamble FILE): protocol, commands
+    claims: list[ClaimRow] = field(default_factory=list)
+    claim_seeds: int = DEFAULT_CLAIM_SEEDS
 
     @property
     def datasets(self) -> list[str]:
@@ -646,12 +712,19 @@ def build_report(
     reps: int = DEFAULT_REPS,
     seed: int = DEFAULT_SEED,
     preamble: str | Path | None = None,
+    claim_seeds: int = DEFAULT_CLAIM_SEEDS,
 ) -> Report:
     """Finds and reads the runs under ``dirs``, groups them and computes every statistic the
     page shows (see the module docstring). ``preamble``: a markdown file whose text the page
-    shows before its tables (the protocol and the commands that produced the runs). ``out`` is where the page goes (paths on it are
-    written relative to its folder); ``figures_dir`` defaults to ``<out folder>/<out stem>/``.
+    shows before its tables (the protocol and the commands that produced the runs). ``out`` is
+    where the page goes (paths on it are written relative to its folder); ``figures_dir``
+    defaults to ``<out folder>/<out stem>/``. ``claim_seeds``: the valid runs both cells of a
+    claim need before it gets a verdict (:func:`claim_rows`).
     """
+    if claim_seeds < 2:
+        raise ValueError(
+            f"claim_seeds must be >= 2 (a confidence interval needs 2 runs per cell), got {claim_seeds}"
+        )
     import numpy as np
 
     out = Path(out)
@@ -711,6 +784,8 @@ def build_report(
             )
         )
     return Report(
+        claims=claim_rows(cells, claim_seeds=claim_seeds),
+        claim_seeds=claim_seeds,
         cells=cells,
         aggregates=aggregates,
         skipped=sorted(skipped),
@@ -724,6 +799,52 @@ def build_report(
         forced_variant_keys=variant_keys is not None,
         preamble=_read_preamble(preamble),
     )
+
+
+def claim_rows(
+    cells: Sequence[Cell],
+    claims: Sequence[Claim] = CLAIMS,
+    *,
+    claim_seeds: int = DEFAULT_CLAIM_SEEDS,
+) -> list[ClaimRow]:
+    """Every claim tested on every dataset where the claiming algorithm and an algorithm it is
+    compared with both have valid runs (each variant a row of its own). A published-order claim
+    is tested only on tasks where the papers' numbers order the pair (:func:`published_order`).
+    The verdict needs ``claim_seeds`` valid runs in both cells ("pending" before):
+
+    - published order: "agrees" when the 95% CI of the difference lies on the published side of
+      zero, "contradicts" when it lies on the other side, "not resolved" when it covers zero;
+    - not below: "contradicts" when the CI lies below zero, else "not contradicted".
+    """
+    rows = []
+    for claim in claims:
+        for cell in cells:
+            if cell.algo != claim.algo or not cell.valid:
+                continue
+            task = task_name(cell.dataset)
+            for other_algo in claim.against:
+                if claim.kind == "not_below":
+                    expected = 0
+                elif claim.kind == "published_order":
+                    expected = published_order(claim.algo, other_algo, task)
+                    if expected == 0:
+                        continue
+                else:
+                    raise ValueError(f"claim of {claim.algo}: unknown kind {claim.kind!r}")
+                for other in cells:
+                    if other.dataset != cell.dataset or other.algo != other_algo:
+                        continue
+                    if not other.valid:
+                        continue
+                    a, b = cell.finals, other.finals
+                    diff = math.fsum(a) / len(a) - math.fsum(b) / len(b)
+                    ci = welch_ci(a, b)
+                    enough = min(len(a), len(b)) >= claim_seeds
+                    rows.append(
+                        ClaimRow(claim, cell.dataset, cell, other, expected, diff, ci,
+                                 _verdict(expected, ci, enough))
+                    )  # fmt: skip
+    return rows
 
 
 def _read_preamble(path: str | Path | None) -> str:
@@ -957,6 +1078,91 @@ def _aggregate_section(report: Report, start: Path) -> list[str]:
     return lines
 
 
+def _claim_text(row: ClaimRow, notes: _Notes) -> str:
+    mark = notes.add(f"{row.claim.statement}. Source: {row.claim.source}")
+    if row.expected == 0:
+        return f"{row.cell.label} not below {row.other.label} {mark}"
+    task = task_name(row.dataset)
+
+    def scores(algo: str) -> str:
+        entries = published_for(algo, task)
+        return ", ".join(
+            _fmt(p.score) + (f" {p.column}" if len(entries) > 1 else "") for p in entries
+        )
+
+    side = "above" if row.expected > 0 else "below"
+    return (
+        f"{row.cell.label} {side} {row.other.label} (published {scores(row.cell.algo)} vs "
+        f"{scores(row.other.algo)}) {mark}"
+    )
+
+
+def _claims_section(report: Report, start: Path) -> list[str]:
+    n = report.claim_seeds
+    notes = _Notes("c", start)
+    rows = []
+    for row in report.claims:
+        a, b = len(row.cell.valid), len(row.other.valid)
+        ci = f"[{_fmt(row.ci[0])}, {_fmt(row.ci[1])}]" if row.ci is not None else "–"
+        verdict = f"**{row.verdict}**" if row.verdict == "contradicts" else row.verdict
+        if row.verdict == "pending":
+            verdict += f" ({n} seeds each needed)"
+        rows.append(
+            f"| {task_name(row.dataset)} | {_claim_text(row, notes)} | {row.diff:+.1f} | {ci} "
+            f"| {a}, {b} | {verdict} |"
+        )
+    contradicted = [r for r in report.claims if r.verdict == "contradicts"]
+    decided = [r for r in report.claims if r.verdict != "pending"]
+    if contradicted:
+        plain = (
+            "Contradicted on our runs: "
+            + "; ".join(
+                f"{r.cell.label} is below {r.other.label} on `{task_name(r.dataset)}` "
+                f"({r.diff:+.1f}, CI [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}])"
+                if r.expected >= 0
+                else f"{r.cell.label} is above {r.other.label} on `{task_name(r.dataset)}` "
+                f"({r.diff:+.1f}, CI [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}])"
+                for r in contradicted
+            )
+            + "."
+        )
+    elif decided:
+        plain = f"No claim is contradicted by a comparison with {n} or more seeds per cell."
+    else:
+        plain = f"No comparison has {n} seeds in both cells yet: every verdict is pending."
+    counts = ", ".join(
+        f"{sum(r.verdict == v for r in report.claims)} {v}"
+        for v in ("agrees", "contradicts", "not contradicted", "not resolved", "pending")
+        if any(r.verdict == v for r in report.claims)
+    )
+    lines = [
+        "## The papers' claims on our runs",
+        "",
+        "Each row compares two cells of one dataset by their final scores: the difference of the "
+        "means (claiming algorithm minus the other) and its 95% Welch t interval (scipy "
+        f"`ttest_ind(equal_var=False)`). A verdict needs {n} valid seeds in both cells; with "
+        "fewer the row is pending. A published order (the papers' D4RL numbers) *agrees* when "
+        "the interval lies on its side of zero, is *contradicted* when it lies on the other side "
+        'and *not resolved* when it covers zero; a "not below" claim is contradicted only '
+        "when the interval lies below zero. The papers' numbers are on D4RL's data at their "
+        "budget; ours are on the datasets and budget of this page, so a contradiction says the "
+        "claim does not hold there, not that a paper is wrong.",
+        "",
+        f"{plain} ({counts}.)",
+        "",
+        "| dataset | claim | ours: difference of final means | 95% CI (Welch t) "
+        "| seeds | verdict |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Claims:",
+        "",
+        *notes.lines(),
+        "",
+    ]
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     """The results page. Deterministic: sorted order, fixed bootstrap seed, no timestamps, and
     paths relative to the page's folder."""
@@ -1001,6 +1207,8 @@ def render_markdown(report: Report) -> str:
     lines += ["## Per dataset", ""]
     for dataset in report.datasets:
         lines += _dataset_section(report, dataset, start)
+    if report.claims:
+        lines += _claims_section(report, start)
     if report.aggregates:
         lines += _aggregate_section(report, start)
     if report.skipped:
@@ -1173,6 +1381,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a markdown file shown before the tables (the protocol and the commands of the runs)",
     )
     parser.add_argument(
+        "--claim-seeds",
+        type=int,
+        default=DEFAULT_CLAIM_SEEDS,
+        help="valid runs both cells of a paper claim need before it gets a verdict "
+        "(default %(default)s, the protocol's seeds)",
+    )
+    parser.add_argument(
         "--reps", type=int, default=DEFAULT_REPS, help="bootstrap resamples (default %(default)s)"
     )
     parser.add_argument(
@@ -1203,6 +1418,7 @@ def _regenerate_command(args: argparse.Namespace) -> str:
         ("--preamble", args.preamble),
         ("--reps", None if args.reps == DEFAULT_REPS else args.reps),
         ("--seed", None if args.seed == DEFAULT_SEED else args.seed),
+        ("--claim-seeds", None if args.claim_seeds == DEFAULT_CLAIM_SEEDS else args.claim_seeds),
     ):
         if value is not None:
             parts += [flag, str(value)]
@@ -1219,6 +1435,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.last_k is not None and args.last_k < 1:
         print(f"--last-k must be >= 1, got {args.last_k}", file=sys.stderr)
         return 2
+    if args.claim_seeds < 2:
+        print(
+            f"--claim-seeds must be >= 2 (a confidence interval needs 2 runs per cell), "
+            f"got {args.claim_seeds}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         report = build_report(
             args.dirs,
@@ -1230,6 +1453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reps=args.reps,
             seed=args.seed,
             preamble=args.preamble,
+            claim_seeds=args.claim_seeds,
         )
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)

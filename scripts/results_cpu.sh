@@ -4,6 +4,7 @@
 #
 #   scripts/results_cpu.sh hopper-medium halfcheetah-medium     # tasks (default: these two)
 #   JOBS=2 ALGOS="iql sfac" scripts/results_cpu.sh walker2d-medium
+#   DRY_RUN=1 scripts/results_cpu.sh                              # print what it would run, run nothing
 #
 # Runs (with checkpoints) go to $RUNS/cpu/<task>/<algo>/<n>_seed<s>/; after each sweep their logs
 # are mirrored into results/cpu/<task>/<algo>/ (scripts/collect_results.py), and
@@ -20,6 +21,10 @@ JOBS=${JOBS:-1}
 ALGOS=${ALGOS:-"iql sfac awac sql xql td3bc srpo"}
 TASKS=("$@")
 [ ${#TASKS[@]} -eq 0 ] && TASKS=(hopper-medium halfcheetah-medium)
+
+launch() {  # a recipe run, or with DRY_RUN=1 only its command line
+  if [ -n "${DRY_RUN:-}" ]; then echo "python $*"; else python "$@"; fi
+}
 
 variants() {  # the algorithm's variant axis (one override per variant): Sf-AC runs both divergences
   case "$1" in
@@ -49,7 +54,7 @@ for task in "${TASKS[@]}"; do
       axis=$(variants "$algo")
       [ "$axis" = "-" ] && axis="" || axis="${axis%%=*}=$(echo "$axis" | tr ' ' '\n' | sed 's/.*=//' | paste -sd,)"
       # shellcheck disable=SC2086
-      python "recipes/$algo.py" -m experiment=cpu "task=$task" $axis \
+      launch "recipes/$algo.py" -m experiment=cpu "task=$task" $axis \
         hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" "hydra.sweep.dir=$sweep"
     else
       # a killed sweep: continue its unfinished runs, then start the ones it never reached and
@@ -57,7 +62,7 @@ for task in "${TASKS[@]}"; do
       # committed logs are not)
       for run in "$sweep"/*/; do
         if [ -f "$run/config.yaml" ] && [ ! -f "$run/summary.json" ]; then
-          python "recipes/$algo.py" "resume=${run%/}"
+          launch "recipes/$algo.py" "resume=${run%/}"
         fi
       done
       for variant in $(variants "$algo"); do
@@ -65,12 +70,14 @@ for task in "${TASKS[@]}"; do
           if ! has_run "$sweep" "$seed" "$variant" && ! has_run "$committed" "$seed" "$variant" finished; then
             extra=(); name=late_seed$seed
             [ "$variant" != "-" ] && extra=("$variant") && name=late_${variant##*=}_seed$seed
-            python "recipes/$algo.py" experiment=cpu "task=$task" "seed=$seed" "${extra[@]}" \
+            launch "recipes/$algo.py" experiment=cpu "task=$task" "seed=$seed" "${extra[@]}" \
               "hydra.run.dir=$sweep/$name"
           fi
         done
       done
     fi
-    [ -d "$sweep" ] && python scripts/collect_results.py "$sweep" "$committed"
+    if [ -d "$sweep" ] && [ -z "${DRY_RUN:-}" ]; then
+      python scripts/collect_results.py "$sweep" "$committed"
+    fi
   done
 done

@@ -154,7 +154,18 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
     shutil.rmtree(tmp_path / "runs")
     shutil.rmtree(committed / "iql" / "2_seed2")
     (committed / "sfac" / "3_seed0" / "summary.json").unlink()  # js, seed 0: unfinished
+    env["DRY_RUN"] = "1"  # the plan: what the next call runs, printed, nothing run or written
+    calls.write_text("")
+    before = sorted(p for p in tmp_path.rglob("*") if p != calls)
+    plan = subprocess.run(
+        ["bash", str(repo / "scripts" / "results_cpu.sh"), "hopper-medium"],
+        env=env, check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sorted(p for p in tmp_path.rglob("*") if p != calls) == before
+    assert not [c for c in calls.read_text().splitlines() if c.startswith("recipes/")]
+    del env["DRY_RUN"]
     again = run()
+    assert plan.stdout.splitlines() == [f"python {c}" for c in again]
     assert len(again) == 2
     assert again[0] == (
         "recipes/iql.py experiment=cpu task=hopper-medium seed=2 "

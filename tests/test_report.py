@@ -641,6 +641,7 @@ def test_claim_verdicts_and_the_plain_statement(tmp_path):
     runs = tmp_path / "runs"
     _constant_runs(runs, "iql", [60.0, 62.0, 64.0])
     _constant_runs(runs, "xql", [40.0, 41.0, 43.0])
+    _constant_runs(runs, "sql", [50.0, 52.0, 51.0])
     _constant_runs(runs, "sfac", [30.0, 33.0, 31.0], variant="jeffreys")  # below iql and xql
     _constant_runs(runs, "sfac", [58.0, 66.0, 61.0], variant="js")  # level with iql
     _constant_runs(runs, "bdpo", [20.0, 22.0, 25.0])  # published above iql: contradicted
@@ -658,6 +659,10 @@ def test_claim_verdicts_and_the_plain_statement(tmp_path):
         ("bdpo", "srpo"): "contradicts",  # published 100.6 vs 95.5
         ("srpo", "iql"): "agrees",
         ("srpo", "xql"): "agrees",
+        ("sfac (sfac.divergence=jeffreys)", "sql"): "contradicts",
+        ("sfac (sfac.divergence=js)", "sql"): "not contradicted",
+        ("bdpo", "sql"): "contradicts",
+        ("srpo", "sql"): "agrees",
     }
     text = rp.render_markdown(report)
     assert (
@@ -666,7 +671,8 @@ def test_claim_verdicts_and_the_plain_statement(tmp_path):
     )
     assert "bdpo is below srpo on `hopper-medium`" in text
     assert "| **contradicts** |" in text
-    assert "(2 agrees, 5 contradicts, 2 not contradicted.)" in text
+    assert "(3 agrees, 7 contradicts, 3 not contradicted.)" in text
+    assert "srpo above sql (published 95.5 vs 75.5 (unverified))" in text  # the spec's [U] tag
 
     # an order the papers put the other way: SRPO below BDPO is claimed by BDPO's table only,
     # and a published "below" is checked from the claiming side (srpo has no claim against bdpo)

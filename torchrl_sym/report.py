@@ -1087,7 +1087,10 @@ def _claim_text(row: ClaimRow, notes: _Notes) -> str:
     def scores(algo: str) -> str:
         entries = published_for(algo, task)
         return ", ".join(
-            _fmt(p.score) + (f" {p.column}" if len(entries) > 1 else "") for p in entries
+            _fmt(p.score)
+            + (f" {p.column}" if len(entries) > 1 else "")
+            + (" (unverified)" if p.unverified else "")
+            for p in entries
         )
 
     side = "above" if row.expected > 0 else "below"

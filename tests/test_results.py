@@ -40,6 +40,13 @@ def test_committed_runs_hold_only_logs():
             assert path.name in allowed, path
 
 
+def test_committed_in_flight_logs_hold_no_checkpoint():
+    allowed = {"config.yaml", "eval_returns.csv", "overrides.yaml", "README.md"}
+    for path in (ROOT / "results" / "in_flight").rglob("*"):
+        if path.is_file():
+            assert path.name in allowed or path.suffix == ".log", path
+
+
 def test_collect_mirrors_the_logs_of_every_run_and_nothing_else(tmp_path):
     collect = _collect_module()
     sweep = tmp_path / "sweep"
@@ -71,6 +78,68 @@ def test_collect_mirrors_the_logs_of_every_run_and_nothing_else(tmp_path):
     assert (out / "1_seed1" / "summary.json").is_file()
     assert not [p for p in out.rglob(".*tmp-*")]
     assert collect.main([str(tmp_path / "missing"), str(out)]) == 2
+
+
+def test_in_flight_mirrors_the_unfinished_runs_and_says_where_each_stands(tmp_path):
+    collect = _collect_module()
+    src = tmp_path / "runs"
+    for rel, finished, evals, ckpts in (
+        ("cpu/hopper-medium/iql/0_seed0", True, (10000, 20000), (10000, 20000)),
+        ("cpu/hopper-medium/xql/1_seed1", False, (10000, 20000, 30000), (20000, 30000)),
+        ("cpu/halfcheetah-medium/srpo/0_seed0", False, (), (10000,)),  # still in stage 1
+    ):
+        run = src / rel
+        (run / ".hydra").mkdir(parents=True)
+        (run / "checkpoints").mkdir()
+        (run / "config.yaml").write_text("algo: x\n")
+        (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+        (run / "run.log").write_text("log\n")
+        rows = "".join(f"{s},0,1.0,2.0\n" for s in evals)
+        (run / "eval_returns.csv").write_text("step,episode,return,normalized_score\n" + rows)
+        for step in ckpts:
+            (run / "checkpoints" / f"ckpt_{step:09d}.pt").write_bytes(b"x")
+        if finished:
+            (run / "summary.json").write_text("{}\n")
+        record = run / "resumes" / "2026-12-03_12-15-49"  # a resumed launch's record: not a run
+        record.mkdir(parents=True)
+        (record / "config.yaml").write_text("algo: x\n")
+    dst = tmp_path / "in_flight"
+    stale = dst / "cpu" / "hopper-medium" / "sfac" / "3_seed1"  # finished since the last copy
+    stale.mkdir(parents=True)
+    (stale / "config.yaml").write_text("algo: sfac\n")
+    (stale / "sfac.log").write_text("old\n")
+
+    assert collect.main(["--in-flight", str(src), str(dst)]) == 0
+    copied = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    assert copied == [
+        "README.md",
+        "cpu/halfcheetah-medium/srpo/0_seed0/.hydra/overrides.yaml",
+        "cpu/halfcheetah-medium/srpo/0_seed0/config.yaml",
+        "cpu/halfcheetah-medium/srpo/0_seed0/eval_returns.csv",
+        "cpu/halfcheetah-medium/srpo/0_seed0/run.log",
+        "cpu/hopper-medium/xql/1_seed1/.hydra/overrides.yaml",
+        "cpu/hopper-medium/xql/1_seed1/config.yaml",
+        "cpu/hopper-medium/xql/1_seed1/eval_returns.csv",
+        "cpu/hopper-medium/xql/1_seed1/run.log",
+    ]  # no checkpoint, no finished run, the stale run and its empty folders gone
+    assert not (dst / "cpu" / "hopper-medium" / "sfac").exists()
+    readme = (dst / "README.md").read_text()
+    assert "| `cpu/hopper-medium/xql/1_seed1` | 30,000 | 30,000 |" in readme
+    assert "| `cpu/halfcheetah-medium/srpo/0_seed0` | none yet | 10,000 |" in readme
+    assert "iql" not in readme
+
+    # everything finished: the folder empties to its README
+    for run in ("cpu/hopper-medium/xql/1_seed1", "cpu/halfcheetah-medium/srpo/0_seed0"):
+        (src / run / "summary.json").write_text("{}\n")
+    assert collect.collect_in_flight(src, dst) == []
+    assert [p.name for p in dst.rglob("*")] == ["README.md"]
+    assert "| (none) | | |" in (dst / "README.md").read_text()
+
+    # a folder of finished results is never taken for an in-flight folder
+    results = tmp_path / "results"
+    collect.collect(src, results)
+    assert collect.main(["--in-flight", str(src), str(results)]) == 2
+    assert len(list(results.rglob("summary.json"))) == 3
 
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash

@@ -682,6 +682,12 @@ def test_claim_verdicts_and_the_plain_statement(tmp_path):
     report = rp.build_report([level], out=out, reps=REPS)
     ((row),) = report.claims
     assert row.verdict == "not resolved" and row.ci[0] < 0 < row.ci[1]
+    text = rp.render_markdown(report)
+    assert (
+        "No claim is contradicted by a comparison with 3 or more seeds per cell. Not confirmed "
+        "on our runs (the interval covers zero, or no interval): srpo above iql on "
+        f"`hopper-medium` ({row.diff:+.1f})." in text
+    )
 
 
 def test_published_order_needs_every_column_on_one_side():

@@ -1133,6 +1133,17 @@ def _claims_section(report: Report, start: Path) -> list[str]:
         plain = f"No claim is contradicted by a comparison with {n} or more seeds per cell."
     else:
         plain = f"No comparison has {n} seeds in both cells yet: every verdict is pending."
+    unresolved = [r for r in report.claims if r.verdict == "not resolved"]
+    if unresolved:
+        plain += (
+            " Not confirmed on our runs (the interval covers zero, or no interval): "
+            + "; ".join(
+                f"{r.cell.label} {'above' if r.expected > 0 else 'below'} {r.other.label} on "
+                f"`{task_name(r.dataset)}` ({r.diff:+.1f})"
+                for r in unresolved
+            )
+            + "."
+        )
     counts = ", ".join(
         f"{sum(r.verdict == v for r in report.claims)} {v}"
         for v in ("agrees", "contradicts", "not contradicted", "not resolved", "pending")

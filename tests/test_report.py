@@ -728,3 +728,87 @@ def test_a_page_without_claim_pairs_has_no_claims_section(tmp_path):
     report = rp.build_report([tmp_path / "runs"], out=tmp_path / "page.md", reps=REPS)
     assert report.claims == []
     assert "## The papers' claims" not in rp.render_markdown(report)
+
+
+# ---------------------------------------------------------------------------------- data stats
+
+
+def test_data_stats_show_the_datas_own_level(tree, tmp_path, capsys):
+    stats = tmp_path / "datasets.json"
+    stats.write_text(
+        json.dumps(
+            {
+                HOPPER: {
+                    "return_mean": 964.7,
+                    "ref_min_score": 19.8,
+                    "ref_max_score": 3303.7,
+                    "sha256": "abc123",  # the runs' (write_run's default)
+                },
+                WALKER: {
+                    "return_mean": 500.0,
+                    "ref_min_score": 0.0,
+                    "ref_max_score": 2000.0,
+                    "sha256": "fff999",
+                },
+                "no/numbers-v0": {"episodes": 3},
+                "degenerate-v0": {"return_mean": 1, "ref_min_score": 5, "ref_max_score": 5},
+            }
+        )
+    )
+    loaded = rp.load_data_stats(stats)
+    assert set(loaded) == {HOPPER, WALKER}
+    assert loaded[HOPPER].score == pytest.approx(100 * (964.7 - 19.8) / (3303.7 - 19.8))
+    out = tmp_path / "docs" / "page.md"
+    args = [str(tree), "--out", str(out), "--reps", str(REPS), "--data-stats", str(stats)]
+    assert rp.main(args) == 0
+    text = out.read_text()
+    hopper = text.split(f"(`{HOPPER}`)", 1)[1].split("\n### ", 1)[0]
+    assert (
+        "The data itself: its episodes' mean return is 964.7, normalized **28.8** "
+        "(`../datasets.json`; the dashed line in the curves)" in hopper
+    )
+    assert "Caution" not in hopper
+    walker = text.split(f"(`{WALKER}`)", 1)[1].split("\n## ", 1)[0]
+    assert "normalized **25.0**" in walker
+    caution = (
+        "Caution: the runs trained on data with sha256 abc123, the statistics describe fff999."
+    )
+    assert caution in walker
+    assert rp.main([*args, "--check"]) == 0
+    assert rp.main([*args[:-2], "--check"]) == 1  # without it the page differs ...
+    assert f"--data-stats {stats}" not in capsys.readouterr().err
+    out.write_text("stale\n")
+    assert rp.main([*args, "--check"]) == 1
+    assert f"--data-stats {stats}" in capsys.readouterr().err  # ... and the command keeps it
+
+    for bad, message in (
+        (tmp_path / "missing.json", "no such file"),
+        (tmp_path / "list.json", "expected a JSON object"),
+        (tmp_path / "broken.json", "not valid JSON"),
+    ):
+        if bad.name == "list.json":
+            bad.write_text("[1, 2]")
+        elif bad.name == "broken.json":
+            bad.write_text("{")
+        assert rp.main([*args[:-1], str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert f"--data-stats {bad}" in err and message in err
+
+
+def test_data_stats_line_is_drawn_in_the_curves(tree, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    stats = tmp_path / "datasets.json"
+    stats.write_text(json.dumps({HOPPER: {"return_mean": 50, "ref_min_score": 0,
+                                          "ref_max_score": 100}}))  # fmt: skip
+    lines = []
+    real = Axes.axhline
+
+    def spy(self, y=0, *a, **k):
+        lines.append((y, k.get("label")))
+        return real(self, y, *a, **k)
+
+    monkeypatch.setattr(Axes, "axhline", spy)
+    report = rp.build_report([tree], out=tmp_path / "page.md", reps=REPS, data_stats=stats)
+    rp.write_figures(report)
+    assert lines == [(50.0, "the data itself (50.0)")]  # hopper only: walker has no statistics

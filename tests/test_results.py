@@ -25,11 +25,13 @@ def _collect_module():
 @pytest.mark.skipif(not PAGE.is_file(), reason="docs/results.md is not generated yet")
 def test_results_page_matches_the_committed_logs(monkeypatch):
     """The page's command, verbatim: ``python -m torchrl_sym.report results/cpu --out
-    docs/results.md --preamble results/cpu/PROTOCOL.md``, run from the repository."""
+    docs/results.md --preamble results/cpu/PROTOCOL.md --data-stats docs/datasets.json``, run
+    from the repository."""
     from torchrl_sym import report
 
     monkeypatch.chdir(ROOT)
     args = ["results/cpu", "--out", "docs/results.md", "--preamble", "results/cpu/PROTOCOL.md"]
+    args += ["--data-stats", "docs/datasets.json"]
     assert report.main([*args, "--check"]) == 0
 
 

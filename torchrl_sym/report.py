@@ -60,12 +60,14 @@ __all__ = [
     "Aggregate",
     "Cell",
     "ClaimRow",
+    "DataStat",
     "Report",
     "Run",
     "bootstrap_mean_ci",
     "build_report",
     "claim_rows",
     "find_run_dirs",
+    "load_data_stats",
     "load_run",
     "main",
     "render_markdown",
@@ -526,6 +528,56 @@ class Aggregate:
         return f"{self.algo} ({self.variant})" if self.variant else self.algo
 
 
+@dataclass(frozen=True)
+class DataStat:
+    """The dataset's own level: the mean return of its episodes, normalized with the dataset's
+    reference scores like the runs' evaluations (``--data-stats``, e.g. docs/datasets.json)."""
+
+    dataset: str
+    score: float  # 100 * (return_mean - ref_min_score) / (ref_max_score - ref_min_score)
+    return_mean: float
+    sha256: str | None
+    source: Path
+
+
+def load_data_stats(path: str | Path) -> dict[str, DataStat]:
+    """Reads a JSON object ``{dataset id: {"return_mean", "ref_min_score", "ref_max_score",
+    "sha256"?}}`` (the format of docs/datasets.json, which scripts/make_datasets_doc.py measures
+    from the data); ids without those numbers are left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--data-stats {path}: no such file (a JSON object of dataset id -> return_mean, "
+            "ref_min_score, ref_max_score, e.g. docs/datasets.json)"
+        )
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--data-stats {path}: not valid JSON ({err})") from None
+    if not isinstance(table, dict):
+        raise ValueError(
+            f"--data-stats {path}: expected a JSON object of dataset id -> statistics, got "
+            f"{type(table).__name__}"
+        )
+    stats = {}
+    for dataset, entry in table.items():
+        if not isinstance(entry, dict):
+            continue
+        try:
+            mean, low, high = (
+                float(entry[k]) for k in ("return_mean", "ref_min_score", "ref_max_score")
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not all(map(math.isfinite, (mean, low, high))) or high == low:
+            continue
+        sha = entry.get("sha256")
+        stats[dataset] = DataStat(
+            dataset, 100.0 * (mean - low) / (high - low), mean, sha if sha else None, path
+        )
+    return stats
+
+
 @dataclass
 class ClaimRow:
     """One paper claim tested on one dataset: ``cell`` (the claiming algorithm) against ``other``.
@@ -560,6 +612,7 @@ class Report:
     preamble: str = ""  # markdown placed before the tables (--preamble FILE): protocol, commands
     claims: list[ClaimRow] = field(default_factory=list)
     claim_seeds: int = DEFAULT_CLAIM_SEEDS
+    data_stats: dict[str, DataStat] = field(default_factory=dict)
 
     @property
     def datasets(self) -> list[str]:
@@ -713,13 +766,15 @@ def build_report(
     seed: int = DEFAULT_SEED,
     preamble: str | Path | None = None,
     claim_seeds: int = DEFAULT_CLAIM_SEEDS,
+    data_stats: str | Path | None = None,
 ) -> Report:
     """Finds and reads the runs under ``dirs``, groups them and computes every statistic the
     page shows (see the module docstring). ``preamble``: a markdown file whose text the page
     shows before its tables (the protocol and the commands that produced the runs). ``out`` is
     where the page goes (paths on it are written relative to its folder); ``figures_dir``
     defaults to ``<out folder>/<out stem>/``. ``claim_seeds``: the valid runs both cells of a
-    claim need before it gets a verdict (:func:`claim_rows`).
+    claim need before it gets a verdict (:func:`claim_rows`). ``data_stats``: a JSON file of the
+    datasets' own returns (:func:`load_data_stats`), shown under each table and in its curves.
     """
     if claim_seeds < 2:
         raise ValueError(
@@ -784,6 +839,7 @@ def build_report(
             )
         )
     return Report(
+        data_stats=load_data_stats(data_stats) if data_stats is not None else {},
         claims=claim_rows(cells, claim_seeds=claim_seeds),
         claim_seeds=claim_seeds,
         cells=cells,
@@ -996,6 +1052,7 @@ def _dataset_section(report: Report, dataset: str, start: Path) -> list[str]:
         f"Ours: D4RL normalized score (0 = random, 100 = expert) on `{dataset}`, "
         f"{_data_source(dataset)}. {published}",
         "",
+        *_data_stat_lines(report, dataset, runs, start),
         f"| algorithm | variant | seeds | steps | final ({_last_k_text(report, runs)}): "
         "mean ± std | final: 95% CI | best evaluation: mean ± std | best: 95% CI "
         f"| wall time / run | published (paper, D4RL -{version}) |",
@@ -1010,6 +1067,24 @@ def _dataset_section(report: Report, dataset: str, start: Path) -> list[str]:
     figure = _rel(report.curve_figure(dataset), start)
     lines += [f"![learning curves, {task}]({figure})", ""]
     return lines
+
+
+def _data_stat_lines(report: Report, dataset: str, runs: Sequence[Run], start: Path) -> list[str]:
+    stat = report.data_stats.get(dataset)
+    if stat is None:
+        return []
+    text = (
+        f"The data itself: its episodes' mean return is {_fmt(stat.return_mean)}, normalized "
+        f"**{_fmt(stat.score)}** (`{_rel(stat.source, start)}`; the dashed line in the curves): "
+        "a run above it does better than the behavior that collected the data."
+    )
+    hashes = sorted({r.data_sha256 for r in runs if r.data_sha256})
+    if stat.sha256 and hashes and hashes != [stat.sha256]:
+        text += (
+            f" Caution: the runs trained on data with sha256 {', '.join(h[:12] for h in hashes)}, "
+            f"the statistics describe {stat.sha256[:12]}."
+        )
+    return [text, ""]
 
 
 def _aggregate_section(report: Report, start: Path) -> list[str]:
@@ -1309,6 +1384,10 @@ def write_figures(report: Report) -> list[Path]:
                 ax.fill_between(steps, ci[0], ci[1], color=color, alpha=0.2, linewidth=0)
         if any(c.excluded for c in report.cells_of(dataset)):
             ax.plot([], [], color="gray", linestyle=":", label="excluded run (see the notes)")
+        stat = report.data_stats.get(dataset)
+        if stat is not None:
+            ax.axhline(stat.score, color="black", linestyle="--", linewidth=1.0,
+                       label=f"the data itself ({_fmt(stat.score)})")  # fmt: skip
         ax.set_title(f"{task_name(dataset)} ({dataset}): mean and 95% CI over seeds", fontsize=10)
         ax.set_xlabel("training step (all stages)")
         ax.set_ylabel("normalized score")
@@ -1395,6 +1474,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a markdown file shown before the tables (the protocol and the commands of the runs)",
     )
     parser.add_argument(
+        "--data-stats",
+        default=None,
+        metavar="FILE",
+        help="JSON of the datasets' own returns and reference scores (docs/datasets.json): "
+        "the data's normalized score under each table and as a line in its curves",
+    )
+    parser.add_argument(
         "--claim-seeds",
         type=int,
         default=DEFAULT_CLAIM_SEEDS,
@@ -1430,6 +1516,7 @@ def _regenerate_command(args: argparse.Namespace) -> str:
         ("--variant-keys", args.variant_keys),
         ("--ignore-keys", args.ignore_keys or None),
         ("--preamble", args.preamble),
+        ("--data-stats", args.data_stats),
         ("--reps", None if args.reps == DEFAULT_REPS else args.reps),
         ("--seed", None if args.seed == DEFAULT_SEED else args.seed),
         ("--claim-seeds", None if args.claim_seeds == DEFAULT_CLAIM_SEEDS else args.claim_seeds),
@@ -1456,6 +1543,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.data_stats is not None:
+        try:
+            load_data_stats(args.data_stats)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         report = build_report(
             args.dirs,
@@ -1468,6 +1561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             preamble=args.preamble,
             claim_seeds=args.claim_seeds,
+            data_stats=args.data_stats,
         )
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -22,16 +22,30 @@ def _collect_module():
     return module
 
 
+def _page_command() -> list[str]:
+    """The regenerate command PROTOCOL.md shows on the page (its ```bash block that runs the
+    report), as arguments after ``python -m torchrl_sym.report``."""
+    import re
+    import shlex
+
+    text = (RESULTS / "PROTOCOL.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    (command,) = [b for b in blocks if "torchrl_sym.report" in b]
+    words = shlex.split(command.replace("\\\n", " "))
+    assert words[:3] == ["python", "-m", "torchrl_sym.report"], words
+    return words[3:]
+
+
 @pytest.mark.skipif(not PAGE.is_file(), reason="docs/results.md is not generated yet")
 def test_results_page_matches_the_committed_logs(monkeypatch):
-    """The page's command, verbatim: ``python -m torchrl_sym.report results/cpu --out
-    docs/results.md --preamble results/cpu/PROTOCOL.md --data-stats docs/datasets.json``, run
-    from the repository."""
+    """The page's own command, verbatim from PROTOCOL.md (``python -m torchrl_sym.report
+    results/cpu --out docs/results.md --preamble results/cpu/PROTOCOL.md --data-stats
+    docs/datasets.json``), run from the repository with --check."""
     from torchrl_sym import report
 
     monkeypatch.chdir(ROOT)
-    args = ["results/cpu", "--out", "docs/results.md", "--preamble", "results/cpu/PROTOCOL.md"]
-    args += ["--data-stats", "docs/datasets.json"]
+    args = _page_command()
+    assert args[:3] == ["results/cpu", "--out", "docs/results.md"]
     assert report.main([*args, "--check"]) == 0
 
 

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from torchrl_sym.report import find_run_dirs
+
 KEPT = ("config.yaml", "eval_returns.csv", "summary.json", ".hydra/overrides.yaml")
 KEPT_IN_FLIGHT = ("config.yaml", "eval_returns.csv", ".hydra/overrides.yaml")
 
@@ -42,16 +44,12 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _run_dirs(root: Path) -> list[Path]:
-    """The run directories under ``root``: folders holding a ``config.yaml``, not searched
-    further (their ``.hydra/`` and ``resumes/<time>/config.yaml`` are the run's records)."""
-    runs = []
-    for current, dirs, files in os.walk(root):
-        if "config.yaml" in files:
-            runs.append(Path(current))
-            dirs[:] = []
-        else:
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    return sorted(runs)
+    """The run directories under ``root``, found as the report finds them
+    (:func:`torchrl_sym.report.find_run_dirs`: a ``config.yaml`` with ``algo`` and ``dataset``,
+    not searched further, so its ``.hydra/`` and ``resumes/`` records are not runs)."""
+    root = root.resolve()
+    runs, _ = find_run_dirs([root])
+    return runs
 
 
 def collect(src: Path, dst: Path) -> list[Path]:
@@ -59,6 +57,7 @@ def collect(src: Path, dst: Path) -> list[Path]:
     copied."""
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a directory of runs")
+    src = src.resolve()
     runs = [r for r in _run_dirs(src) if (r / "summary.json").is_file()]
     for run in runs:
         out = dst / run.relative_to(src)
@@ -108,6 +107,7 @@ def collect_in_flight(src: Path, dst: Path) -> list[Path]:
     returns the runs in flight."""
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a directory of runs")
+    src, dst = src.resolve(), dst.resolve()
     runs = [r for r in _run_dirs(src) if not (r / "summary.json").is_file()]
     wanted = {r.relative_to(src) for r in runs}
     finished = [

@@ -70,7 +70,7 @@ def test_collect_mirrors_the_logs_of_every_run_and_nothing_else(tmp_path):
         run = sweep / name
         (run / ".hydra").mkdir(parents=True)
         (run / "checkpoints").mkdir()
-        (run / "config.yaml").write_text(f"algo: iql\nseed: {name[-1]}\n")
+        (run / "config.yaml").write_text(f"algo: iql\ndataset: d-v0\nseed: {name[-1]}\n")
         (run / ".hydra" / "config.yaml").write_text("not a run\n")
         (run / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
         (run / "eval_returns.csv").write_text("step,episode,return,normalized_score\n")
@@ -107,7 +107,7 @@ def test_in_flight_mirrors_the_unfinished_runs_and_says_where_each_stands(tmp_pa
         run = src / rel
         (run / ".hydra").mkdir(parents=True)
         (run / "checkpoints").mkdir()
-        (run / "config.yaml").write_text("algo: x\n")
+        (run / "config.yaml").write_text("algo: x\ndataset: d-v0\n")
         (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
         (run / "run.log").write_text("log\n")
         rows = "".join(f"{s},0,1.0,2.0\n" for s in evals)
@@ -118,11 +118,11 @@ def test_in_flight_mirrors_the_unfinished_runs_and_says_where_each_stands(tmp_pa
             (run / "summary.json").write_text("{}\n")
         record = run / "resumes" / "2026-12-03_12-15-49"  # a resumed launch's record: not a run
         record.mkdir(parents=True)
-        (record / "config.yaml").write_text("algo: x\n")
+        (record / "config.yaml").write_text("algo: x\ndataset: d-v0\n")
     dst = tmp_path / "in_flight"
     stale = dst / "cpu" / "hopper-medium" / "sfac" / "3_seed1"  # finished since the last copy
     stale.mkdir(parents=True)
-    (stale / "config.yaml").write_text("algo: sfac\n")
+    (stale / "config.yaml").write_text("algo: sfac\ndataset: d-v0\n")
     (stale / "sfac.log").write_text("old\n")
 
     assert collect.main(["--in-flight", str(src), str(dst)]) == 0
@@ -176,7 +176,7 @@ for arg in "$@"; do
 done
 write() {  # write <dir> <seed> <divergence>
   mkdir -p "$1"
-  printf 'algo: %s\nseed: %s\n' "$algo" "$2" > "$1/config.yaml"
+  printf 'algo: %s\ndataset: d-v0\nseed: %s\n' "$algo" "$2" > "$1/config.yaml"
   [ -n "$3" ] && printf 'sfac:\n  divergence: %s\n' "$3" >> "$1/config.yaml"
   echo "{}" > "$1/summary.json"
 }

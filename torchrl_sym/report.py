@@ -61,6 +61,7 @@ __all__ = [
     "Cell",
     "ClaimRow",
     "DataStat",
+    "DataStatsError",
     "Report",
     "Run",
     "bootstrap_mean_ci",
@@ -528,6 +529,10 @@ class Aggregate:
         return f"{self.algo} ({self.variant})" if self.variant else self.algo
 
 
+class DataStatsError(ValueError):
+    """A ``--data-stats`` file that is not a JSON object of dataset statistics."""
+
+
 @dataclass(frozen=True)
 class DataStat:
     """The dataset's own level: the mean return of its episodes, normalized with the dataset's
@@ -553,9 +558,9 @@ def load_data_stats(path: str | Path) -> dict[str, DataStat]:
     try:
         table = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"--data-stats {path}: not valid JSON ({err})") from None
+        raise DataStatsError(f"--data-stats {path}: not valid JSON ({err})") from None
     if not isinstance(table, dict):
-        raise ValueError(
+        raise DataStatsError(
             f"--data-stats {path}: expected a JSON object of dataset id -> statistics, got "
             f"{type(table).__name__}"
         )
@@ -780,6 +785,7 @@ def build_report(
         raise ValueError(
             f"claim_seeds must be >= 2 (a confidence interval needs 2 runs per cell), got {claim_seeds}"
         )
+    stats = load_data_stats(data_stats) if data_stats is not None else {}  # fail before the work
     import numpy as np
 
     out = Path(out)
@@ -839,7 +845,7 @@ def build_report(
             )
         )
     return Report(
-        data_stats=load_data_stats(data_stats) if data_stats is not None else {},
+        data_stats=stats,
         claims=claim_rows(cells, claim_seeds=claim_seeds),
         claim_seeds=claim_seeds,
         cells=cells,
@@ -888,9 +894,7 @@ def claim_rows(
                 else:
                     raise ValueError(f"claim of {claim.algo}: unknown kind {claim.kind!r}")
                 for other in cells:
-                    if other.dataset != cell.dataset or other.algo != other_algo:
-                        continue
-                    if not other.valid:
+                    if other.dataset != cell.dataset or other.algo != other_algo or not other.valid:
                         continue
                     a, b = cell.finals, other.finals
                     diff = math.fsum(a) / len(a) - math.fsum(b) / len(b)
@@ -1195,11 +1199,10 @@ def _claims_section(report: Report, start: Path) -> list[str]:
         plain = (
             "Contradicted on our runs: "
             + "; ".join(
-                f"{r.cell.label} is below {r.other.label} on `{task_name(r.dataset)}` "
-                f"({r.diff:+.1f}, CI [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}])"
-                if r.expected >= 0
-                else f"{r.cell.label} is above {r.other.label} on `{task_name(r.dataset)}` "
-                f"({r.diff:+.1f}, CI [{_fmt(r.ci[0])}, {_fmt(r.ci[1])}])"
+                # a contradiction puts the cell on the side opposite to the claim's
+                f"{r.cell.label} is {'below' if r.expected >= 0 else 'above'} {r.other.label} "
+                f"on `{task_name(r.dataset)}` ({r.diff:+.1f}, CI [{_fmt(r.ci[0])}, "
+                f"{_fmt(r.ci[1])}])"
                 for r in contradicted
             )
             + "."
@@ -1543,12 +1546,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.data_stats is not None:
-        try:
-            load_data_stats(args.data_stats)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
     try:
         report = build_report(
             args.dirs,
@@ -1563,7 +1560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             claim_seeds=args.claim_seeds,
             data_stats=args.data_stats,
         )
-    except FileNotFoundError as err:
+    except (FileNotFoundError, DataStatsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not report.cells:

@@ -182,6 +182,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, recipe_dataset):
     _run("iql", f"resume={run_dir}")  # the run's own configuration, continued in its directory
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed"] is True and summary["global_step"] == 400
+    assert [r["at_step"] for r in summary["resumes"]] == [killed_at]  # where it continued
     steps = [int(r["step"]) for r in _eval_rows(run_dir)]
     assert steps == [100, 200, 300, 400]  # no duplicated or lost evaluation around the kill
     state = torch.load(ckpts / "ckpt_000000400.pt", weights_only=False)

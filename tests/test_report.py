@@ -402,6 +402,34 @@ def test_resumed_run_is_grouped_by_its_config_yaml(tmp_path):
     assert "train.steps 10000 → 20000 (2026-01-02_00-00-00)" in text
 
 
+def test_resumed_runs_are_named_with_the_step_they_continued_from(tmp_path):
+    """summary.json's ``resumes`` (every resumed launch, oldest first) becomes a note on the wall
+    time; a record without it falls back to the resumes/ records, then to the ``resumed`` flag."""
+    root = tmp_path / "runs"
+    runs = [write_run(root / f"s{seed}", "iql", HOPPER, seed) for seed in range(5)]
+
+    def set_summary(run, **fields):
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update(fields)
+        (run / "summary.json").write_text(json.dumps(summary))
+
+    set_summary(runs[1], resumed=True, resumes=[{"launch": "a", "at_step": 5000}])
+    set_summary(runs[2], resumes=[{"launch": "a", "at_step": 0}, {"launch": "b", "at_step": 7000}])
+    set_summary(runs[3], resumed=True)  # written before summaries listed their resumes
+    record = runs[4] / "resumes" / "2026-01-02_00-00-00"  # a record, no summary field
+    record.mkdir(parents=True)
+    (record / "overrides.yaml").write_text("command_line: []\nresumed_at_step: 3000\n")
+    text = rp.render_markdown(rp.build_report([root], out=tmp_path / "r.md", reps=50))
+    wall = row(text, HOPPER, "iql")[8]
+    assert wall.count("[n") == 4  # s0 was never resumed
+    notes = text.split("Notes:", 1)[1]
+    assert "iql: resumed at step 5,000; the wall time sums every segment: `runs/s1`" in notes
+    assert "resumed from step 0 (no loadable checkpoint: restarted), then at step 7,000" in notes
+    assert "the step is not recorded: its summary.json predates `resumes`" in notes
+    assert "iql: resumed at step 3,000;" in notes and "`runs/s4`" in notes
+    assert "`runs/s0`" not in notes
+
+
 # ---------------------------------------------------------------------------------- published
 
 

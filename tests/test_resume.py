@@ -231,13 +231,17 @@ def test_resume_continues_the_run_it_claims_to_be(tmp_path, recipe_dataset):
     assert _eval_steps(run_dir) == [50]
     (record,) = (run_dir / "resumes").iterdir()
     assert OmegaConf.load(record / "overrides.yaml").command_line == [f"resume={run_dir}"]
+    assert OmegaConf.load(record / "overrides.yaml").resumed_at_step == 50
+    assert summary["resumes"] == [{"launch": record.name, "at_step": 50}]
     assert not (run_dir / ".lock").exists()
 
     # extending a finished run's budget continues its last stage
     _recipe("iql", f"resume={run_dir}", "train.max_steps_per_stage=null", "train.steps=70",
             "eval.interval=10", cwd=tmp_path)  # fmt: skip
     assert _eval_steps(run_dir) == [50, 60, 70]
-    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 70
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 70
+    assert [r["at_step"] for r in summary["resumes"]] == [50, 50]  # every launch, oldest first
     assert (run_dir / "config.yaml").read_bytes() == config
 
 
@@ -281,7 +285,9 @@ def test_resume_without_a_loadable_checkpoint_restarts_without_duplicates(tmp_pa
     proc = _recipe("iql", f"resume={run_dir}", cwd=tmp_path)
     assert "the run restarts from step 0" in proc.stdout + proc.stderr
     assert _eval_steps(run_dir) == [25, 50]  # redone once, not appended twice
-    assert json.loads((run_dir / "summary.json").read_text())["resumed"] is False
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed"] is False
+    assert [r["at_step"] for r in summary["resumes"]] == [0]  # the launch restarted at step 0
 
 
 def test_second_writer_fails_at_once_and_a_killed_runs_lock_is_recovered(tmp_path, recipe_dataset):

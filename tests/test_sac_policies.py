@@ -83,6 +83,8 @@ def test_sac_resumes_from_its_checkpoint(sac_run, tmp_path):
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames"] == 200
+    (record,) = (run_dir / "resumes").glob("*/overrides.yaml")
+    assert "resumed_at_step: 150" in record.read_text()  # its frame count
     assert torch.load(run_dir / "replay_buffer.pt", weights_only=False).shape[0] == 200
     with open(run_dir / "actors" / "evals.csv") as f:
         assert [int(r["frames"]) for r in csv.DictReader(f)] == [50, 100, 150, 200]

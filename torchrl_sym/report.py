@@ -681,6 +681,37 @@ def _run_order(run: Run):
     return (run.seed is None, run.seed if run.seed is not None else 0, str(run.path))
 
 
+def _resumed_text(run: Run) -> str | None:
+    """Where a run was resumed, from ``summary.json``'s ``resumes`` (else the ``resumes/``
+    records' ``resumed_at_step``, else its ``resumed`` flag); None for a run never resumed."""
+    summary = run.summary or {}
+    history = summary.get("resumes")
+    if not isinstance(history, list):
+        history = []
+        for record in sorted(run.path.glob("resumes/*/overrides.yaml")):
+            try:
+                history.append({"at_step": _read_yaml(record).get("resumed_at_step")})
+            except Exception:
+                history.append({})
+    if not history:
+        if summary.get("resumed") is True:
+            return (
+                "resumed from a checkpoint (the step is not recorded: its summary.json predates "
+                "`resumes`); the wall time sums every segment"
+            )
+        return None
+    parts = []
+    for entry in history:
+        step = entry.get("at_step") if isinstance(entry, dict) else None
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            parts.append("at a step not recorded")
+        elif step == 0:
+            parts.append("from step 0 (no loadable checkpoint: restarted)")
+        else:
+            parts.append(f"at step {int(step):,}")
+    return "resumed " + ", then ".join(parts) + "; the wall time sums every segment"
+
+
 def _classify(cell: Cell) -> None:
     """Splits the cell's runs into valid and excluded (with the reason) and collects remarks."""
     with_evals = [r for r in cell.runs if r.steps]
@@ -736,6 +767,9 @@ def _classify(cell: Cell) -> None:
                     "no wall time",
                 )
             )
+        resumed = _resumed_text(run)
+        if resumed is not None:
+            cell.remarks.append(("wall", run, resumed))
     for run in sorted(cell.runs, key=_run_order):
         for text in run.remarks:
             cell.remarks.append(("seeds", run, text))

@@ -230,8 +230,8 @@ def _train(cfg, run_dir: Path, resume_record) -> dict:
         (run_dir / "actors" / "evals.csv").unlink(missing_ok=True)
     else:
         _truncate_evals(run_dir / "actors" / "evals.csv", frames)
-    if resume_record is not None:
-        write_resume_record(run_dir, cfg, resume_record)
+    if resume_record is not None:  # this recipe's step is the frame count
+        write_resume_record(run_dir, cfg, {**resume_record, "at_step": frames})
 
     logger = make_logger(
         cfg.logger.backend,

@@ -290,7 +290,9 @@ class Run:
         if self.resume_record is not None:
             from torchrl_sym.train.recipe import write_resume_record
 
-            write_resume_record(self.run_dir, self.cfg, self.resume_record)
+            # where this launch continues: the checkpoint's global step, 0 if it restarted
+            at_step = loop.global_step if resumed else 0
+            write_resume_record(self.run_dir, self.cfg, {**self.resume_record, "at_step": at_step})
         start = time.perf_counter()
         metrics = loop.run()
         summary = {
@@ -298,6 +300,7 @@ class Run:
             "seconds": time.perf_counter() - start,
             "total_seconds": loop.elapsed_seconds,
             "resumed": resumed,
+            "resumes": resume_history(self.run_dir),
             "dataset": {
                 "id": self.info.dataset_id,
                 "transitions": self.info.num_transitions,
@@ -491,8 +494,10 @@ def _leaf_keys(cfg) -> list[str]:
 
 
 def write_resume_record(run_dir: Path, cfg, record: Mapping[str, Any]) -> Path:
-    """Writes a resumed segment's command line, changed keys and effective configuration to
-    ``run_dir/resumes/<time>/`` (``overrides.yaml``, ``config.yaml``)."""
+    """Writes a resumed segment's command line, changed keys, the global step it continued from
+    (``resumed_at_step``: its checkpoint's step, 0 when no checkpoint could be loaded and it
+    restarted) and its effective configuration to ``run_dir/resumes/<time>/``
+    (``overrides.yaml``, ``config.yaml``)."""
     from omegaconf import OmegaConf
 
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -506,6 +511,7 @@ def write_resume_record(run_dir: Path, cfg, record: Mapping[str, Any]) -> Path:
         OmegaConf.create(
             {
                 "command_line": list(record["command_line"]),
+                "resumed_at_step": record.get("at_step"),
                 "changed": {
                     k: {"run": old, "now": new} for k, (old, new) in record["changes"].items()
                 },
@@ -515,6 +521,25 @@ def write_resume_record(run_dir: Path, cfg, record: Mapping[str, Any]) -> Path:
     )
     OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
     return folder
+
+
+def resume_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Every resumed launch of the run in ``run_dir``, oldest first, from its ``resumes/`` records:
+    ``{"launch": <record folder>, "at_step": <global step it continued from>}``; ``at_step`` is
+    0 for a launch that found no loadable checkpoint and restarted, and None for a record written
+    before the step was recorded (or unreadable)."""
+    from omegaconf import OmegaConf
+
+    history = []
+    for record in sorted((run_dir / "resumes").glob("*/overrides.yaml")):
+        try:
+            step = OmegaConf.to_container(OmegaConf.load(record)).get("resumed_at_step")
+        except Exception:  # a damaged record says nothing about the step; the run goes on
+            step = None
+        history.append(
+            {"launch": record.parent.name, "at_step": int(step) if step is not None else None}
+        )
+    return history
 
 
 def setup_run(cfg) -> Run:

@@ -339,6 +339,31 @@ def test_missing_partial_and_diverged_runs_are_noted_and_excluded(tree, report, 
     assert cells[4] == f"{finals.mean():.1f} ± {finals.std(ddof=1):.1f}"
 
 
+def test_every_run_is_listed_with_its_scores_and_directory(report, page):
+    """The folded run table under each dataset: one row per run (excluded ones say so), with its
+    final, best and the step of the best computed independently, and its directory."""
+    text = page.read_text()
+    section = text.split(f"(`{HOPPER}`)", 1)[1].split("\n### ", 1)[0]
+    runs_table = section.split("<details>", 1)[1].split("</details>", 1)[0]
+    assert "Every run of this table (15)" in runs_table  # 6 sfac + 6 iql + 2 xql + 1 bdpo
+    rows = {}
+    for line in runs_table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[-1].startswith("`"):
+            rows[cells[-1].strip("`")] = cells
+    assert len(rows) == sum(len(c.runs) for c in report.cells_of(HOPPER)) == 15
+    evals = episode_scores("iql", HOPPER, "", 2).mean(axis=1)
+    iql2 = rows["../outputs/iql/hopper_s2"]
+    assert iql2[:3] == ["iql", "–", "2"]
+    assert iql2[3] == f"{evals[-LAST_K:].mean():.1f}"
+    assert iql2[4] == f"{evals.max():.1f} ({STEPS[int(evals.argmax())]:,})"
+    assert iql2[5] == f"{STEPS[-1]:,}" and iql2[6] == "3.0 h"  # total_seconds 3600 * (1 + 2)
+    for seed in (3, 4, 5):  # partial, diverged, missing
+        assert rows[f"../outputs/iql/hopper_s{seed}"][3:5] == ["excluded (see the notes)", "–"]
+    assert rows["../outputs/iql/hopper_s5"][5] == "–"
+    assert rows["../outputs/iql/hopper_s3"][6] == "–"  # no summary.json: no wall time
+
+
 def test_one_seed_cell_shows_no_ci(report, page):
     assert cell(report, HOPPER, "bdpo").final_ci is None
     cells = row(page.read_text(), HOPPER, "bdpo")
@@ -422,7 +447,7 @@ def test_resumed_runs_are_named_with_the_step_they_continued_from(tmp_path):
     text = rp.render_markdown(rp.build_report([root], out=tmp_path / "r.md", reps=50))
     wall = row(text, HOPPER, "iql")[8]
     assert wall.count("[n") == 4  # s0 was never resumed
-    notes = text.split("Notes:", 1)[1]
+    notes = text.split("Notes:", 1)[1].split("<details>", 1)[0]
     assert "iql: resumed at step 5,000; the wall time sums every segment: `runs/s1`" in notes
     assert "resumed from step 0 (no loadable checkpoint: restarted), then at step 7,000" in notes
     assert "the step is not recorded: its summary.json predates `resumes`" in notes

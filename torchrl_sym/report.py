@@ -1102,9 +1102,45 @@ def _dataset_section(report: Report, dataset: str, start: Path) -> list[str]:
         lines += ["Notes:", "", *notes.lines(), ""]
     if sources.items:
         lines += ["Published numbers:", "", *sources.lines(), ""]
+    lines += _runs_details(cells, start)
     figure = _rel(report.curve_figure(dataset), start)
     lines += [f"![learning curves, {task}]({figure})", ""]
     return lines
+
+
+def _runs_details(cells: Sequence[Cell], start: Path) -> list[str]:
+    """A folded table of every run behind a dataset's table: its seed, final and best score (and
+    the step of the best), last evaluation, wall time and directory; excluded runs say so."""
+    rows = []
+    for cell in cells:
+        excluded = {id(run) for run, _ in cell.excluded}
+        for run in sorted(cell.runs, key=_run_order):
+            if id(run) in excluded:
+                final, best = "excluded (see the notes)", "–"
+            else:
+                at = run.steps[run.scores.index(run.best)]
+                final, best = _fmt(run.final), f"{_fmt(run.best)} ({at:,})"
+            last = f"{run.last_step:,}" if run.last_step is not None else "–"
+            wall = run.wall_seconds
+            rows.append(
+                f"| {cell.algo} | {cell.variant or '–'} "
+                f"| {run.seed if run.seed is not None else '–'} | {final} | {best} | {last} "
+                f"| {_fmt_seconds(wall) if wall is not None else '–'} "
+                f"| `{_rel(run.path, start)}` |"
+            )
+    return [
+        "<details><summary>Every run of this table "
+        f"({len(rows)}): its final and best score, the step of its best evaluation, its "
+        "directory</summary>",
+        "",
+        "| algorithm | variant | seed | final | best (at step) | last evaluation | wall time "
+        "| run directory |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "</details>",
+        "",
+    ]
 
 
 def _data_stat_lines(report: Report, dataset: str, runs: Sequence[Run], start: Path) -> list[str]:

@@ -364,6 +364,30 @@ def test_every_run_is_listed_with_its_scores_and_directory(report, page):
     assert rows["../outputs/iql/hopper_s3"][6] == "–"  # no summary.json: no wall time
 
 
+def test_curves_count_the_steps_of_the_evaluated_stage(tmp_path):
+    """A run whose evaluated stage follows pretraining stages (SRPO's policy stage, BDPO's actor
+    stage) is drawn from the start of that stage, beside one-stage runs; the table keeps the
+    global steps."""
+    root = tmp_path / "runs"
+    late = [s + 50_000 for s in STEPS]  # evaluated after 50,000 pretraining steps
+    for seed in range(2):
+        write_run(root / f"bdpo_s{seed}", "bdpo", HOPPER, seed, steps=late)
+        write_run(root / f"iql_s{seed}", "iql", HOPPER, seed)
+    r = rp.build_report([root], out=tmp_path / "r.md", reps=50)
+    bdpo, iql = cell(r, HOPPER, "bdpo"), cell(r, HOPPER, "iql")
+    assert [run.stage_start for run in bdpo.valid] == [50_000, 50_000]
+    assert [run.stage_start for run in iql.valid] == [0, 0]
+    for c in (bdpo, iql):
+        steps, mean, _ = rp._curve(c, reps=50, seed=0)
+        assert list(steps) == list(STEPS)
+    steps, mean, _ = rp._curve(bdpo, reps=50, seed=0)
+    expected = np.mean([episode_scores("bdpo", HOPPER, "", s).mean(axis=1) for s in range(2)], 0)
+    np.testing.assert_allclose(mean, expected, rtol=0, atol=1e-9)
+    assert row(rp.render_markdown(r), HOPPER, "bdpo")[3] == f"{late[-1]:,}"  # global steps
+    no_interval = write_run(tmp_path / "x", "iql", HOPPER, 0, steps=late, config={"eval": {}})
+    assert rp.load_run(no_interval).stage_start == 0  # no eval.interval: no shift
+
+
 def test_one_seed_cell_shows_no_ci(report, page):
     assert cell(report, HOPPER, "bdpo").final_ci is None
     cells = row(page.read_text(), HOPPER, "bdpo")

@@ -163,6 +163,16 @@ class Run:
         return float(value) if isinstance(value, (int, float)) else None
 
     @property
+    def stage_start(self) -> int:
+        """The global step where the evaluated stage began, for the curves: the first
+        evaluation's step minus ``eval.interval`` (0 for a one-stage run; SRPO's policy stage and
+        BDPO's actor stage start after their pretraining stages), never below 0."""
+        interval = self.config.get("eval.interval")
+        if not self.steps or not isinstance(interval, int) or isinstance(interval, bool):
+            return 0
+        return max(0, self.steps[0] - interval)
+
+    @property
     def data_sha256(self) -> str | None:
         dataset = (self.summary or {}).get("dataset") or {}
         return dataset.get("sha256") if isinstance(dataset, dict) else None
@@ -1394,17 +1404,20 @@ def _colors(report: Report) -> dict[str, Any]:
 
 def _curve(cell: Cell, *, reps: int, seed: int):
     """``(steps, mean, ci or None)`` over the cell's valid runs at the steps they all have
-    (None if they share no step); the CI is rliable's per-step percentile bootstrap of the mean
-    over runs."""
+    (None if they share no step), counted from the start of the evaluated stage
+    (:attr:`Run.stage_start`); the CI is rliable's per-step percentile bootstrap of the mean over
+    runs."""
     import numpy as np
     from rliable import library
 
-    common = sorted(set.intersection(*(set(r.steps) for r in cell.valid)))
+    # each run's evaluations by the step of its evaluated stage (see Run.stage_start)
+    curves = [{s - r.stage_start: v for s, v in zip(r.steps, r.scores)} for r in cell.valid]
+    common = sorted(set.intersection(*(set(c) for c in curves)))
     if not common:
         return None
-    matrix = np.asarray(
-        [[dict(zip(r.steps, r.scores))[s] for s in common] for r in cell.valid], dtype=np.float64
-    )[:, None, :]  # [runs, 1 task, steps]
+    matrix = np.asarray([[c[s] for s in common] for c in curves], dtype=np.float64)[
+        :, None, :
+    ]  # [runs, 1 task, steps]
     steps = np.asarray(common)
     if len(cell.valid) < 2:
         return steps, matrix[0, 0], None
@@ -1439,7 +1452,8 @@ def write_figures(report: Report) -> list[Path]:
         for cell in report.cells_of(dataset):
             color = colors[cell.label]
             for run, _ in cell.excluded:  # excluded runs: thin dotted lines, for diagnosis
-                finite = [(s, v) for s, v in zip(run.steps, run.scores) if v is not None]
+                offset = run.stage_start
+                finite = [(s - offset, v) for s, v in zip(run.steps, run.scores) if v is not None]
                 finite = [(s, v) for s, v in finite if math.isfinite(v)]
                 if finite:
                     xs, ys = zip(*finite)
@@ -1462,7 +1476,7 @@ def write_figures(report: Report) -> list[Path]:
             ax.axhline(stat.score, color="black", linestyle="--", linewidth=1.0,
                        label=f"the data itself ({_fmt(stat.score)})")  # fmt: skip
         ax.set_title(f"{task_name(dataset)} ({dataset}): mean and 95% CI over seeds", fontsize=10)
-        ax.set_xlabel("training step (all stages)")
+        ax.set_xlabel("training step of the evaluated stage (pretraining stages not counted)")
         ax.set_ylabel("normalized score")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -7,7 +7,8 @@
 #   DRY_RUN=1 scripts/results_cpu.sh                              # print what it would run, run nothing
 #
 # Runs (with checkpoints) go to $RUNS/cpu/<task>/<algo>/<n>_seed<s>/; after each sweep their logs
-# are mirrored into results/cpu/<task>/<algo>/ (scripts/collect_results.py), and
+# are mirrored into results/cpu/<task>/<algo>/ (scripts/collect_results.py; a finished SRPO run
+# first gets scripts/eval_behavior.py's behavior_eval.json, 20 DDPM steps), and
 #   python -m torchrl_sym.report results/ --out docs/results.md
 # regenerates the page. Re-running the script after a kill resumes: an unfinished run whose
 # directory is still there is continued with resume=<its directory>, and only the seeds and variants
@@ -74,6 +75,14 @@ for task in "${TASKS[@]}"; do
               "hydra.run.dir=$sweep/$name"
           fi
         done
+      done
+    fi
+    if [ "$algo" = srpo ]; then  # each finished SRPO run: its behavior model alone, as a policy
+      for run in "$sweep"/*/; do
+        if [ -f "$run/summary.json" ] && [ ! -f "$run/behavior_eval.json" ]; then
+          if [ -n "${DRY_RUN:-}" ]; then echo "python scripts/eval_behavior.py ${run%/} --sampling-steps 20"
+          else python scripts/eval_behavior.py "${run%/}" --sampling-steps 20; fi
+        fi
       done
     fi
     if [ -d "$sweep" ] && [ -z "${DRY_RUN:-}" ]; then

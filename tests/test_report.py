@@ -388,6 +388,27 @@ def test_curves_count_the_steps_of_the_evaluated_stage(tmp_path):
     assert rp.load_run(no_interval).stage_start == 0  # no eval.interval: no shift
 
 
+def test_behavior_model_scores_are_named_under_the_table(tmp_path):
+    root = tmp_path / "runs"
+    runs = [write_run(root / f"s{seed}", "bdpo", HOPPER, seed) for seed in range(3)]
+    result = {"episodes": 10, "sampling_steps": 20, "sample": {"normalized_score": 30.72},
+              "deterministic": {"normalized_score": 32.57}}  # fmt: skip
+    (runs[0] / "behavior_eval.json").write_text(json.dumps(result))
+    (runs[1] / "behavior_eval.json").write_text('{"sample": {}}')
+    text = rp.render_markdown(rp.build_report([root], out=tmp_path / "r.md", reps=50))
+    notes = text.split("Notes:", 1)[1].split("<details>", 1)[0]
+    assert (
+        "bdpo: its diffusion behavior model alone, as a policy (scripts/eval_behavior.py, 10 "
+        "episodes, 20-step DDPM): 30.7 sampled, 32.6 zero-noise: `runs/s0` (seed 0)" in notes
+    )
+    assert "bdpo: behavior_eval.json unreadable (KeyError): `runs/s1`" in notes
+    assert "`runs/s2`" not in notes
+    assert (
+        len(cell(rp.build_report([root], out=tmp_path / "r.md", reps=50), HOPPER, "bdpo").valid)
+        == 3
+    )
+
+
 def test_one_seed_cell_shows_no_ci(report, page):
     assert cell(report, HOPPER, "bdpo").final_ci is None
     cells = row(page.read_text(), HOPPER, "bdpo")

@@ -51,6 +51,7 @@ def test_results_page_matches_the_committed_logs(monkeypatch):
 
 def test_committed_runs_hold_only_logs():
     allowed = {"config.yaml", "eval_returns.csv", "summary.json", "overrides.yaml", "PROTOCOL.md"}
+    allowed.add("behavior_eval.json")  # SRPO runs: scripts/eval_behavior.py
     for path in RESULTS.rglob("*"):
         if path.is_file():
             assert path.name in allowed, path
@@ -78,12 +79,14 @@ def test_collect_mirrors_the_logs_of_every_run_and_nothing_else(tmp_path):
         (run / "iql.log").write_text("log\n")
         if finished:
             (run / "summary.json").write_text("{}\n")
+            (run / "behavior_eval.json").write_text("{}\n")  # scripts/eval_behavior.py
     out = tmp_path / "results"
     runs = collect.collect(sweep, out)
     assert [r.name for r in runs] == ["0_seed0"]  # the unfinished run stays behind
     copied = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert copied == [
         "0_seed0/.hydra/overrides.yaml",
+        "0_seed0/behavior_eval.json",
         "0_seed0/config.yaml",
         "0_seed0/eval_returns.csv",
         "0_seed0/summary.json",
@@ -163,6 +166,7 @@ FAKE_PYTHON = r"""#!/usr/bin/env bash
 echo "$*" >> "$CALLS"
 case "$1" in
   scripts/collect_results.py) exec "$REAL_PYTHON" "$@" ;;
+  scripts/eval_behavior.py) echo "{}" > "$2/behavior_eval.json"; exit 0 ;;
 esac
 algo=$(basename "$1" .py); shift
 sweep=""; run=""; seed=0; div=""
@@ -259,3 +263,36 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
     assert again[1].endswith(
         f"seed=0 sfac.divergence=js hydra.run.dir={tmp_path}/runs/cpu/hopper-medium/sfac/late_js_seed0"
     )
+
+
+def test_results_script_evaluates_each_finished_srpo_behavior_model_once(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("results_cpu.sh", "collect_results.py"):
+        shutil.copy(ROOT / "scripts" / name, repo / "scripts" / name)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
+           "REAL_PYTHON": sys.executable, "RUNS": str(tmp_path / "runs"), "ALGOS": "srpo"}  # fmt: skip
+
+    def run():
+        calls.write_text("")
+        subprocess.run(["bash", str(repo / "scripts" / "results_cpu.sh"), "hopper-medium"],
+                       env=env, check=True, capture_output=True, text=True, timeout=120)  # fmt: skip
+        return [c for c in calls.read_text().splitlines() if "eval_behavior" in c]
+
+    sweep = tmp_path / "runs" / "cpu" / "hopper-medium" / "srpo"
+    assert run() == [
+        f"scripts/eval_behavior.py {sweep}/{s}_seed{s} --sampling-steps 20" for s in range(3)
+    ]
+    committed = repo / "results" / "cpu" / "hopper-medium" / "srpo"
+    assert len(list(committed.glob("*/behavior_eval.json"))) == 3  # collected with the logs
+    assert run() == []  # evaluated once

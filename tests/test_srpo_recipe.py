@@ -243,3 +243,77 @@ def test_task_files_hold_the_per_task_beta():
         for task, beta in BETAS.items():
             merged = compose("srpo", overrides=[f"task={task}"])
             assert merged.srpo.beta == beta and merged.task == task
+
+
+def test_eval_behavior_scores_the_behavior_model_alone(tmp_path, dataset, capsys):
+    """scripts/eval_behavior.py: the stage-1 model of a finished run, rebuilt from the run's
+    config and checkpoint, evaluated as a policy with the run's seeds (the same returns as
+    evaluating the module directly), written to behavior_eval.json; bad runs are refused."""
+    from torchrl.envs.utils import ExplorationType
+
+    from torchrl_sym.data.scores import normalized_score
+    from torchrl_sym.envs import make_env
+    from torchrl_sym.train.evaluate import evaluate_policy
+
+    spec = importlib.util.spec_from_file_location(
+        "eval_behavior", ROOT / "scripts" / "eval_behavior.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "run"
+    _run(f"dataset={dataset}", *TINY, "srpo.behavior.steps=20", "srpo.critic.steps=5",
+         "train.steps=5", "eval.interval=5", f"hydra.run.dir={run}")  # fmt: skip
+    before = {p.name for p in run.iterdir()}
+    assert script.main([str(run), "--episodes", "2", "--sampling-steps", "3"]) == 0
+    result = json.loads((run / "behavior_eval.json").read_text())
+    assert {p.name for p in run.iterdir()} == before | {"behavior_eval.json"}
+    assert result["checkpoint"] == "ckpt_000000030.pt" and result["global_step"] == 30
+    assert result["episodes"] == 2 and result["sampling_steps"] == 3
+    # independently: the behavior module loaded from the checkpoint, evaluated the same way
+    recipe = _load_recipe()
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    loss = recipe.make_behavior_loss(cfg.srpo.behavior, 11, 3)
+    loss.load_state_dict(_ckpt(run, 30)["modules"]["behavior"])
+    behavior = loss.actor_network.eval()
+    behavior.num_steps = 3
+    env = make_env("Hopper-v5", num_envs=2)
+    for name, mode in (
+        ("sample", ExplorationType.RANDOM),
+        ("deterministic", ExplorationType.DETERMINISTIC),
+    ):
+        returns = evaluate_policy(env, behavior, num_episodes=2, max_steps=20,
+                                  seed=int(cfg.seed) + 100, exploration_type=mode)  # fmt: skip
+        assert result[name]["return"] == pytest.approx(float(returns.mean()), rel=1e-9)
+        assert result[name]["normalized_score"] == pytest.approx(
+            float(normalized_score("Hopper-v5", returns.mean().item())), rel=1e-9
+        )
+    # an existing result is kept; --force evaluates again (the same seeds: the same numbers)
+    capsys.readouterr()
+    assert script.main([str(run)]) == 0 and "exists" in capsys.readouterr().out
+    assert script.main([str(run), "--episodes", "2", "--sampling-steps", "3", "--force"]) == 0
+    assert json.loads((run / "behavior_eval.json").read_text()) == result
+    # refused: not a run, another algorithm, a behavior stage that has not finished
+    other = tmp_path / "iql"
+    other.mkdir()
+    (other / "config.yaml").write_text(
+        (run / "config.yaml").read_text().replace("algo: srpo", "algo: iql")
+    )
+    early = tmp_path / "early"
+    (early / "checkpoints").mkdir(parents=True)
+    shutil.copy(run / "config.yaml", early / "config.yaml")
+    state = _ckpt(run, 30)
+    state.update(
+        stage_index=0, stage_name="behavior", stage_step=10, global_step=10, completed=False
+    )
+    torch.save(state, early / "checkpoints" / "ckpt_000000010.pt")
+    capsys.readouterr()
+    assert script.main([str(tmp_path / "nothing"), str(other), str(early)]) == 1
+    err = capsys.readouterr().err
+    assert "no config.yaml, not a run directory" in err
+    assert "holds a run of algo='iql'" in err
+    assert "not trained yet" in err
+    assert not (early / "behavior_eval.json").exists()
+    with pytest.raises(SystemExit):
+        script.main([str(run), "--episodes", "0"])

@@ -123,6 +123,7 @@ class Run:
     scores: tuple[float | None, ...] = ()
     summary: dict | None = None
     remarks: list[str] = field(default_factory=list)  # facts found while reading (not fatal)
+    behavior_eval: dict | None = None  # SRPO: behavior_eval.json (scripts/eval_behavior.py)
 
     @property
     def last_step(self) -> int | None:
@@ -357,6 +358,15 @@ def load_run(path: str | Path, *, last_k: int | None = None) -> Run:
         remarks=remarks,
     )
     run.remarks.extend(_resume_remarks(run))
+    behavior = path / "behavior_eval.json"
+    if behavior.is_file():
+        try:
+            data = json.loads(behavior.read_text())
+            for mode in ("sample", "deterministic"):  # the fields the note reads
+                data[mode]["normalized_score"] = float(data[mode]["normalized_score"])
+            run.behavior_eval = data
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            run.remarks.append(f"behavior_eval.json unreadable ({type(err).__name__})")
     return run
 
 
@@ -780,6 +790,18 @@ def _classify(cell: Cell) -> None:
         resumed = _resumed_text(run)
         if resumed is not None:
             cell.remarks.append(("wall", run, resumed))
+        if run.behavior_eval is not None:
+            b = run.behavior_eval
+            cell.remarks.append(
+                (
+                    "seeds",
+                    run,
+                    "its diffusion behavior model alone, as a policy (scripts/eval_behavior.py, "
+                    f"{b.get('episodes', '?')} episodes, {b.get('sampling_steps', '?')}-step "
+                    f"DDPM): {_fmt(b['sample']['normalized_score'])} sampled, "
+                    f"{_fmt(b['deterministic']['normalized_score'])} zero-noise",
+                )
+            )
     for run in sorted(cell.runs, key=_run_order):
         for text in run.remarks:
             cell.remarks.append(("seeds", run, text))

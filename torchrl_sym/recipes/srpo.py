@@ -154,6 +154,114 @@ def make_srpo_loss(actor, behavior, qvalue, hp, **kwargs) -> SRPOLoss:
     )
 
 
+def make_behavior_loss(b, obs_dim: int, act_dim: int) -> DiffusionBehaviorLoss:
+    """Stage 1's loss around the behavior model μ (``srpo.behavior``: IDQL's LN-ResNet on the VP
+    SDE, actions in [-1, 1]); its ``actor_network`` is the :class:`DiffusionBehaviorActor`."""
+    behavior = DiffusionBehaviorActor(
+        ResidualMLPNoisePredictor(
+            obs_dim, act_dim, hidden_dim=b.hidden_dim, num_blocks=b.num_blocks, dropout=b.dropout
+        ),
+        VPSDESchedule(),
+        action_low=-1.0,
+        action_high=1.0,
+    )
+    return DiffusionBehaviorLoss(behavior, t_min=b.t_min, action_reduction="sum")
+
+
+def evaluate_behavior(
+    run_dir: str | Path, *, episodes: int | None = None, sampling_steps: int | None = None
+) -> dict:
+    """The diffusion behavior model of a finished SRPO behavior stage, evaluated alone as a policy.
+
+    Loads ``run_dir``'s newest checkpoint (its behavior stage must be finished), rebuilds μ from
+    ``run_dir/config.yaml``, and runs ``episodes`` episodes (default: the run's ``eval.episodes``)
+    in the dataset's env with the run's evaluation seeds, twice: actions sampled by the
+    ``sampling_steps``-step DDPM chain (default: the model's 50) from a_K ~ N(0, I), and the
+    chain's zero-noise ("deterministic") action. Nothing in ``run_dir`` is changed. A low SRPO
+    score beside a behavior model that scores like the data says the policy stage, not the
+    behavior model, is what the budget limits.
+
+    Returns:
+        ``{"checkpoint", "global_step", "sampling_steps", "episodes", "sample":
+        {"return", "normalized_score"}, "deterministic": {...}}`` (means over the episodes).
+    """
+    from omegaconf import OmegaConf
+    from torchrl.envs.utils import ExplorationType
+
+    from torchrl_sym.data.offline import make_offline_replay_buffer
+    from torchrl_sym.data.scores import normalized_score
+    from torchrl_sym.envs import make_env
+    from torchrl_sym.train.evaluate import evaluate_policy
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml, not a run directory")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    if cfg.get("algo") != "srpo":
+        raise ValueError(
+            f"{run_dir} holds a run of algo={cfg.get('algo')!r}; evaluate_behavior reads SRPO "
+            "runs (their stage-1 diffusion behavior model)"
+        )
+    manager = CheckpointManager(run_dir / "checkpoints")
+    path = manager.latest()
+    if path is None:
+        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no loadable checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if int(state["stage_index"]) < 1 and not state.get("completed"):
+        raise ValueError(
+            f"{path} is at step {state['stage_step']} of the behavior stage: the behavior model is "
+            "not trained yet; evaluate it once the run has reached the critic stage"
+        )
+    data = cfg.data
+    info = make_offline_replay_buffer(
+        cfg.dataset,
+        int(data.batch_size),
+        seed=0,
+        env=cfg.get("env", "auto"),
+        action_clip=data.get("action_clip", "auto"),
+        reward_transform=data.reward_transform,
+        normalize_observations=bool(data.normalize_observations),
+        generate_transitions=int(data.generate_transitions),
+    ).info
+    if info.env_id is None:
+        raise ValueError(f"dataset {info.dataset_id!r} names no environment to evaluate in")
+    obs_dim = int(torch.Size(info.observation_shape).numel())
+    act_dim = int(torch.Size(info.action_shape).numel())
+    loss = make_behavior_loss(cfg.srpo.behavior, obs_dim, act_dim)
+    loss.load_state_dict(state["modules"]["behavior"])
+    behavior = loss.actor_network.eval()
+    if sampling_steps is not None:
+        behavior.num_steps = int(sampling_steps)
+    episodes = int(cfg.eval.episodes if episodes is None else episodes)
+    norm = (info.observation_loc, info.observation_scale) if info.normalize_observations else None
+    env = make_env(info.env_id, observation_norm=norm, num_envs=episodes)
+    result = {
+        "checkpoint": path.name,
+        "global_step": int(state["global_step"]),
+        "sampling_steps": int(behavior.num_steps),
+        "episodes": episodes,
+    }
+    try:
+        modes = (
+            ("sample", ExplorationType.RANDOM),
+            ("deterministic", ExplorationType.DETERMINISTIC),
+        )
+        for name, mode in modes:
+            returns = evaluate_policy(
+                env,
+                behavior,
+                num_episodes=episodes,
+                max_steps=int(cfg.eval.max_steps),
+                seed=int(cfg.seed) + 100,
+                exploration_type=mode,
+            )
+            mean = float(returns.mean())
+            result[name] = {"return": mean, "normalized_score": float(normalized_score(info, mean))}
+    finally:
+        env.close()
+    return result
+
+
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="srpo", version_base="1.3")
 def main(cfg) -> dict:
     run = setup_run(cfg)
@@ -163,15 +271,8 @@ def main(cfg) -> dict:
 
     # ---- stage 1: the diffusion behavior model μ (ε-network on the continuous VP-SDE)
     b = hp.behavior
-    behavior = DiffusionBehaviorActor(
-        ResidualMLPNoisePredictor(
-            obs_dim, act_dim, hidden_dim=b.hidden_dim, num_blocks=b.num_blocks, dropout=b.dropout
-        ),
-        VPSDESchedule(),
-        action_low=-1.0,
-        action_high=1.0,
-    )
-    bc_loss = DiffusionBehaviorLoss(behavior, t_min=b.t_min, action_reduction="sum").to(run.device)
+    bc_loss = make_behavior_loss(b, obs_dim, act_dim).to(run.device)
+    behavior = bc_loss.actor_network
     bc_opt = torch.optim.AdamW(
         bc_loss.actor_network_params.values(True, True), lr=b.lr, weight_decay=b.weight_decay
     )

@@ -194,7 +194,10 @@ fi
 """
 
 
-def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_path):
+def _fake_results_repo(tmp_path: Path, algos: str):
+    """A copy of results_cpu.sh and collect_results.py with FAKE_PYTHON first on PATH; returns
+    ``(repo, env, run)``: ``run()`` runs the script on hopper-medium and returns the calls the
+    fake python recorded."""
     import os
     import shutil
     import subprocess
@@ -215,16 +218,29 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
         "CALLS": str(calls),
         "REAL_PYTHON": sys.executable,
         "RUNS": str(tmp_path / "runs"),
-        "ALGOS": "iql sfac",
+        "ALGOS": algos,
     }
 
-    def run():
+    def run() -> list[str]:
         calls.write_text("")
         subprocess.run(
             ["bash", str(repo / "scripts" / "results_cpu.sh"), "hopper-medium"],
             env=env, check=True, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        return [c for c in calls.read_text().splitlines() if c.startswith("recipes/")]
+        return calls.read_text().splitlines()
+
+    return repo, env, run
+
+
+def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_path):
+    import shutil
+    import subprocess
+
+    repo, env, run_all = _fake_results_repo(tmp_path, "iql sfac")
+    calls = tmp_path / "calls.txt"
+
+    def run():
+        return [c for c in run_all() if c.startswith("recipes/")]
 
     first = run()  # one multirun per algorithm; Sf-AC sweeps both divergences
     assert first == [
@@ -266,28 +282,10 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
 
 
 def test_results_script_evaluates_each_finished_srpo_behavior_model_once(tmp_path):
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    repo = tmp_path / "repo"
-    (repo / "scripts").mkdir(parents=True)
-    for name in ("results_cpu.sh", "collect_results.py"):
-        shutil.copy(ROOT / "scripts" / name, repo / "scripts" / name)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text(FAKE_PYTHON)
-    (bin_dir / "python").chmod(0o755)
-    calls = tmp_path / "calls.txt"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
-           "REAL_PYTHON": sys.executable, "RUNS": str(tmp_path / "runs"), "ALGOS": "srpo"}  # fmt: skip
+    repo, _, run_all = _fake_results_repo(tmp_path, "srpo")
 
     def run():
-        calls.write_text("")
-        subprocess.run(["bash", str(repo / "scripts" / "results_cpu.sh"), "hopper-medium"],
-                       env=env, check=True, capture_output=True, text=True, timeout=120)  # fmt: skip
-        return [c for c in calls.read_text().splitlines() if "eval_behavior" in c]
+        return [c for c in run_all() if "eval_behavior" in c]
 
     sweep = tmp_path / "runs" / "cpu" / "hopper-medium" / "srpo"
     assert run() == [

@@ -707,12 +707,9 @@ def _resumed_text(run: Run) -> str | None:
     summary = run.summary or {}
     history = summary.get("resumes")
     if not isinstance(history, list):
-        history = []
-        for record in sorted(run.path.glob("resumes/*/overrides.yaml")):
-            try:
-                history.append({"at_step": _read_yaml(record).get("resumed_at_step")})
-            except Exception:
-                history.append({})
+        from torchrl_sym.train.rundir import resume_history
+
+        history = resume_history(run.path)
     if not history:
         if summary.get("resumed") is True:
             return (

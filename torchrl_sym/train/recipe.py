@@ -275,6 +275,8 @@ class Run:
     def _execute(self, loop: OfflineLoop) -> dict[str, float]:
         import json
 
+        from torchrl_sym.train.rundir import resume_history
+
         resumed = loop.resume(map_location=self.device)
         if resumed:
             log.info("Resuming %s at global step %d", self.run_dir, loop.global_step)
@@ -521,25 +523,6 @@ def write_resume_record(run_dir: Path, cfg, record: Mapping[str, Any]) -> Path:
     )
     OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
     return folder
-
-
-def resume_history(run_dir: Path) -> list[dict[str, Any]]:
-    """Every resumed launch of the run in ``run_dir``, oldest first, from its ``resumes/`` records:
-    ``{"launch": <record folder>, "at_step": <global step it continued from>}``; ``at_step`` is
-    0 for a launch that found no loadable checkpoint and restarted, and None for a record written
-    before the step was recorded (or unreadable)."""
-    from omegaconf import OmegaConf
-
-    history = []
-    for record in sorted((run_dir / "resumes").glob("*/overrides.yaml")):
-        try:
-            step = OmegaConf.to_container(OmegaConf.load(record)).get("resumed_at_step")
-        except Exception:  # a damaged record says nothing about the step; the run goes on
-            step = None
-        history.append(
-            {"launch": record.parent.name, "at_step": int(step) if step is not None else None}
-        )
-    return history
 
 
 def setup_run(cfg) -> Run:

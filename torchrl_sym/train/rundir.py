@@ -400,3 +400,22 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver(
         "torchrl_sym_hydra_subdir", _hydra_subdir_resolver, replace=True
     )
+
+
+def resume_history(run_dir: Path) -> list[dict[str, Any]]:
+    """Every resumed launch of the run in ``run_dir``, oldest first, from its ``resumes/`` records:
+    ``{"launch": <record folder>, "at_step": <global step it continued from>}``; ``at_step`` is
+    0 for a launch that found no loadable checkpoint and restarted, and None for a record written
+    before the step was recorded (or unreadable)."""
+    from omegaconf import OmegaConf
+
+    history = []
+    for record in sorted((run_dir / "resumes").glob("*/overrides.yaml")):
+        try:
+            step = OmegaConf.to_container(OmegaConf.load(record)).get("resumed_at_step")
+        except Exception:  # a damaged record says nothing about the step; the run goes on
+            step = None
+        history.append(
+            {"launch": record.parent.name, "at_step": int(step) if step is not None else None}
+        )
+    return history

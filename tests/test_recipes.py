@@ -533,3 +533,39 @@ def test_make_logger_logs_the_config_to_every_backend(tmp_path, monkeypatch):
         "eval": {"mode": "sample", "max": 2},
     }
     assert make_logger("none", tmp_path, config=cfg) is None
+
+
+def test_make_dataset_env_normalizes_as_the_buffer_and_refuses_an_env_less_dataset():
+    """Run.make_eval_env and SRPO's evaluate_behavior build their env here: the policy sees
+    (obs - loc) / scale when the buffer normalized, the raw float32 observation otherwise."""
+    import dataclasses
+
+    from torchrl_sym.data.offline import OfflineDatasetInfo
+    from torchrl_sym.envs import make_env
+    from torchrl_sym.train.recipe import make_dataset_env
+
+    loc, scale = torch.linspace(-1.0, 1.0, 11), torch.linspace(0.5, 2.0, 11)
+    info = OfflineDatasetInfo(
+        dataset_id="my/hopper-v0",
+        source="tensordict",
+        env_id="Hopper-v5",
+        num_transitions=1,
+        num_episodes=1,
+        observation_shape=(11,),
+        action_shape=(3,),
+        observation_loc=loc,
+        observation_scale=scale,
+        episode_returns=torch.zeros(1),
+        normalize_observations=True,
+    )
+    raw = make_env("Hopper-v5", seed=3).reset()["observation"]
+    env = make_dataset_env(info, seed=3)
+    torch.testing.assert_close(env.reset()["observation"], (raw - loc) / scale)
+    plain = make_dataset_env(dataclasses.replace(info, normalize_observations=False), seed=3)
+    torch.testing.assert_close(plain.reset()["observation"], raw)
+    vec = make_dataset_env(info, seed=3, num_envs=2)
+    torch.testing.assert_close(vec.reset()["observation"][0], (raw - loc) / scale)
+    with pytest.raises(
+        ValueError, match=r"'my/hopper-v0' names no environment.*env=<gymnasium id>"
+    ):
+        make_dataset_env(dataclasses.replace(info, env_id=None))

@@ -46,7 +46,7 @@ from torchrl_sym.objectives import DiffusionBehaviorLoss, SRPOLoss
 from torchrl_sym.objectives.srpo import make_srpo_actor
 from torchrl_sym.train import Objective, Stage, TargetUpdate
 from torchrl_sym.train.checkpoint import CheckpointManager
-from torchrl_sym.train.recipe import network_optimizers, setup_run, stage_steps
+from torchrl_sym.train.recipe import make_dataset_env, network_optimizers, setup_run, stage_steps
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,6 @@ def evaluate_behavior(
 
     from torchrl_sym.data.offline import make_offline_replay_buffer
     from torchrl_sym.data.scores import normalized_score
-    from torchrl_sym.envs import make_env
     from torchrl_sym.train.evaluate import evaluate_policy
 
     run_dir = Path(run_dir)
@@ -223,8 +222,6 @@ def evaluate_behavior(
         normalize_observations=bool(data.normalize_observations),
         generate_transitions=int(data.generate_transitions),
     ).info
-    if info.env_id is None:
-        raise ValueError(f"dataset {info.dataset_id!r} names no environment to evaluate in")
     obs_dim = int(torch.Size(info.observation_shape).numel())
     act_dim = int(torch.Size(info.action_shape).numel())
     loss = make_behavior_loss(cfg.srpo.behavior, obs_dim, act_dim)
@@ -233,8 +230,7 @@ def evaluate_behavior(
     if sampling_steps is not None:
         behavior.num_steps = int(sampling_steps)
     episodes = int(cfg.eval.episodes if episodes is None else episodes)
-    norm = (info.observation_loc, info.observation_scale) if info.normalize_observations else None
-    env = make_env(info.env_id, observation_norm=norm, num_envs=episodes)
+    env = make_dataset_env(info, num_envs=episodes)
     result = {
         "checkpoint": path.name,
         "global_step": int(state["global_step"]),

@@ -44,6 +44,20 @@ log = logging.getLogger(__name__)
 LOGGER_BACKENDS = ("tensorboard", "csv", "wandb", "none")
 
 
+def make_dataset_env(info, *, seed: int | None = None, device=None, num_envs: int | None = None):
+    """The env a dataset names (``info``: a replay buffer's ``DatasetInfo``), normalized as the
+    buffer normalizes its observations; ``num_envs=N``: one vectorized env of ``N`` sub-envs (see
+    :func:`torchrl_sym.envs.make_env`). Raises ``ValueError`` if the dataset names no env."""
+    from torchrl_sym.envs import make_env
+
+    if info.env_id is None:
+        raise ValueError(
+            f"Dataset '{info.dataset_id}' names no environment to evaluate in; set env=<gymnasium id>."
+        )
+    norm = (info.observation_loc, info.observation_scale) if info.normalize_observations else None
+    return make_env(info.env_id, seed=seed, device=device, observation_norm=norm, num_envs=num_envs)
+
+
 def stage_steps(cfg, steps: int) -> int:
     """A stage's step budget under the profile's cap (``train.max_steps_per_stage``)."""
     cap = cfg.train.get("max_steps_per_stage")
@@ -184,23 +198,8 @@ class Run:
     def make_eval_env(self, num_envs: int | None = None):
         """The dataset's env (float32 observations, return tracking, the buffer's normalization);
         ``num_envs=N``: one vectorized env of ``N`` sub-envs (see :func:`torchrl_sym.envs.make_env`)."""
-        from torchrl_sym.envs import make_env
-
-        if self.info.env_id is None:
-            raise ValueError(
-                f"Dataset '{self.info.dataset_id}' names no environment to evaluate in; set env=<gymnasium id>."
-            )
-        norm = (
-            (self.info.observation_loc, self.info.observation_scale)
-            if self.info.normalize_observations
-            else None
-        )
-        return make_env(
-            self.info.env_id,
-            seed=int(self.cfg.seed) + 100,
-            device=self.device,
-            observation_norm=norm,
-            num_envs=num_envs,
+        return make_dataset_env(
+            self.info, seed=int(self.cfg.seed) + 100, device=self.device, num_envs=num_envs
         )
 
     def make_evaluator(self, policy) -> Evaluator | None:

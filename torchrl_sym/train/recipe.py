@@ -45,7 +45,7 @@ LOGGER_BACKENDS = ("tensorboard", "csv", "wandb", "none")
 
 
 def make_dataset_env(info, *, seed: int | None = None, device=None, num_envs: int | None = None):
-    """The env a dataset names (``info``: a replay buffer's ``DatasetInfo``), normalized as the
+    """The env a dataset names (``info``: a replay buffer's ``OfflineDatasetInfo``), normalized as the
     buffer normalizes its observations; ``num_envs=N``: one vectorized env of ``N`` sub-envs (see
     :func:`torchrl_sym.envs.make_env`). Raises ``ValueError`` if the dataset names no env."""
     from torchrl_sym.envs import make_env

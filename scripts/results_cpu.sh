@@ -14,6 +14,8 @@
 # directory is still there is continued with resume=<its directory>, and only the seeds and variants
 # that neither $RUNS nor results/ hold finished are started (so a new machine, whose $RUNS is
 # empty, runs only what the committed logs lack).
+# Put RUNS outside the checkout (for example RUNS=~/runs/results) where the checkout can be replaced
+# between sessions: the checkpoints a resume needs live there and are never committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

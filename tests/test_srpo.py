@@ -609,11 +609,13 @@ def test_docstring_examples_run():
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_benchmark_cases_run_and_srpo_acts_faster_than_diffusion_sampling():
+def test_benchmark_cases_run_and_srpo_acts_faster_than_diffusion_sampling(monkeypatch):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cases_srpo.py"
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # cases_srpo imports its sibling bench_losses
+    path = benchmarks / "cases_srpo.py"
     spec = importlib.util.spec_from_file_location("cases_srpo", path)
     cases = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cases)

@@ -10,6 +10,13 @@ this script writes the result to ``RUN_DIR/behavior_eval.json`` (atomically: a t
 then a rename). A run that already has one is skipped unless ``--force``. The report
 (``python -m torchrl_sym.report``) names the behavior model's score under the run's table, so a
 low SRPO row can be told apart from a behavior model that did not learn the data.
+
+When the run's policy stage has begun, the file also holds ``policy_diagnostics``
+(:func:`torchrl_sym.recipes.srpo.policy_diagnostics` on ``--num-states`` dataset states, the same
+DDPM steps): the mean distance of the policy's, the behavior model's and the zero action to the
+dataset action, and the frozen critic's value of each. The report prints it beside the
+behavior model's score, so a low SRPO row whose policy has left the data (farther from it than
+μ's own samples) can be told apart from one that has not.
 """
 
 from __future__ import annotations
@@ -35,14 +42,24 @@ def main(argv: list[str] | None = None) -> int:
         "--sampling-steps", type=int, default=None, help="DDPM steps (default: the model's, 50)"
     )
     parser.add_argument(
+        "--num-states",
+        type=int,
+        default=4096,
+        help="dataset states for the policy diagnostics (default 4096)",
+    )
+    parser.add_argument(
         "--force", action="store_true", help=f"evaluate again over an existing {NAME}"
     )
     args = parser.parse_args(argv)
-    for value, flag in ((args.episodes, "--episodes"), (args.sampling_steps, "--sampling-steps")):
+    for value, flag in (
+        (args.episodes, "--episodes"),
+        (args.sampling_steps, "--sampling-steps"),
+        (args.num_states, "--num-states"),
+    ):
         if value is not None and value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
 
-    from torchrl_sym.recipes.srpo import evaluate_behavior
+    from torchrl_sym.recipes.srpo import evaluate_behavior, policy_diagnostics
 
     failed = 0
     for run in args.runs:
@@ -54,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate_behavior(
                 run, episodes=args.episodes, sampling_steps=args.sampling_steps
             )
+            if policy_stage_begun(run):
+                result["policy_diagnostics"] = policy_diagnostics(
+                    run, num_states=args.num_states, sampling_steps=result["sampling_steps"]
+                )
         except (FileNotFoundError, ValueError) as err:
             print(f"eval_behavior: {err}", file=sys.stderr)
             failed += 1
@@ -66,7 +87,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['deterministic']['normalized_score']:.1f} zero-noise "
             f"(normalized, {result['episodes']} episodes, {result['sampling_steps']} steps)"
         )
+        if "policy_diagnostics" in result:
+            acts = result["policy_diagnostics"]["actions"]
+            print(
+                f"{run}: distance to the data's actions: policy "
+                f"{acts['policy']['distance_to_data']:.3f}, behavior samples "
+                f"{acts['behavior']['distance_to_data']:.3f}; critic value: policy "
+                f"{acts['policy']['q']:.2f}, data {acts['data']['q']:.2f}"
+            )
     return 1 if failed else 0
+
+
+def policy_stage_begun(run: Path) -> bool:
+    """Whether the newest checkpoint of ``run`` is in (or past) SRPO's policy stage."""
+    import torch
+
+    from torchrl_sym.train.checkpoint import CheckpointManager
+
+    path = CheckpointManager(run / "checkpoints").latest()
+    if path is None:
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return bool(state.get("completed")) or int(state["stage_index"]) >= 2
 
 
 if __name__ == "__main__":

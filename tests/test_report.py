@@ -403,10 +403,40 @@ def test_behavior_model_scores_are_named_under_the_table(tmp_path):
     )
     assert "bdpo: behavior_eval.json unreadable (KeyError): `runs/s1`" in notes
     assert "`runs/s2`" not in notes
+    assert "its policy at" not in notes  # no policy_diagnostics in these files
     assert (
         len(cell(rp.build_report([root], out=tmp_path / "r.md", reps=50), HOPPER, "bdpo").valid)
         == 3
     )
+
+
+def test_srpo_policy_diagnostics_are_noted_under_the_table(tmp_path):
+    """behavior_eval.json's policy_diagnostics (scripts/eval_behavior.py) become a remark
+    naming the run; a malformed block is left out without losing the behavior score."""
+    root = tmp_path / "runs"
+    runs = [write_run(root / f"s{seed}", "bdpo", HOPPER, seed) for seed in range(2)]
+    actions = {"data": {"q": 92.86, "distance_to_data": 0.0},
+               "policy": {"q": 94.28, "distance_to_data": 1.0544},
+               "behavior": {"q": 92.85, "distance_to_data": 0.5856},
+               "zeros": {"q": 92.16, "distance_to_data": 1.8725}}  # fmt: skip
+    result = {"episodes": 10, "sampling_steps": 20, "sample": {"normalized_score": 36.19},
+              "deterministic": {"normalized_score": 35.03},
+              "policy_diagnostics": {"checkpoint": "ckpt_000300000.pt", "num_states": 4096,
+                                     "actions": actions}}  # fmt: skip
+    (runs[0] / "behavior_eval.json").write_text(json.dumps(result))
+    result["policy_diagnostics"] = {"actions": {"policy": {"q": "x"}}, "num_states": 4096}
+    (runs[1] / "behavior_eval.json").write_text(json.dumps(result))
+    text = rp.render_markdown(rp.build_report([root], out=tmp_path / "r.md", reps=50))
+    notes = text.split("Notes:", 1)[1].split("<details>", 1)[0]
+    assert (
+        "bdpo: its policy at ckpt_000300000.pt on 4,096 dataset states: actions 1.05 from the "
+        "data's on average (behavior samples 0.59, the zero action 1.87); critic value of the "
+        "policy's actions 94.3, of the data's 92.9, of behavior samples 92.8, of the zero action "
+        "92.2: `runs/s0` (seed 0)" in notes
+    )
+    assert notes.count("its policy at") == 1
+    # the behavior score of both runs stays (one remark naming both)
+    assert "35.0 zero-noise: `runs/s0` (seed 0), `runs/s1` (seed 1)" in notes
 
 
 def test_one_seed_cell_shows_no_ci(report, page):

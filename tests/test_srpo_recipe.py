@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensordict import TensorDict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "torchrl_sym" / "configs"
@@ -289,7 +290,46 @@ def test_eval_behavior_scores_the_behavior_model_alone(tmp_path, dataset, capsys
         assert result[name]["normalized_score"] == pytest.approx(
             float(normalized_score("Hopper-v5", returns.mean().item())), rel=1e-9
         )
+    # the policy diagnostics, recomputed here from the checkpoint's modules and the dataset
+    diag = result.pop("policy_diagnostics")
+    # 4096 states asked (the default), the whole 1500-transition dataset taken
+    assert diag["checkpoint"] == "ckpt_000000030.pt" and diag["num_states"] == 1500
+    assert diag["sampling_steps"] == 3 and diag["q_reduce"] == cfg.srpo.q_reduce == "mean"
+    from torchrl_sym.data.offline import make_offline_replay_buffer
+
+    batch = make_offline_replay_buffer(dataset, 1500, seed=0, env="auto").sample()
+    obs, a_data = batch["observation"], batch["action"]
+    state = _ckpt(run, 30)["modules"]
+    actor = recipe.make_srpo_actor(11, 3, [32, 32])
+    prefix = "actor_network_params."
+    actor.load_state_dict(
+        {k[len(prefix) :]: v for k, v in state["policy"].items() if k.startswith(prefix)}
+    )
+    prefix = "target_qvalue_network_params."  # the twin heads, stacked on dim 0
+    stacked = {k[len(prefix) :]: v for k, v in state["critic"].items() if k.startswith(prefix)}
+    heads = []
+    for i in range(2):
+        head = recipe.make_qvalue(11, 3, [32, 32])
+        head.load_state_dict({k: v[i] for k, v in stacked.items()})
+        heads.append(head)
+
+    def q_bar(action):
+        with torch.no_grad():
+            td = TensorDict({"observation": obs, "action": action}, [len(obs)])
+            return torch.stack([h(td.clone())["state_action_value"] for h in heads]).mean(0)
+
+    with torch.no_grad():
+        a_pi = actor(TensorDict({"observation": obs}, [len(obs)]))["action"]
+    acts = diag["actions"]
+    expect = {"data": a_data, "policy": a_pi, "zeros": torch.zeros_like(a_data)}
+    for name, action in expect.items():
+        assert acts[name]["q"] == pytest.approx(float(q_bar(action).mean()), rel=1e-5)
+        dist = float((action - a_data).norm(dim=-1).mean())
+        assert acts[name]["distance_to_data"] == pytest.approx(dist, rel=1e-5, abs=1e-7)
+    assert acts["data"]["distance_to_data"] == 0.0
+    assert 0 < acts["behavior"]["distance_to_data"] < 2 * 3**0.5  # within the action box
     # an existing result is kept; --force evaluates again (the same seeds: the same numbers)
+    result["policy_diagnostics"] = diag
     capsys.readouterr()
     assert script.main([str(run)]) == 0 and "exists" in capsys.readouterr().out
     assert script.main([str(run), "--episodes", "2", "--sampling-steps", "3", "--force"]) == 0
@@ -315,5 +355,19 @@ def test_eval_behavior_scores_the_behavior_model_alone(tmp_path, dataset, capsys
     assert "holds a run of algo='iql'" in err
     assert "not trained yet" in err
     assert not (early / "behavior_eval.json").exists()
-    with pytest.raises(SystemExit):
-        script.main([str(run), "--episodes", "0"])
+    # a run in its critic stage: the behavior model is scored, the policy is not diagnosed
+    middle = tmp_path / "middle"
+    (middle / "checkpoints").mkdir(parents=True)
+    shutil.copy(run / "config.yaml", middle / "config.yaml")
+    state = _ckpt(run, 30)
+    state.update(stage_index=1, stage_name="critic", stage_step=2, global_step=22, completed=False)
+    torch.save(state, middle / "checkpoints" / "ckpt_000000022.pt")
+    assert script.main([str(middle), "--episodes", "1", "--sampling-steps", "2"]) == 0
+    assert "policy_diagnostics" not in json.loads((middle / "behavior_eval.json").read_text())
+    with pytest.raises(ValueError, match="policy stage has not begun"):
+        recipe.policy_diagnostics(middle)
+    with pytest.raises(ValueError, match="holds a run of algo='iql'"):
+        recipe.policy_diagnostics(other)
+    for bad in (["--episodes", "0"], ["--num-states", "0"]):
+        with pytest.raises(SystemExit):
+            script.main([str(run), *bad])

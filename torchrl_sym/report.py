@@ -370,6 +370,25 @@ def load_run(path: str | Path, *, last_k: int | None = None) -> Run:
     return run
 
 
+def _policy_diagnostics_text(d: Any) -> str | None:
+    """The remark for ``behavior_eval.json``'s ``policy_diagnostics`` (SRPO), or ``None`` when
+    absent or malformed (a file written before it existed has none)."""
+    try:
+        a = d["actions"]
+        dist = {k: float(a[k]["distance_to_data"]) for k in ("policy", "behavior", "zeros")}
+        q = {k: float(a[k]["q"]) for k in ("policy", "data", "behavior", "zeros")}
+        states = int(d["num_states"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return (
+        f"its policy at {d.get('checkpoint', '?')} on {states:,} dataset states: actions "
+        f"{dist['policy']:.2f} from the data's on average (behavior samples {dist['behavior']:.2f}, "
+        f"the zero action {dist['zeros']:.2f}); critic value of the policy's actions "
+        f"{q['policy']:.1f}, of the data's {q['data']:.1f}, of behavior samples "
+        f"{q['behavior']:.1f}, of the zero action {q['zeros']:.1f}"
+    )
+
+
 def _resume_remarks(run: Run) -> list[str]:
     """Resumed segments that ran with settings other than ``config.yaml``'s (which groups it)."""
     folder = run.path / "resumes"
@@ -799,6 +818,9 @@ def _classify(cell: Cell) -> None:
                     f"{_fmt(b['deterministic']['normalized_score'])} zero-noise",
                 )
             )
+            diagnostics = _policy_diagnostics_text(b.get("policy_diagnostics"))
+            if diagnostics is not None:
+                cell.remarks.append(("seeds", run, diagnostics))
     for run in sorted(cell.runs, key=_run_order):
         for text in run.remarks:
             cell.remarks.append(("seeds", run, text))

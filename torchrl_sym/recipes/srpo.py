@@ -33,6 +33,7 @@ the behavior batch ``paper.behavior_batch_size`` instead, ``experiment=cpu`` the
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -168,6 +169,47 @@ def make_behavior_loss(b, obs_dim: int, act_dim: int) -> DiffusionBehaviorLoss:
     return DiffusionBehaviorLoss(behavior, t_min=b.t_min, action_reduction="sum")
 
 
+def _load_run(run_dir: str | Path, *, batch_size: int | None = None, seed: int = 0):
+    """``(cfg, checkpoint path, checkpoint state, buffer)`` of an SRPO run directory: its
+    ``config.yaml``, its newest loadable checkpoint and the run's dataset (``batch_size`` per
+    sample, at most the dataset's size; default the run's)."""
+    from omegaconf import OmegaConf
+
+    from torchrl_sym.data.offline import make_offline_replay_buffer
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml, not a run directory")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    if cfg.get("algo") != "srpo":
+        raise ValueError(
+            f"{run_dir} holds a run of algo={cfg.get('algo')!r}; this reads SRPO runs (their "
+            "stage-1 diffusion behavior model and stage-3 policy)"
+        )
+    path = CheckpointManager(run_dir / "checkpoints").latest()
+    if path is None:
+        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no loadable checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    data = cfg.data
+    buffer = make_offline_replay_buffer(
+        cfg.dataset,
+        int(data.batch_size),
+        seed=seed,
+        env=cfg.get("env", "auto"),
+        action_clip=data.get("action_clip", "auto"),
+        reward_transform=data.reward_transform,
+        normalize_observations=bool(data.normalize_observations),
+        generate_transitions=int(data.generate_transitions),
+    )
+    if batch_size is not None:
+        buffer = buffer.with_batch_size(min(batch_size, buffer.info.num_transitions), seed=seed)
+    return cfg, path, state, buffer
+
+
+def _stage_reached(state: dict, stage: int) -> bool:
+    return bool(state.get("completed")) or int(state["stage_index"]) >= stage
+
+
 def evaluate_behavior(
     run_dir: str | Path, *, episodes: int | None = None, sampling_steps: int | None = None
 ) -> dict:
@@ -185,43 +227,18 @@ def evaluate_behavior(
         ``{"checkpoint", "global_step", "sampling_steps", "episodes", "sample":
         {"return", "normalized_score"}, "deterministic": {...}}`` (means over the episodes).
     """
-    from omegaconf import OmegaConf
     from torchrl.envs.utils import ExplorationType
 
-    from torchrl_sym.data.offline import make_offline_replay_buffer
     from torchrl_sym.data.scores import normalized_score
     from torchrl_sym.train.evaluate import evaluate_policy
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.yaml, not a run directory")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    if cfg.get("algo") != "srpo":
-        raise ValueError(
-            f"{run_dir} holds a run of algo={cfg.get('algo')!r}; evaluate_behavior reads SRPO "
-            "runs (their stage-1 diffusion behavior model)"
-        )
-    manager = CheckpointManager(run_dir / "checkpoints")
-    path = manager.latest()
-    if path is None:
-        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no loadable checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if int(state["stage_index"]) < 1 and not state.get("completed"):
+    cfg, path, state, buffer = _load_run(run_dir)
+    if not _stage_reached(state, 1):
         raise ValueError(
             f"{path} is at step {state['stage_step']} of the behavior stage: the behavior model is "
             "not trained yet; evaluate it once the run has reached the critic stage"
         )
-    data = cfg.data
-    info = make_offline_replay_buffer(
-        cfg.dataset,
-        int(data.batch_size),
-        seed=0,
-        env=cfg.get("env", "auto"),
-        action_clip=data.get("action_clip", "auto"),
-        reward_transform=data.reward_transform,
-        normalize_observations=bool(data.normalize_observations),
-        generate_transitions=int(data.generate_transitions),
-    ).info
+    info = buffer.info
     obs_dim = int(torch.Size(info.observation_shape).numel())
     act_dim = int(torch.Size(info.action_shape).numel())
     loss = make_behavior_loss(cfg.srpo.behavior, obs_dim, act_dim)
@@ -256,6 +273,103 @@ def evaluate_behavior(
     finally:
         env.close()
     return result
+
+
+@torch.no_grad()
+def policy_diagnostics(
+    run_dir: str | Path,
+    *,
+    num_states: int = 4096,
+    sampling_steps: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Where an SRPO run's policy puts its actions, against the data and the behavior model.
+
+    Loads ``run_dir``'s newest checkpoint (its policy stage must have begun), draws
+    ``num_states`` distinct dataset transitions ``(s, a)`` (sampler seed ``seed``; all of them
+    for a smaller dataset, in random order) and, for four actions
+    per state (``data``: the dataset's a; ``policy``: π(s); ``behavior``: a sample of μ(·|s),
+    ``sampling_steps`` DDPM steps, generator seeded by ``seed``; ``zeros``: the zero action),
+    reports the mean critic value ``Q̄(s, ·)`` exactly as the policy loss sees it (the frozen
+    target heads reduced by ``srpo.q_reduce``) and the mean Euclidean distance ``‖· − a‖`` to
+    the dataset action. Nothing in ``run_dir`` is changed; no episode is run.
+
+    Read it beside the run's score: a policy much further from the data than the behavior
+    model's own samples, at a critic value no higher than the data's, says the Q-term of the
+    policy loss has pulled π off the data's support onto the critic's extrapolation (β too
+    large for that critic); a policy near the data that still scores low points elsewhere.
+
+    Returns:
+        ``{"checkpoint", "global_step", "num_states", "sampling_steps", "seed", "q_reduce",
+        "actions": {name: {"q", "distance_to_data"}}}`` for name in data, policy, behavior, zeros.
+    """
+    cfg, path, state, buffer = _load_run(run_dir, batch_size=num_states, seed=seed)
+    if not _stage_reached(state, 2):
+        raise ValueError(
+            f"{path} is in stage {int(state['stage_index'])} (step {state['stage_step']}): the "
+            "policy stage has not begun; diagnose the policy once the run has reached it"
+        )
+    hp = cfg.srpo
+    info = buffer.info
+    obs_dim = int(torch.Size(info.observation_shape).numel())
+    act_dim = int(torch.Size(info.action_shape).numel())
+    bc_loss = make_behavior_loss(hp.behavior, obs_dim, act_dim)
+    bc_loss.load_state_dict(state["modules"]["behavior"])
+    c = hp.critic
+    qvalue = make_qvalue(obs_dim, act_dim, list(c.hidden))
+    iql = IQLLoss(
+        make_gaussian_actor(obs_dim, act_dim, list(c.hidden)),
+        qvalue,
+        make_value(obs_dim, list(c.hidden)),
+        num_qvalue_nets=2,
+        expectile=c.expectile,
+        loss_function="l2",
+    )
+    iql.make_value_estimator(gamma=c.discount)
+    iql.load_state_dict(state["modules"]["critic"])
+    with warnings.catch_warnings():  # TorchRL: "no target network updater" (none is needed)
+        warnings.simplefilter("ignore", UserWarning)
+        target_params = iql.target_qvalue_network_params
+    actor = make_srpo_actor(obs_dim, act_dim, list(hp.policy.hidden))
+    srpo = make_srpo_loss(
+        actor,
+        bc_loss.actor_network,
+        qvalue,
+        hp,
+        qvalue_params=target_params,
+        behavior_params=bc_loss.actor_network_params,
+    )
+    srpo.load_state_dict(state["modules"]["policy"])
+    batch = buffer.sample()
+    obs, data_action = batch["observation"], batch["action"]
+    num_states = len(obs)
+    td = TensorDict({"observation": obs}, batch_size=[num_states])
+    behavior = bc_loss.actor_network.eval()
+    steps = int(behavior.num_steps if sampling_steps is None else sampling_steps)
+    generator = torch.Generator().manual_seed(seed)
+    actions = {
+        "data": data_action,
+        "policy": actor.eval()(td)["action"],
+        "behavior": behavior.sample(obs, steps=steps, generator=generator),
+        "zeros": torch.zeros_like(data_action),
+    }
+    with torch.enable_grad():  # q_gradient differentiates in the action
+        values = {name: srpo.q_gradient(obs, a)[0] for name, a in actions.items()}
+    return {
+        "checkpoint": path.name,
+        "global_step": int(state["global_step"]),
+        "num_states": num_states,
+        "sampling_steps": steps,
+        "seed": seed,
+        "q_reduce": str(srpo.q_reduce),
+        "actions": {
+            name: {
+                "q": float(values[name].mean()),
+                "distance_to_data": float((a - data_action).norm(dim=-1).mean()),
+            }
+            for name, a in actions.items()
+        },
+    }
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="srpo", version_base="1.3")

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             parser.error(f"{flag} must be >= 1, got {value}")
 
-    from torchrl_sym.recipes.srpo import evaluate_behavior, policy_diagnostics
+    from torchrl_sym.recipes.srpo import evaluate_behavior
 
     failed = 0
     for run in args.runs:
@@ -69,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             result = evaluate_behavior(
-                run, episodes=args.episodes, sampling_steps=args.sampling_steps
+                run,
+                episodes=args.episodes,
+                sampling_steps=args.sampling_steps,
+                policy_states=args.num_states,
             )
-            if policy_stage_begun(run):
-                result["policy_diagnostics"] = policy_diagnostics(
-                    run, num_states=args.num_states, sampling_steps=result["sampling_steps"]
-                )
         except (FileNotFoundError, ValueError) as err:
             print(f"eval_behavior: {err}", file=sys.stderr)
             failed += 1
@@ -96,19 +95,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{acts['policy']['q']:.2f}, data {acts['data']['q']:.2f}"
             )
     return 1 if failed else 0
-
-
-def policy_stage_begun(run: Path) -> bool:
-    """Whether the newest checkpoint of ``run`` is in (or past) SRPO's policy stage."""
-    import torch
-
-    from torchrl_sym.train.checkpoint import CheckpointManager
-
-    path = CheckpointManager(run / "checkpoints").latest()
-    if path is None:
-        return False
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return bool(state.get("completed")) or int(state["stage_index"]) >= 2
 
 
 if __name__ == "__main__":

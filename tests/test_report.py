@@ -412,7 +412,7 @@ def test_behavior_model_scores_are_named_under_the_table(tmp_path):
 
 def test_srpo_policy_diagnostics_are_noted_under_the_table(tmp_path):
     """behavior_eval.json's policy_diagnostics (scripts/eval_behavior.py) become a remark
-    naming the run; a malformed block is left out without losing the behavior score."""
+    naming the run; a malformed block is named as unreadable without losing the behavior score."""
     root = tmp_path / "runs"
     runs = [write_run(root / f"s{seed}", "bdpo", HOPPER, seed) for seed in range(2)]
     actions = {"data": {"q": 92.86, "distance_to_data": 0.0},
@@ -435,6 +435,7 @@ def test_srpo_policy_diagnostics_are_noted_under_the_table(tmp_path):
         "92.2: `runs/s0` (seed 0)" in notes
     )
     assert notes.count("its policy at") == 1
+    assert "bdpo: behavior_eval.json: policy_diagnostics unreadable: `runs/s1` (seed 1)" in notes
     # the behavior score of both runs stays (one remark naming both)
     assert "35.0 zero-noise: `runs/s0` (seed 0), `runs/s1` (seed 1)" in notes
 

@@ -372,7 +372,7 @@ def load_run(path: str | Path, *, last_k: int | None = None) -> Run:
 
 def _policy_diagnostics_text(d: Any) -> str | None:
     """The remark for ``behavior_eval.json``'s ``policy_diagnostics`` (SRPO), or ``None`` when
-    absent or malformed (a file written before it existed has none)."""
+    it is malformed (a file written before the diagnostics existed has no block: no remark)."""
     try:
         a = d["actions"]
         dist = {k: float(a[k]["distance_to_data"]) for k in ("policy", "behavior", "zeros")}
@@ -818,9 +818,11 @@ def _classify(cell: Cell) -> None:
                     f"{_fmt(b['deterministic']['normalized_score'])} zero-noise",
                 )
             )
-            diagnostics = _policy_diagnostics_text(b.get("policy_diagnostics"))
-            if diagnostics is not None:
-                cell.remarks.append(("seeds", run, diagnostics))
+            if "policy_diagnostics" in b:
+                text = _policy_diagnostics_text(b["policy_diagnostics"])
+                cell.remarks.append(
+                    ("seeds", run, text or "behavior_eval.json: policy_diagnostics unreadable")
+                )
     for run in sorted(cell.runs, key=_run_order):
         for text in run.remarks:
             cell.remarks.append(("seeds", run, text))

@@ -169,10 +169,9 @@ def make_behavior_loss(b, obs_dim: int, act_dim: int) -> DiffusionBehaviorLoss:
     return DiffusionBehaviorLoss(behavior, t_min=b.t_min, action_reduction="sum")
 
 
-def _load_run(run_dir: str | Path, *, batch_size: int | None = None, seed: int = 0):
+def _load_run(run_dir: str | Path):
     """``(cfg, checkpoint path, checkpoint state, buffer)`` of an SRPO run directory: its
-    ``config.yaml``, its newest loadable checkpoint and the run's dataset (``batch_size`` per
-    sample, at most the dataset's size; default the run's)."""
+    ``config.yaml``, its newest loadable checkpoint and the run's dataset (sampler seed 0)."""
     from omegaconf import OmegaConf
 
     from torchrl_sym.data.offline import make_offline_replay_buffer
@@ -194,15 +193,13 @@ def _load_run(run_dir: str | Path, *, batch_size: int | None = None, seed: int =
     buffer = make_offline_replay_buffer(
         cfg.dataset,
         int(data.batch_size),
-        seed=seed,
+        seed=0,
         env=cfg.get("env", "auto"),
         action_clip=data.get("action_clip", "auto"),
         reward_transform=data.reward_transform,
         normalize_observations=bool(data.normalize_observations),
         generate_transitions=int(data.generate_transitions),
     )
-    if batch_size is not None:
-        buffer = buffer.with_batch_size(min(batch_size, buffer.info.num_transitions), seed=seed)
     return cfg, path, state, buffer
 
 
@@ -211,7 +208,11 @@ def _stage_reached(state: dict, stage: int) -> bool:
 
 
 def evaluate_behavior(
-    run_dir: str | Path, *, episodes: int | None = None, sampling_steps: int | None = None
+    run_dir: str | Path,
+    *,
+    episodes: int | None = None,
+    sampling_steps: int | None = None,
+    policy_states: int | None = None,
 ) -> dict:
     """The diffusion behavior model of a finished SRPO behavior stage, evaluated alone as a policy.
 
@@ -222,6 +223,10 @@ def evaluate_behavior(
     chain's zero-noise ("deterministic") action. Nothing in ``run_dir`` is changed. A low SRPO
     score beside a behavior model that scores like the data says the policy stage, not the
     behavior model, is what the budget limits.
+
+    With ``policy_states`` set and the run's policy stage begun, the result also holds
+    ``"policy_diagnostics"``: :func:`policy_diagnostics` on that many dataset states with the same
+    DDPM steps, from the same checkpoint and the same loaded dataset.
 
     Returns:
         ``{"checkpoint", "global_step", "sampling_steps", "episodes", "sample":
@@ -272,10 +277,13 @@ def evaluate_behavior(
             result[name] = {"return": mean, "normalized_score": float(normalized_score(info, mean))}
     finally:
         env.close()
+    if policy_states is not None and _stage_reached(state, 2):
+        result["policy_diagnostics"] = _diagnose_policy(
+            cfg, path, state, buffer, num_states=policy_states, sampling_steps=behavior.num_steps
+        )
     return result
 
 
-@torch.no_grad()
 def policy_diagnostics(
     run_dir: str | Path,
     *,
@@ -303,7 +311,18 @@ def policy_diagnostics(
         ``{"checkpoint", "global_step", "num_states", "sampling_steps", "seed", "q_reduce",
         "actions": {name: {"q", "distance_to_data"}}}`` for name in data, policy, behavior, zeros.
     """
-    cfg, path, state, buffer = _load_run(run_dir, batch_size=num_states, seed=seed)
+    cfg, path, state, buffer = _load_run(run_dir)
+    return _diagnose_policy(
+        cfg, path, state, buffer, num_states=num_states, sampling_steps=sampling_steps, seed=seed
+    )
+
+
+@torch.no_grad()
+def _diagnose_policy(
+    cfg, path: Path, state: dict, buffer, *, num_states: int, sampling_steps: int | None, seed=0
+) -> dict:
+    """:func:`policy_diagnostics` on a run already loaded by :func:`_load_run`."""
+    buffer = buffer.with_batch_size(min(num_states, buffer.info.num_transitions), seed=seed)
     if not _stage_reached(state, 2):
         raise ValueError(
             f"{path} is in stage {int(state['stage_index'])} (step {state['stage_step']}): the "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib
 import os
 import platform
@@ -208,7 +209,9 @@ def make_update(loss) -> Callable[[TensorDict], TensorDict]:
     target = SoftUpdate(loss, tau=0.005)
 
     def update(batch: TensorDict) -> TensorDict:
-        out = loss(batch)
+        # a shallow copy: TorchRL's IQLLoss writes its actor's outputs (which require grad) into
+        # the batch it is given; the training loop gives each step a fresh batch, so must this
+        out = loss(batch.copy())
         total = sum(v for k, v in out.items() if k.startswith("loss_"))
         optim.zero_grad(set_to_none=True)
         total.backward()
@@ -290,14 +293,33 @@ def _graphed(update, warmup: int = 3):
 LABELS = {"iql": "TorchRL IQLLoss", "iql_hand": "IQL, hand-written PyTorch"}
 
 
-def measure(args, min_time: float, *, extras: bool) -> tuple[list[str], list[str]]:
+def _attempt(what: str, failures: list[str], fn: Callable[[], float]) -> float:
+    """``fn()``, or NaN with ``what`` and the error recorded in ``failures`` (one column that
+    fails, say a CUDA graph capture, must not cost the rows already measured)."""
+    try:
+        return fn()
+    except Exception as err:  # recorded in the page and printed, not swallowed
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        failures.append(f"{what}: failed ({type(err).__name__}: {first})")
+        print(f"{what}: FAILED {type(err).__name__}: {first}", flush=True)
+        return float("nan")
+
+
+def measure(
+    args,
+    min_time: float,
+    *,
+    extras: bool,
+    progress: Callable[[list[str]], None] | None = None,
+) -> tuple[list[str], list[str]]:
     """Time every case at the current thread count (or on the GPU); the markdown table and the
-    extra sections."""
+    extra sections. ``progress``, if given, gets the table of the rows measured so far after each
+    case (so a run stopped at a time limit still leaves them)."""
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     peak_n = 8192 if on_gpu else 2048
     peak_before = matmul_peak(peak_n, min_time=min_time, device=device)
-    rows, extra = [], []
+    rows, extra, failures = [], [], []
     for name in args.losses:
         torch.manual_seed(0)
         for label, update, batch in cases(
@@ -308,17 +330,28 @@ def measure(args, min_time: float, *, extras: bool) -> tuple[list[str], list[str
             compiled = graphed = compile_s = float("nan")
             if not args.no_compile:
                 cupdate = torch.compile(update)
-                t0 = time.perf_counter()
-                cupdate(batch)
-                _sync(device)
-                compile_s = time.perf_counter() - t0
-                compiled = rate(lambda u=cupdate, b=batch: u(b), min_time, warmup=5, device=device)
-                if on_gpu:
-                    gupdate = _graphed(cupdate)
-                    graphed = rate(
-                        lambda u=gupdate, b=batch: u(b), min_time, warmup=5, device=device
+
+                def first_call(u=cupdate, b=batch) -> float:
+                    t0 = time.perf_counter()
+                    u(b)
+                    _sync(device)
+                    return time.perf_counter() - t0
+
+                compile_s = _attempt(f"{label}, compile", failures, first_call)
+                if compile_s == compile_s:
+                    compiled = rate(
+                        lambda u=cupdate, b=batch: u(b), min_time, warmup=5, device=device
                     )
+                if on_gpu and compile_s == compile_s:
+
+                    def graph_rate(u=cupdate, b=batch) -> float:
+                        gupdate = _graphed(u)
+                        return rate(lambda: gupdate(b), min_time, warmup=5, device=device)
+
+                    graphed = _attempt(f"{label}, compiled + CUDA graph", failures, graph_rate)
             rows.append((label, eager, compiled, graphed, flops / 1e9, compile_s))
+            if progress is not None:
+                progress([*table_lines(rows, peak_before, on_gpu), *_failure_lines(failures)])
             print(
                 f"{label:14s} eager {eager:7.1f}/s  compiled {compiled:7.1f}/s  "
                 + (f"graphs {graphed:7.1f}/s  " if on_gpu else "")
@@ -341,6 +374,7 @@ def measure(args, min_time: float, *, extras: bool) -> tuple[list[str], list[str
             *lines[2:],
         ]
         lines += ["", *gpu_targets(rows)]
+    lines += _failure_lines(failures)
     print()
     print("\n".join(lines), flush=True)
     return lines, extra
@@ -349,6 +383,20 @@ def measure(args, min_time: float, *, extras: bool) -> tuple[list[str], list[str
 def _best(row) -> float:
     speeds = [v for v in row[1:4] if v == v]  # drop NaN (a column not measured)
     return max(speeds)
+
+
+def _failure_lines(failures: list[str]) -> list[str]:
+    """The columns that failed (shown as "—" in the table), one line each."""
+    return (
+        ["", "Not measured (the column shows —):", *[f"- {f}" for f in failures]]
+        if failures
+        else []
+    )
+
+
+def _num(value: float, spec: str) -> str:
+    """``value`` formatted, or "—" for a column not measured (NaN)."""
+    return "—" if value != value else format(value, spec)
 
 
 def table_lines(rows, peak: float, on_gpu: bool) -> list[str]:
@@ -369,9 +417,9 @@ def table_lines(rows, peak: float, on_gpu: bool) -> list[str]:
             best = _best(row)
             rel = best / _best(iql) if iql else float("nan")
             lines.append(
-                f"| {LABELS.get(name, name)} | {eager:,.1f} | {compiled:,.1f} | {graphed:,.1f} | "
-                f"{best / eager:.2f} | {gflop:.3f} | {best * gflop:,.0f} | "
-                f"{best * gflop / peak:.1%} | {rel:.2f} |"
+                f"| {LABELS.get(name, name)} | {eager:,.1f} | {_num(compiled, ',.1f')} | "
+                f"{_num(graphed, ',.1f')} | {best / eager:.2f} | {gflop:.3f} | "
+                f"{best * gflop:,.0f} | {best * gflop / peak:.1%} | {_num(rel, '.2f')} |"
             )
         return lines
     lines += [
@@ -469,6 +517,12 @@ def write_page(path: str | Path, kind: str, body: list[str]) -> None:
     tmp.replace(path)
 
 
+def _write_partial(path, kind: str, head: list[str], done: list[str], partial: list[str]) -> None:
+    """The page of a run still measuring: the tables finished so far and the rows of this one."""
+    note = "*Partial: the run was still measuring when this was written.*"
+    write_page(path, kind, [*head, note, "", *done, *partial, ""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -498,16 +552,8 @@ def main() -> None:
             f"--device {args.device}: CUDA is not available on this machine; use --device cpu."
         )
     min_time = 1.0 if args.quick else args.min_time
-    tables, extra = [], []
-    counts = [None] if device.type == "cuda" else (args.threads or [torch.get_num_threads()])
-    for i, threads in enumerate(counts):
-        if threads is not None:
-            torch.set_num_threads(threads)
-        torch._dynamo.reset()  # fresh compile caches: the same update code is compiled per loss
-        table, section = measure(args, min_time, extras=i == 0)
-        tables += [*table, ""]
-        extra += section
     if args.write:
+        kind = "cuda" if device.type == "cuda" else "cpu"
         if device.type == "cuda":
             machine = (
                 f"Machine: {torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores, "
@@ -518,17 +564,29 @@ def main() -> None:
                 f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                 f"torch {torch.__version__}."
             )
-        body = [
+        head = [
             "",
             f"Command: `python benchmarks/bench_losses.py {' '.join(sys.argv[1:])}`",
             "",
             f"{machine} Batch {args.batch}, MLPs {args.hidden}, observation {args.obs_dim}, "
             f"action {args.action_dim}.",
             "",
-            *tables,
-            *extra,
         ]
-        write_page(args.write, "cuda" if device.type == "cuda" else "cpu", body)
+    tables, extra = [], []
+    counts = [None] if device.type == "cuda" else (args.threads or [torch.get_num_threads()])
+    for i, threads in enumerate(counts):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        torch._dynamo.reset()  # fresh compile caches: the same update code is compiled per loss
+        progress = None
+        if args.write:  # the page as far as the run got: a run stopped at a limit keeps its rows
+            progress = functools.partial(_write_partial, args.write, kind, head, list(tables))
+
+        table, section = measure(args, min_time, extras=i == 0, progress=progress)
+        tables += [*table, ""]
+        extra += section
+    if args.write:
+        write_page(args.write, kind, [*head, *tables, *extra])
 
 
 if __name__ == "__main__":

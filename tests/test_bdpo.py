@@ -764,3 +764,20 @@ def test_stratified_steps_halve_the_bootstrap_flops():
         stratified = flops(lambda: loss._bootstrap(obs, prev, n, batch // N))
     assert uniform == q_all + v_all
     assert stratified == q_all // N + v_all * (N - 1) // N
+
+
+def test_the_noise_tables_follow_the_loss_to_its_device_and_dtype():
+    """The forward process (``add_noise``) runs on the networks themselves, outside the swapped-in
+    parameter copies: ``loss.to(...)`` must move their schedules too. On a GPU the value and
+    behavior losses failed with "cuda:0 and cpu" before this (found on the H200); dtype is the
+    CPU-visible trace of the same move."""
+    loss = _make_loss().to(torch.float64)
+    for net in (loss.actor_network, loss.behavior_network):
+        tables = dict(net.schedule.named_buffers())
+        assert tables and all(t.dtype == torch.float64 for t in tables.values()), net
+    batch = _batch().apply(lambda t: t.double() if t.is_floating_point() else t)
+    for part in (loss.value_loss, loss.behavior_loss, loss.qvalue_loss, loss.actor_loss):
+        out = part(batch)
+        assert all(v.dtype == torch.float64 for k, v in out.items() if k.startswith("loss_"))
+    # registering the schedules adds nothing to a checkpoint (their tables are not persistent)
+    assert not [k for k in loss.state_dict() if "_schedule" in k]

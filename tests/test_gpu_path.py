@@ -410,3 +410,46 @@ def test_no_synchronizing_call_in_a_compiled_gpu_step():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@cuda
+def test_a_dataset_given_on_the_gpu_loads_with_its_statistics_on_the_cpu():
+    """A TensorDict already on the GPU is a valid dataset: its statistics (episode returns,
+    observation loc/scale) are computed on the CPU as documented, and the buffer samples on the
+    device asked for (this failed with "cuda:0 ... cpu" in torch.cat before; found on the H200)."""
+    buffer = make_offline_replay_buffer(_dataset(device="cuda"), 32, seed=0, device="cuda")
+    info = buffer.info
+    assert info.episode_returns.device.type == "cpu"
+    assert info.observation_loc.device.type == "cpu"
+    assert buffer.sample().device.type == "cuda"
+
+
+@cuda
+def test_bdpo_updates_run_on_the_gpu(monkeypatch):
+    """The BDPO critic and actor updates at the paper's sizes, on the device (add_noise read its
+    schedule from the CPU before the loss registered the networks' schedules)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_losses
+
+    torch.manual_seed(0)
+    for label, update, batch in bench_losses.cases("bdpo", 11, 3, [256, 256], 64, "cuda"):
+        for _ in range(2):
+            out = update(batch)
+        assert all(torch.isfinite(v).all() for v in out.values()), label
+
+
+@cuda
+def test_torchrl_iql_update_captures_in_a_cuda_graph(monkeypatch):
+    """TorchRL's IQLLoss writes grad-requiring actor outputs into its input; the benchmark's
+    update gives it a shallow copy (as the loop gives each step a fresh batch), so the update
+    can be captured (it could not: "CudaGraphModule cannot be part of a graph")."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_losses
+
+    torch.manual_seed(0)
+    ((_, update, batch),) = bench_losses.cases("iql", 11, 3, [64, 64], 32, "cuda")
+    graphed = bench_losses._graphed(torch.compile(update))
+    for _ in range(6):  # warmup, capture, replays
+        out = graphed(batch)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out["loss_qvalue"]).all()

@@ -336,6 +336,7 @@ def load_offline_dataset(
         validate=lambda data, meta: _check_env(data, meta, env),
     )
     data = raw.to_tensordict() if raw.is_memmap() else raw.clone()
+    data = data.to("cpu")  # a TensorDict passed on a GPU too: statistics and info live on the CPU
     env_id = _check_env(data, meta, env)
     episode_returns = _episode_returns(data)
 
@@ -1106,8 +1107,8 @@ def _episode_returns(data: TensorDictBase) -> torch.Tensor:
     """Undiscounted return of every episode, episodes delimited by ``episode_end``."""
     rewards = data["next", "reward"].squeeze(-1).to(torch.float64)
     ends = data["episode_end"].nonzero().squeeze(-1)
-    csum = torch.cat([torch.zeros(1, dtype=torch.float64), rewards.cumsum(0)])
-    bounds = torch.cat([torch.zeros(1, dtype=torch.long), ends + 1])
+    csum = torch.cat([rewards.new_zeros(1), rewards.cumsum(0)])
+    bounds = torch.cat([ends.new_zeros(1), ends + 1])
     return csum[bounds[1:]] - csum[bounds[:-1]]
 
 

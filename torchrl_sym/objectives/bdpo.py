@@ -425,6 +425,11 @@ class BDPOLoss(LossModule):
             self.qvalue_network, (None, 0), randomness=self.vmap_randomness
         )
         self.register_buffer("kl_weight", schedule.kl_weight.clone(), persistent=False)
+        # The forward process (add_noise) runs on the networks themselves, outside the functional
+        # calls that swap the parameter copies in: their schedules are also children of this
+        # module, so ``.to(device)`` moves the noise tables with everything else.
+        self._actor_schedule = actor_network.schedule
+        self._behavior_schedule = behavior_network.schedule
 
     # ------------------------------------------------------------------------------ plumbing
     def _forward_value_estimator_keys(self, **kwargs) -> None:

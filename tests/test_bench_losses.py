@@ -12,21 +12,24 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_losses_writes_the_table(tmp_path):
-    page = tmp_path / "benchmarks.md"
+def _run_bench(*args: str, timeout: int = 300) -> None:
+    """benchmarks/bench_losses.py with ``args`` in a subprocess; it must succeed."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_losses.py"),
-            *("--losses", "iql", "iql_hand", "sfac"),
-            *("--no-compile", "--threads", "1", "2", "--min-time", "0.05", "--batch", "32"),
-            *("--hidden", "32", "32", "--write", str(page)),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_losses.py"), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_bench_losses_writes_the_table(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    _run_bench(
+        *("--losses", "iql", "iql_hand", "sfac"),
+        *("--no-compile", "--threads", "1", "2", "--min-time", "0.05", "--batch", "32"),
+        *("--hidden", "32", "32", "--write", str(page)),
+    )
     text = page.read_text()
     assert "**1 thread(s)**" in text and "**2 thread(s)**" in text  # one table per thread count
     rows = [line for line in text.splitlines() if line.startswith("| ")]
@@ -41,18 +44,11 @@ def test_bench_losses_writes_the_table(tmp_path):
 
 def test_bench_losses_runs_the_staged_cases_of_srpo_and_bdpo(tmp_path):
     page = tmp_path / "benchmarks.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_losses.py"),
-            *("--losses", "srpo", "bdpo", "--no-compile", "--threads", "1"),
-            *("--min-time", "0.05", "--batch", "8", "--hidden", "16", "--write", str(page)),
-        ],
-        capture_output=True,
-        text=True,
+    _run_bench(
+        *("--losses", "srpo", "bdpo", "--no-compile", "--threads", "1"),
+        *("--min-time", "0.05", "--batch", "8", "--hidden", "16", "--write", str(page)),
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     text = page.read_text()
     labels = [row.split("|")[1].strip() for row in text.splitlines() if row.startswith("| ")]
     assert {"srpo policy", "bdpo-critic", "bdpo-actor"} <= set(labels)
@@ -194,18 +190,10 @@ def test_a_stopped_run_leaves_the_rows_it_measured(tmp_path):
     text = page.read_text()
     assert "*Partial: the run was still measuring" in text and "| iql | 1 |" in text
     assert "kept gpu part" in text
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_losses.py"),
-            *("--losses", "iql_hand", "--no-compile", "--threads", "1", "--min-time", "0.05"),
-            *("--batch", "8", "--hidden", "16", "--write", str(page)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    _run_bench(
+        *("--losses", "iql_hand", "--no-compile", "--threads", "1", "--min-time", "0.05"),
+        *("--batch", "8", "--hidden", "16", "--write", str(page)),
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     text = page.read_text()
     assert "Partial" not in text and "IQL, hand-written PyTorch" in text and "kept gpu part" in text
 

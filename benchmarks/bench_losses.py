@@ -19,7 +19,9 @@ On a GPU (``--device cuda``) the data and networks live on the device, Adam is `
 CUDA-graph column needs it; every column uses it so they time the same update), and a third column
 times the compiled update captured in a CUDA graph (tensordict's ``CudaGraphModule``, as the
 training loop's ``cudagraphs=true``). ``--write`` replaces only its device's section of the page
-(CPU or GPU) and keeps the other.
+(CPU or GPU) and keeps the other; it rewrites the section after every loss (marked partial until
+the run ends), so a run stopped at a time limit keeps the rows it measured. A column that fails
+(a compile, a graph capture) shows "—" and is named under the table; the run goes on.
 
 Besides the losses, ``iql_hand`` is IQL written in plain PyTorch (the reference for how fast an
 update of this size can run); ``srpo`` and ``bdpo`` come from ``benchmarks/cases_<algo>.py``.
@@ -338,17 +340,17 @@ def measure(
                     return time.perf_counter() - t0
 
                 compile_s = _attempt(f"{label}, compile", failures, first_call)
-                if compile_s == compile_s:
+                if compile_s == compile_s:  # compiled: time it, and on a GPU its CUDA graph
                     compiled = rate(
                         lambda u=cupdate, b=batch: u(b), min_time, warmup=5, device=device
                     )
-                if on_gpu and compile_s == compile_s:
+                    if on_gpu:
 
-                    def graph_rate(u=cupdate, b=batch) -> float:
-                        gupdate = _graphed(u)
-                        return rate(lambda: gupdate(b), min_time, warmup=5, device=device)
+                        def graph_rate(u=cupdate, b=batch) -> float:
+                            gupdate = _graphed(u)
+                            return rate(lambda: gupdate(b), min_time, warmup=5, device=device)
 
-                    graphed = _attempt(f"{label}, compiled + CUDA graph", failures, graph_rate)
+                        graphed = _attempt(f"{label}, compiled + CUDA graph", failures, graph_rate)
             rows.append((label, eager, compiled, graphed, flops / 1e9, compile_s))
             if progress is not None:
                 progress([*table_lines(rows, peak_before, on_gpu), *_failure_lines(failures)])
@@ -430,7 +432,9 @@ def table_lines(rows, peak: float, on_gpu: bool) -> list[str]:
         achieved = compiled * gflop
         rel = compiled / iql[2] if iql else float("nan")
         lines.append(
-            f"| {LABELS.get(name, name)} | {eager:.1f} | {compiled:.1f} | {compiled / eager:.2f} | {gflop:.3f} | {achieved:.1f} | {achieved / peak:.0%} | {rel:.2f} |"
+            f"| {LABELS.get(name, name)} | {eager:.1f} | {_num(compiled, '.1f')} | "
+            f"{_num(compiled / eager, '.2f')} | {gflop:.3f} | {_num(achieved, '.1f')} | "
+            f"{_num(achieved / peak, '.0%')} | {_num(rel, '.2f')} |"
         )
     return lines
 

@@ -14,6 +14,7 @@ batch 256, 2×256 MLPs). Printed per loss:
     python benchmarks/bench_losses.py --losses iql sfac --quick
     python benchmarks/bench_losses.py --threads 1 2 --write docs/benchmarks.md   # one table per count
     python benchmarks/bench_losses.py --device cuda --write docs/benchmarks.md    # the GPU section
+    python benchmarks/bench_losses.py --stack-seeds 5 --precision bf16 --losses sfac iql --quick
 
 On a GPU (``--device cuda``) the data and networks live on the device, Adam is ``capturable`` (the
 CUDA-graph column needs it; every column uses it so they time the same update), and a third column
@@ -22,6 +23,14 @@ training loop's ``cudagraphs=true``). ``--write`` replaces only its device's sec
 (CPU or GPU) and keeps the other; it rewrites the section after every loss (marked partial until
 the run ends), so a run stopped at a time limit keeps the rows it measured. A column that fails
 (a compile, a graph capture) shows "—" and is named under the table; the run goes on.
+
+With ``--stack-seeds K`` (and ``--precision fp32|bf16``) it measures stacked seeds instead: per
+loss, K seeds in one vmapped update (the training loop's own update step, ``stack_seeds=K``) beside
+one fp32 seed, each eager and compiled, in the same run; the figure is seed-updates per second
+(K × updates/s), and each loss prints ``<loss>: seed-updates/s ratio vs one fp32 seed: <x>`` (best
+of eager and compiled, stacked, over best of eager and compiled, one fp32 seed). Besides the
+one-loss updates, ``srpo-behavior`` (SRPO's diffusion behavior cloning, AdamW) and ``bdpo-critic``
+(BDPO's Q and V_n losses with per-seed gradient clipping and the critic EMA) stack too.
 
 Besides the losses, ``iql_hand`` is IQL written in plain PyTorch (the reference for how fast an
 update of this size can run); ``srpo`` and ``bdpo`` come from ``benchmarks/cases_<algo>.py``.
@@ -465,7 +474,11 @@ def gpu_targets(rows) -> list[str]:
     return out
 
 
-SECTIONS = {"cpu": "## Loss updates", "cuda": "## Loss updates on a GPU"}
+SECTIONS = {
+    "cpu": "## Loss updates",
+    "cuda": "## Loss updates on a GPU",
+    "stacked": "## Stacked seeds",
+}
 HEADER = [
     "# Benchmarks",
     "",
@@ -512,7 +525,7 @@ def write_page(path: str | Path, kind: str, body: list[str]) -> None:
     sections = _sections(path.read_text()) if path.exists() else {}
     sections[kind] = body
     page = list(HEADER)
-    for name in ("cpu", "cuda"):
+    for name in ("cpu", "cuda", "stacked"):
         if name in sections:
             page += [SECTIONS[name], f"<!-- section {name} -->", *sections[name]]
             page += [f"<!-- end section {name} -->", ""]
@@ -525,6 +538,172 @@ def _write_partial(path, kind: str, head: list[str], done: list[str], partial: l
     """The page of a run still measuring: the tables finished so far and the rows of this one."""
     note = "*Partial: the run was still measuring when this was written.*"
     write_page(path, kind, [*head, note, "", *done, *partial, ""])
+
+
+# ---------------------------------------------------------------------------------- stacked seeds
+
+STACKABLE = ("iql", "awac", "sql", "xql", "sfac", "srpo-behavior", "bdpo-critic")
+
+
+def _seed_case(name: str, obs_dim: int, act_dim: int, hidden: list[int], device):
+    """``(modules, stage)`` of one seed of loss ``name``: the stage holds its objectives with
+    their own optimizers and its target updates, as a recipe builds them."""
+    from torchrl_sym.train.loop import Objective, Stage, TargetUpdate
+
+    if name == "srpo-behavior":
+        from cases_srpo import make_behavior
+
+        from torchrl_sym.objectives import DiffusionBehaviorLoss
+
+        loss = DiffusionBehaviorLoss(make_behavior(obs_dim, act_dim), action_reduction="sum")
+        loss = loss.to(device)
+        opt = torch.optim.AdamW(loss.actor_network_params.values(True, True), lr=3e-4)
+        stage = Stage("behavior", 1, [Objective("bc", loss, [opt])])
+        return {"loss": loss}, stage
+    if name == "bdpo-critic":
+        from cases_bdpo import make_loss
+
+        loss = make_loss(obs_dim, act_dim).to(device)
+        q_opt, v_opt = (
+            adam(getattr(loss, f"{n}_network_params").values(True, True))
+            for n in ("qvalue", "value")
+        )
+        stage = Stage(
+            "train",
+            1,
+            [
+                Objective("qvalue", loss.qvalue_loss, [q_opt], max_grad_norm=1.0),
+                Objective("value", loss.value_loss, [v_opt], max_grad_norm=1.0),
+            ],
+            [TargetUpdate(loss.make_target_updater("critic"))],
+        )
+        return {"loss": loss}, stage
+    loss = build_loss(name, obs_dim, act_dim, hidden).to(device)
+    params = [p for p in loss.parameters() if p.requires_grad]
+    stage = Stage(
+        "train",
+        1,
+        [Objective(name, loss, [adam(params)])],
+        [TargetUpdate(SoftUpdate(loss, tau=0.005))],
+    )
+    return {"loss": loss}, stage
+
+
+def stacked_update(name: str, num_seeds: int, precision: str, compiled: bool, args, device):
+    """``(update(batch), batch)``: the training loop's update step for ``num_seeds`` seeds of
+    ``name`` (one seed: the ordinary unstacked update), eager or compiled, in ``precision``."""
+    from torchrl_sym.train.loop import OfflineLoop
+    from torchrl_sym.train.precision import keep_outputs_fp32
+    from torchrl_sym.train.stacking import SeedStack
+
+    seeds = []
+    for k in range(num_seeds):
+        torch.manual_seed(k)
+        seeds.append(_seed_case(name, args.obs_dim, args.action_dim, args.hidden, device))
+    modules, stage = seeds[0]
+    stack = None
+    if num_seeds > 1:
+        stack = SeedStack.stack([m for m, _ in seeds])
+    if precision == "bf16":
+        keep_outputs_fp32(modules.values())
+    loop = OfflineLoop(
+        [stage], None, modules=modules, stack=stack, precision=precision, compile=compiled
+    )
+    update = loop._update_fn(stage)
+    active = tuple(True for _ in stage.objectives)
+    targets = tuple(True for _ in stage.targets)
+    batches = [
+        _batch(args.batch, args.obs_dim, args.action_dim, seed=k, device=device)
+        for k in range(num_seeds)
+    ]
+    batch = batches[0] if num_seeds == 1 else torch.stack(batches)
+
+    def step(b):
+        return update(b.copy(), active, targets)
+
+    return step, batch
+
+
+def measure_stacked(args, min_time: float) -> list[str]:
+    """Seed-updates/s of ``--stack-seeds K`` seeds in ``--precision`` beside one fp32 seed, per
+    loss, eager and compiled; prints the ratio line of each loss; returns the markdown table."""
+    device = torch.device(args.device)
+    k, precision = args.stack_seeds, args.precision
+    rows = []
+    for name in args.losses:
+        if name not in STACKABLE:
+            print(f"{name}: not a stackable case (choose from {', '.join(STACKABLE)}); skipped")
+            continue
+        speeds = {}
+        for label, seeds, prec in (
+            ("one fp32 seed", 1, "fp32"),
+            (f"{k} seeds {precision}", k, precision),
+        ):
+            for compiled in [False] if args.no_compile else [False, True]:
+                torch._dynamo.reset()
+                step, batch = stacked_update(name, seeds, prec, compiled, args, device)
+                step(batch)  # the first call compiles
+                per_s = rate(lambda s=step, b=batch: s(b), min_time, warmup=3, device=device)
+                speeds[(label, compiled)] = per_s * seeds
+                print(
+                    f"{name:14s} {label:16s} {'compiled' if compiled else 'eager   '} "
+                    f"{per_s:8.1f} updates/s = {per_s * seeds:8.1f} seed-updates/s",
+                    flush=True,
+                )
+        single = max(v for (label, _), v in speeds.items() if label == "one fp32 seed")
+        stacked = max(v for (label, _), v in speeds.items() if label != "one fp32 seed")
+        ratio = stacked / single
+        print(f"{name}: seed-updates/s ratio vs one fp32 seed: {ratio:.2f}", flush=True)
+        rows.append((name, speeds, ratio))
+    compiled_cols = not args.no_compile
+    lines = [
+        f"**{torch.get_num_threads()} thread(s), {k} stacked seeds in {precision}** "
+        "(seed-updates/s = seeds × updates/s; ratio: best stacked over best single fp32 seed).",
+        "",
+        "| loss | 1 fp32 seed eager | 1 fp32 seed compiled | "
+        f"{k} seeds {precision} eager | {k} seeds {precision} compiled | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, speeds, ratio in rows:
+        cells = []
+        for label in ("one fp32 seed", f"{k} seeds {precision}"):
+            for compiled in (False, True):
+                value = speeds.get((label, compiled)) if (compiled_cols or not compiled) else None
+                cells.append("—" if value is None else f"{value:.1f}")
+        lines.append(f"| {LABELS.get(name, name)} | {' | '.join(cells)} | {ratio:.2f} |")
+    return lines
+
+
+def write_stacked(path: str | Path, lines: list[str]) -> None:
+    """``lines`` as the stacked-seeds section of the page at ``path`` (the other sections kept)."""
+    machine = (
+        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+        f"bf16 matmuls {'in hardware (AMX or AVX512-BF16)' if _has_bf16() else 'emulated (no AMX or AVX512-BF16 on this CPU)'}."
+    )
+    body = [
+        "",
+        f"Command: `python benchmarks/bench_losses.py {' '.join(sys.argv[1:])}`",
+        "",
+        machine,
+        "",
+        *lines,
+        "",
+    ]
+    write_page(path, "stacked", body)
+
+
+def _cpu_model() -> str:
+    from torchrl_sym.train.provenance import cpu_model
+
+    return cpu_model()
+
+
+def _has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def main() -> None:
@@ -547,7 +726,16 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="1 s timings")
     parser.add_argument("--write", default=None, help="write the table (markdown) to this file")
+    parser.add_argument(
+        "--stack-seeds",
+        type=int,
+        default=None,
+        help="measure K stacked seeds per loss beside one fp32 seed (seed-updates/s)",
+    )
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args()
+    if args.stack_seeds is not None and args.stack_seeds < 1:
+        parser.error(f"--stack-seeds {args.stack_seeds}: pass K >= 1 seeds.")
     device = torch.device(args.device)
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {args.device!r}: use cpu or cuda[:N].")
@@ -556,6 +744,14 @@ def main() -> None:
             f"--device {args.device}: CUDA is not available on this machine; use --device cpu."
         )
     min_time = 1.0 if args.quick else args.min_time
+    if args.stack_seeds is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads[0])
+        lines = measure_stacked(args, min_time)
+        print("\n".join(["", *lines]), flush=True)
+        if args.write:
+            write_stacked(args.write, lines)
+        return
     if args.write:
         kind = "cuda" if device.type == "cuda" else "cpu"
         if device.type == "cuda":

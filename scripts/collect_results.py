@@ -83,9 +83,12 @@ def _last_eval_step(run: Path) -> int | None:
 
 
 def _last_checkpoint_step(run: Path) -> int | None:
+    # a seed of a stacked run (seed_<s>/ beside stack.yaml): the checkpoints of all its seeds
+    # are its parent's
+    folder = run.parent if (run.parent / "stack.yaml").is_file() else run
     steps = [
         int(m.group(1))
-        for p in (run / "checkpoints").glob("ckpt_*.pt")
+        for p in (folder / "checkpoints").glob("ckpt_*.pt")
         if (m := re.fullmatch(r"ckpt_(\d+)\.pt", p.name))
     ]
     return max(steps, default=None)

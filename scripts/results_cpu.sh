@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
 # The experiment=cpu results (docs/results.md): every algorithm of the comparison, three seeds per
-# cell, one hydra multirun (joblib launcher) per algorithm and task.
+# cell, the seeds of a cell stacked in one process (stack_seeds=3: seeds 0, 1, 2 trained together,
+# docs/training.md "Stacked seeds").
 #
-#   scripts/results_cpu.sh hopper-medium halfcheetah-medium     # tasks (default: these two)
-#   JOBS=2 ALGOS="iql sfac" scripts/results_cpu.sh walker2d-medium
-#   DRY_RUN=1 scripts/results_cpu.sh                              # print what it would run, run nothing
+#   scripts/results_cpu.sh walker2d-medium                       # tasks (default: walker2d-medium)
+#   ALGOS="iql sfac" scripts/results_cpu.sh walker2d-medium      # some algorithms only
+#   SEEDS=5 scripts/results_cpu.sh hopper-medium                 # five seeds per cell (0..4)
+#   EXTRA="precision=bf16" TAG=bf16 scripts/results_cpu.sh hopper-medium   # a variant row
+#   DRY_RUN=1 scripts/results_cpu.sh                             # print what it would run, run nothing
 #
-# Runs (with checkpoints) go to $RUNS/cpu/<task>/<algo>/<n>_seed<s>/; after each sweep their logs
-# are mirrored into results/cpu/<task>/<algo>/ (scripts/collect_results.py; a finished SRPO run
-# first gets scripts/eval_behavior.py's behavior_eval.json, 20 DDPM steps), and
-#   python -m torchrl_sym.report results/ --out docs/results.md
-# regenerates the page. Re-running the script after a kill resumes: an unfinished run whose
-# directory is still there is continued with resume=<its directory>, and only the seeds and variants
-# that neither $RUNS nor results/ hold finished are started (so a new machine, whose $RUNS is
-# empty, runs only what the committed logs lack).
-# Put RUNS outside the checkout (for example RUNS=~/runs/results) where the checkout can be replaced
-# between sessions: the checkpoints a resume needs live there and are never committed.
+# One process per cell (algorithm, variant, task), all its seeds stacked: run several cells at once
+# by starting the script once per core (pin each with taskset and OMP_NUM_THREADS=1). A cell's run
+# goes to $RUNS/cpu/<task>/<algo>/<variant>_stack<K>/ (stack.yaml, checkpoints/ of all seeds, and
+# seed_<s>/ per seed); when it has finished, its seeds' logs are mirrored into
+# results/cpu/<task>/<algo>/ (scripts/collect_results.py; a finished SRPO seed first gets
+# scripts/eval_behavior.py's behavior_eval.json, 20 DDPM steps), and
+#   python -m torchrl_sym.report results/cpu --out docs/results.md ...
+# regenerates the page. Re-running the script after a kill resumes: a cell whose run directory
+# is still there is continued with resume=<its directory>; a cell whose seeds results/ already
+# holds finished is skipped (so a new machine, whose $RUNS is empty, runs only what the committed
+# logs lack).
+# Put RUNS outside the checkout (for example RUNS=~/runs/results) where the checkout can be
+# replaced between sessions: the checkpoints a resume needs live there and are never committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-runs/results}
-JOBS=${JOBS:-1}
 ALGOS=${ALGOS:-"iql sfac awac sql xql td3bc srpo"}
+SEEDS=${SEEDS:-3}
+EXTRA=${EXTRA:-}
+TAG=${TAG:-}
 TASKS=("$@")
-[ ${#TASKS[@]} -eq 0 ] && TASKS=(hopper-medium halfcheetah-medium)
+[ ${#TASKS[@]} -eq 0 ] && TASKS=(walker2d-medium)
 
 launch() {  # a recipe run, or with DRY_RUN=1 only its command line
   if [ -n "${DRY_RUN:-}" ]; then echo "python $*"; else python "$@"; fi
@@ -36,59 +44,55 @@ variants() {  # the algorithm's variant axis (one override per variant): Sf-AC r
   esac
 }
 
-has_run() {  # has_run <dir> <seed> <override or -> [finished]: a run of that seed and variant
-  local config  # exists in <dir> (with "finished": one that wrote summary.json)
-  for config in "$1"/*/config.yaml; do
-    [ -f "$config" ] || continue
-    [ "${4:-}" = "finished" ] && [ ! -f "$(dirname "$config")/summary.json" ] && continue
-    grep -q "^seed: $2\$" "$config" || continue
-    if [ "$3" = "-" ] || grep -q "^  ${3#*.}\$" <(sed -n "/^${3%%.*}:/,/^[^ ]/p" "$config" | sed 's/: /=/'); then
-      return 0
+finished_seeds() {  # finished_seeds <dir> <override or -> <tag>: seeds with a summary.json there
+  local config n=0
+  for config in "$1"/*/config.yaml "$1"/*/seed_*/config.yaml; do
+    [ -f "$config" ] && [ -f "$(dirname "$config")/summary.json" ] || continue
+    if [ "$2" != "-" ] && ! grep -q "^  ${2#*.}\$" <(sed -n "/^${2%%.*}:/,/^[^ ]/p" "$config" | sed 's/: /=/'); then
+      continue
     fi
+    if [ -n "$3" ]; then
+      grep -q "^precision: ${3}\$" "$config" || continue
+    elif grep -q "^precision: bf16\$" "$config"; then
+      continue  # a bf16 row is not the fp32 cell
+    fi
+    n=$((n + 1))
   done
-  return 1
+  echo "$n"
 }
 
 for task in "${TASKS[@]}"; do
   for algo in $ALGOS; do
-    sweep="$RUNS/cpu/$task/$algo"
     committed="results/cpu/$task/$algo"
-    if [ ! -d "$sweep" ] && [ ! -d "$committed" ]; then
-      axis=$(variants "$algo")
-      [ "$axis" = "-" ] && axis="" || axis="${axis%%=*}=$(echo "$axis" | tr ' ' '\n' | sed 's/.*=//' | paste -sd,)"
-      # shellcheck disable=SC2086
-      launch "recipes/$algo.py" -m experiment=cpu "task=$task" $axis \
-        hydra/launcher=joblib "hydra.launcher.n_jobs=$JOBS" "hydra.sweep.dir=$sweep"
-    else
-      # a killed sweep: continue its unfinished runs, then start the ones it never reached and
-      # that results/ does not hold finished (run directories are lost with the machine; the
-      # committed logs are not)
-      for run in "$sweep"/*/; do
-        if [ -f "$run/config.yaml" ] && [ ! -f "$run/summary.json" ]; then
-          launch "recipes/$algo.py" "resume=${run%/}"
+    for variant in $(variants "$algo"); do
+      name="${variant##*=}"; [ "$variant" = "-" ] && name=run
+      [ -n "$TAG" ] && name="${name}_$TAG"
+      run="$RUNS/cpu/$task/$algo/${name}_stack$SEEDS"
+      extra=(); [ "$variant" != "-" ] && extra=("$variant")
+      # shellcheck disable=SC2206
+      [ -n "$EXTRA" ] && extra+=($EXTRA)
+      if [ -f "$run/stack.yaml" ]; then
+        done_seeds=$(ls "$run"/seed_*/summary.json 2>/dev/null | wc -l)
+        if [ "$done_seeds" -lt "$SEEDS" ]; then
+          launch "recipes/$algo.py" "resume=$run"
         fi
-      done
-      for variant in $(variants "$algo"); do
-        for seed in 0 1 2; do
-          if ! has_run "$sweep" "$seed" "$variant" && ! has_run "$committed" "$seed" "$variant" finished; then
-            extra=(); name=late_seed$seed
-            [ "$variant" != "-" ] && extra=("$variant") && name=late_${variant##*=}_seed$seed
-            launch "recipes/$algo.py" experiment=cpu "task=$task" "seed=$seed" "${extra[@]}" \
-              "hydra.run.dir=$sweep/$name"
+      elif [ "$(finished_seeds "$committed" "$variant" "$TAG")" -ge "$SEEDS" ]; then
+        continue  # the committed logs hold this cell's seeds finished
+      else
+        launch "recipes/$algo.py" experiment=cpu "task=$task" seed=0 "stack_seeds=$SEEDS" \
+          "${extra[@]}" "hydra.run.dir=$run"
+      fi
+      if [ "$algo" = srpo ] && [ -d "$run" ]; then  # each finished seed: its behavior model alone
+        for seed_dir in "$run"/seed_*/; do
+          if [ -f "$seed_dir/summary.json" ] && [ ! -f "$seed_dir/behavior_eval.json" ]; then
+            if [ -n "${DRY_RUN:-}" ]; then echo "python scripts/eval_behavior.py ${seed_dir%/} --sampling-steps 20"
+            else python scripts/eval_behavior.py "${seed_dir%/}" --sampling-steps 20; fi
           fi
         done
-      done
-    fi
-    if [ "$algo" = srpo ]; then  # each finished SRPO run: its behavior model alone, as a policy
-      for run in "$sweep"/*/; do
-        if [ -f "$run/summary.json" ] && [ ! -f "$run/behavior_eval.json" ]; then
-          if [ -n "${DRY_RUN:-}" ]; then echo "python scripts/eval_behavior.py ${run%/} --sampling-steps 20"
-          else python scripts/eval_behavior.py "${run%/}" --sampling-steps 20; fi
-        fi
-      done
-    fi
-    if [ -d "$sweep" ] && [ -z "${DRY_RUN:-}" ]; then
-      python scripts/collect_results.py "$sweep" "$committed"
-    fi
+      fi
+      if [ -d "$run" ] && [ -z "${DRY_RUN:-}" ]; then
+        python scripts/collect_results.py "$run" "$committed/$(basename "$run")"
+      fi
+    done
   done
 done

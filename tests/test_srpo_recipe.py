@@ -274,6 +274,8 @@ def test_eval_behavior_scores_the_behavior_model_alone(tmp_path, dataset, capsys
     recipe = _load_recipe()
     from omegaconf import OmegaConf
 
+    from torchrl_sym.train.evaluate import evaluation_seeds
+
     cfg = OmegaConf.load(run / "config.yaml")
     loss = recipe.make_behavior_loss(cfg.srpo.behavior, 11, 3)
     loss.load_state_dict(_ckpt(run, 30)["modules"]["behavior"])
@@ -284,8 +286,9 @@ def test_eval_behavior_scores_the_behavior_model_alone(tmp_path, dataset, capsys
         ("sample", ExplorationType.RANDOM),
         ("deterministic", ExplorationType.DETERMINISTIC),
     ):
+        seeds = evaluation_seeds(int(cfg.seed), 2, cfg.eval.get("start_states", "legacy"))
         returns = evaluate_policy(env, behavior, num_episodes=2, max_steps=20,
-                                  seed=int(cfg.seed) + 100, exploration_type=mode)  # fmt: skip
+                                  seeds=seeds, exploration_type=mode)  # fmt: skip
         assert result[name]["return"] == pytest.approx(float(returns.mean()), rel=1e-9)
         assert result[name]["normalized_score"] == pytest.approx(
             float(normalized_score("Hopper-v5", returns.mean().item())), rel=1e-9

@@ -491,7 +491,7 @@ class BDPOLoss(LossModule):
         """Online parameters, or the EMA copy as plain tensors (``to_module`` would otherwise turn
         the stored target buffers into trainable ``Parameter`` s)."""
         if target:
-            return getattr(self, f"target_{name}_params").data
+            return getattr(self, f"target_{name}_params").detach()
         return getattr(self, f"{name}_params")
 
     def _repeat(self, x: Tensor) -> Tensor:
@@ -501,7 +501,7 @@ class BDPOLoss(LossModule):
     def _epsilon(self, name: str, target: bool, observation, action, time) -> Tensor:
         network = getattr(self, name)
         params = self._params(name, target)
-        with params.to_module(network):
+        with params.to_module(network, preserve_module_state=False):
             return network.epsilon(observation, action, time)
 
     def q_values(self, observation: Tensor, action: Tensor, *, target: bool = False) -> Tensor:
@@ -568,7 +568,7 @@ class BDPOLoss(LossModule):
 
     def _one_step(self, observation, noisy, n, eps, mean_std_params) -> Tensor:
         """M draws ``a^{n−1} = μ(a^n) + 1[n > 1] √β_n z`` -> ``[*B, M, A]`` (reparameterized)."""
-        with mean_std_params.to_module(self.actor_network):
+        with mean_std_params.to_module(self.actor_network, preserve_module_state=False):
             mean, std = self.actor_network.reverse_kernel(observation, noisy, n, eps=eps)
         std = std * (n > 1).unsqueeze(-1).to(std.dtype)
         z = torch.randn(
@@ -648,7 +648,9 @@ class BDPOLoss(LossModule):
             *batch, 1
         ).to(reward.dtype)
         obs = self._repeat(tensordict.get(("next", self.tensor_keys.observation)))
-        with self._params("actor_network", True).to_module(self.actor_network):
+        with self._params("actor_network", True).to_module(
+            self.actor_network, preserve_module_state=False
+        ):
             chain = self.actor_network.sample_chain(obs)
         steps = chain.actions[:-1]  # a'^N .. a'^1, [N, *B, M, A]
         times = chain.times.view(-1, *([1] * (steps.dim() - 2)))
@@ -837,7 +839,9 @@ class BDPOPolicy(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         loss = self.loss
         observation = tensordict.get(self.in_keys[0])
-        with loss._params("actor_network", True).to_module(loss.actor_network):
+        with loss._params("actor_network", True).to_module(
+            loss.actor_network, preserve_module_state=False
+        ):
             action = loss.actor_network.sample(
                 observation, num_samples=self.num_samples, critic=self._mean_q
             )

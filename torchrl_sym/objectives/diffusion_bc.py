@@ -190,7 +190,7 @@ class DiffusionBehaviorLoss(LossModule):
             action = action.clamp(-self.action_clip, self.action_clip)
         time = self._draw_time(action.shape[:-1], action)
         actor = self.actor_network
-        with self.actor_network_params.to_module(actor):
+        with self.actor_network_params.to_module(actor, preserve_module_state=False):
             noisy, noise = actor.add_noise(action, time)
             eps = actor.epsilon(observation, noisy, time)
         error = (eps - noise).pow(2)
@@ -210,5 +210,7 @@ class DiffusionBehaviorLoss(LossModule):
         """Within the block, the actor runs with the EMA target parameters (``ema`` required)."""
         if self.ema is None:
             raise RuntimeError("This loss has no EMA target; build it with ema=<decay>.")
-        with self.target_actor_network_params.to_module(self.actor_network):
+        with self.target_actor_network_params.to_module(
+            self.actor_network, preserve_module_state=False
+        ):
             yield self.actor_network

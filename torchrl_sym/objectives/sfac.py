@@ -419,7 +419,7 @@ class SfACLoss(WeightedActorCriticLoss):
     def _log_prob(self, name: str, tensordict: TensorDictBase, action: Tensor) -> Tensor:
         network = getattr(self, name)
         obs = tensordict.select(*network.in_keys, strict=False)
-        with getattr(self, name + "_params").to_module(network):
+        with getattr(self, name + "_params").to_module(network, preserve_module_state=False):
             dist = network.get_dist(obs)
         return dist.log_prob(action)
 
@@ -433,7 +433,7 @@ class SfACLoss(WeightedActorCriticLoss):
         """``V(s)`` with ``params`` (default: the value network's, with gradient), shape ``[B]``."""
         params = self.value_network_params if params is None else params
         td_v = tensordict.select(*self.value_network.in_keys, strict=False)
-        with params.to_module(self.value_network):
+        with params.to_module(self.value_network, preserve_module_state=False):
             self.value_network(td_v)
         return td_v.get(self.tensor_keys.value).squeeze(-1)
 
@@ -443,7 +443,7 @@ class SfACLoss(WeightedActorCriticLoss):
         td = observation.select(*self.actor_network.in_keys, strict=False).copy()
         with (
             set_exploration_type(ExplorationType.RANDOM),
-            self.actor_network_params.to_module(self.actor_network),
+            self.actor_network_params.to_module(self.actor_network, preserve_module_state=False),
         ):
             self.actor_network(td)
         return td

@@ -396,7 +396,7 @@ class SRPOLoss(LossModule):
         """
         observation = tensordict.get(self.tensor_keys.observation)
         td = tensordict.select(*self.actor_network.in_keys, strict=False).copy()
-        with self.actor_network_params.to_module(self.actor_network):
+        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
             action = self.actor_network(td).get(self.tensor_keys.action)
         batch = action.shape[:-1]
         if time is None:

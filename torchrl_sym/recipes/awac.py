@@ -23,12 +23,16 @@ import hydra
 
 from torchrl_sym.models import make_gaussian_actor, make_qvalue
 from torchrl_sym.objectives import AWACLoss
-from torchrl_sym.train.recipe import network_optimizers, setup_run, train_one_stage
+from torchrl_sym.train.recipe import Built, Run, network_optimizers, one_stage, run_recipe
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="awac", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
+def main(cfg):
+    return run_recipe(cfg, build)
+
+
+def build(run: Run) -> Built:
+    """One seed's networks, loss, optimizers and stage."""
     hp = run.cfg.awac
     actor = make_gaussian_actor(
         run.obs_dim, run.action_dim, list(hp.actor_hidden), log_std_bounds=tuple(hp.log_std_bounds)
@@ -44,7 +48,7 @@ def main(cfg) -> dict:
     optimizers = network_optimizers(
         loss, hp.lr, ("actor", "qvalue"), weight_decay={"actor": hp.actor_weight_decay}
     )
-    return train_one_stage(run, loss, optimizers, policy=actor, tau=hp.tau, name="awac")
+    return one_stage(run, loss, optimizers, policy=actor, tau=hp.tau, name="awac")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from torchrl_sym.diffusion import (
 )
 from torchrl_sym.objectives.bdpo import BDPOLoss, BDPOPolicy, BDPOPrepareTraining, make_bdpo_qvalue
 from torchrl_sym.train.loop import Objective, Stage, TargetUpdate
-from torchrl_sym.train.recipe import setup_run, stage_steps
+from torchrl_sym.train.recipe import Built, Run, run_recipe, stage_steps
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,12 @@ def make_diffusion(obs_dim: int, action_dim: int, hp) -> DiffusionBehaviorActor:
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="bdpo", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
+def main(cfg):
+    return run_recipe(cfg, build)
+
+
+def build(run: Run) -> Built:
+    """One seed's diffusion models, critics, loss, optimizers and three stages."""
     hp = capped_sizes(run.cfg.bdpo)
     if hp is not run.cfg.bdpo:  # config.yaml holds the uncapped sizes: say what is trained
         sized = OmegaConf.to_container(hp)
@@ -200,10 +204,7 @@ def main(cfg) -> dict:
         selection=hp.eval_selection,
         critic=hp.eval_critic,
     )
-    loop = run.make_loop(
-        [behavior_stage, warmup_stage, train_stage], modules={"loss": loss}, policy=policy
-    )
-    return run.execute(loop)
+    return Built([behavior_stage, warmup_stage, train_stage], {"loss": loss}, policy)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,16 @@ import hydra
 from torchrl.objectives import IQLLoss
 
 from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
-from torchrl_sym.train.recipe import setup_run, train_in_sample
+from torchrl_sym.train.recipe import Built, Run, in_sample, run_recipe
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="iql", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
+def main(cfg):
+    return run_recipe(cfg, build)
+
+
+def build(run: Run) -> Built:
+    """One seed's networks, loss, optimizers and stage."""
     hp = run.cfg.iql
     hidden = list(hp.hidden)
     actor = make_gaussian_actor(
@@ -44,7 +48,7 @@ def main(cfg) -> dict:
         temperature=hp.temperature,
         loss_function="l2",
     ).to(run.device)
-    return train_in_sample(run, loss, policy=actor, hp=hp, name="iql")
+    return in_sample(run, loss, policy=actor, hp=hp, name="iql")
 
 
 if __name__ == "__main__":

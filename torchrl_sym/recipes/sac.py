@@ -45,7 +45,12 @@ from torchrl_sym.envs import make_env, resolve_env_id
 from torchrl_sym.models import make_batchrenorm_qvalue, make_qvalue, make_tanh_gaussian_actor
 from torchrl_sym.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from torchrl_sym.train.evaluate import evaluate_policy
-from torchrl_sym.train.recipe import make_logger, prepare_run, write_resume_record
+from torchrl_sym.train.recipe import (
+    check_run_options,
+    make_logger,
+    prepare_run,
+    write_resume_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,7 @@ def _whole_batches(interval: int, frames_per_batch: int) -> int:
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="sac", version_base="1.3")
 def main(cfg) -> dict:
+    check_run_options(cfg, stackable=False, recipe="sac")
     # the run directory and configuration (resume=DIR continues DIR's run), seeds, writer lock
     cfg, run_dir, lock, resume_record = prepare_run(cfg)
     try:

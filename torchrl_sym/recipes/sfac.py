@@ -19,12 +19,23 @@ import hydra
 
 from torchrl_sym.models import make_qvalue, make_tanh_gaussian_actor, make_value
 from torchrl_sym.objectives import SfACLoss
-from torchrl_sym.train.recipe import network_optimizers, setup_run, stage_steps, train_one_stage
+from torchrl_sym.train.recipe import (
+    Built,
+    Run,
+    network_optimizers,
+    one_stage,
+    run_recipe,
+    stage_steps,
+)
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="sfac", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
+def main(cfg):
+    return run_recipe(cfg, build)
+
+
+def build(run: Run) -> Built:
+    """One seed's networks, loss, optimizers and stage."""
     hp = run.cfg.sfac
     hidden, bounds = list(hp.hidden), tuple(hp.log_std_bounds)
     actor = make_tanh_gaussian_actor(run.obs_dim, run.action_dim, hidden, log_std_bounds=bounds)
@@ -50,7 +61,7 @@ def main(cfg) -> dict:
     ).to(run.device)
     loss.make_value_estimator(gamma=hp.discount)
     optimizers = network_optimizers(loss, hp.lr, ("value", "actor", "qvalue", "behavior"))
-    return train_one_stage(run, loss, optimizers, policy=actor, tau=hp.target_tau, name="sfac")
+    return one_stage(run, loss, optimizers, policy=actor, tau=hp.target_tau, name="sfac")
 
 
 if __name__ == "__main__":

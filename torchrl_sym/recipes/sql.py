@@ -18,12 +18,16 @@ import hydra
 
 from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
 from torchrl_sym.objectives import SQLLoss
-from torchrl_sym.train.recipe import setup_run, train_in_sample
+from torchrl_sym.train.recipe import Built, Run, in_sample, run_recipe
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="sql", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
+def main(cfg):
+    return run_recipe(cfg, build)
+
+
+def build(run: Run) -> Built:
+    """One seed's networks, loss, optimizers and stage."""
     hp = run.cfg.sql
     hidden = list(hp.hidden)
     actor = make_gaussian_actor(
@@ -36,7 +40,7 @@ def main(cfg) -> dict:
         alpha=hp.alpha,
         form=hp.form,
     ).to(run.device)
-    return train_in_sample(run, loss, policy=actor, hp=hp, name="sql")
+    return in_sample(run, loss, policy=actor, hp=hp, name="sql")
 
 
 if __name__ == "__main__":

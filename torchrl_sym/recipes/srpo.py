@@ -47,7 +47,14 @@ from torchrl_sym.objectives import DiffusionBehaviorLoss, SRPOLoss
 from torchrl_sym.objectives.srpo import make_srpo_actor
 from torchrl_sym.train import Objective, Stage, TargetUpdate
 from torchrl_sym.train.checkpoint import CheckpointManager
-from torchrl_sym.train.recipe import make_dataset_env, network_optimizers, setup_run, stage_steps
+from torchrl_sym.train.recipe import (
+    Built,
+    Run,
+    make_dataset_env,
+    network_optimizers,
+    run_recipe,
+    stage_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +192,16 @@ def _load_run(run_dir: str | Path):
             f"{run_dir} holds a run of algo={cfg.get('algo')!r}; this reads SRPO runs (their "
             "stage-1 diffusion behavior model and stage-3 policy)"
         )
-    path = CheckpointManager(run_dir / "checkpoints").latest()
+    from torchrl_sym.train.stacking import seed_checkpoint
+
+    stacked = (run_dir.parent / "stack.yaml").is_file()  # a seed of a stacked run
+    folder = (run_dir.parent if stacked else run_dir) / "checkpoints"
+    path = CheckpointManager(folder).latest()
     if path is None:
-        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no loadable checkpoint")
+        raise FileNotFoundError(f"{folder}: no loadable checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if stacked:
+        state = seed_checkpoint(state, int(cfg.seed) - int(OmegaConf.load(run_dir.parent / "stack.yaml").seed))
     data = cfg.data
     buffer = make_offline_replay_buffer(
         cfg.dataset,
@@ -235,7 +248,7 @@ def evaluate_behavior(
     from torchrl.envs.utils import ExplorationType
 
     from torchrl_sym.data.scores import normalized_score
-    from torchrl_sym.train.evaluate import evaluate_policy
+    from torchrl_sym.train.evaluate import evaluate_policy, evaluation_seeds
 
     cfg, path, state, buffer = _load_run(run_dir)
     if not _stage_reached(state, 1):
@@ -270,7 +283,9 @@ def evaluate_behavior(
                 behavior,
                 num_episodes=episodes,
                 max_steps=int(cfg.eval.max_steps),
-                seed=int(cfg.seed) + 100,
+                seeds=evaluation_seeds(
+                    int(cfg.seed), episodes, str(cfg.eval.get("start_states", "legacy"))
+                ),
                 exploration_type=mode,
             )
             mean = float(returns.mean())
@@ -392,8 +407,12 @@ def _diagnose_policy(
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="srpo", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
+def main(cfg):
+    return run_recipe(cfg, build)
+
+
+def build(run: Run) -> Built:
+    """One seed's behavior model, critic, policy, their optimizers and the three stages."""
     cfg, hp = run.cfg, run.cfg.srpo
     steps = budgets(cfg)
     obs_dim, act_dim = run.obs_dim, run.action_dim
@@ -468,8 +487,7 @@ def main(cfg) -> dict:
         ),
     ]
     log.info("SRPO stages: %s", {k: v for k, v in steps.items()})
-    modules = {"behavior": bc_loss, "critic": iql, "policy": srpo}
-    return run.execute(run.make_loop(stages, modules=modules, policy=actor))
+    return Built(stages, {"behavior": bc_loss, "critic": iql, "policy": srpo}, actor)
 
 
 if __name__ == "__main__":

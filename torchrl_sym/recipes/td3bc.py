@@ -30,7 +30,7 @@ from torchrl.objectives import SoftUpdate, TD3BCLoss
 
 from torchrl_sym.models import make_deterministic_actor, make_qvalue
 from torchrl_sym.train.loop import Objective, Stage, TargetUpdate
-from torchrl_sym.train.recipe import network_optimizers, setup_run, stage_steps
+from torchrl_sym.train.recipe import Built, Run, network_optimizers, run_recipe, stage_steps
 
 
 def make_loss(obs_dim: int, action_dim: int, hp) -> TD3BCLoss:
@@ -89,8 +89,12 @@ def actor_terms(loss: TD3BCLoss):
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="td3bc", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
+def main(cfg):
+    return run_recipe(cfg, build)
+
+
+def build(run: Run) -> Built:
+    """One seed's networks, loss, optimizers and stage."""
     hp = run.cfg.td3bc
     loss = make_loss(run.obs_dim, run.action_dim, hp).to(run.device)
     actor_opt, critic_opt = network_optimizers(loss, hp.lr, ("actor", "qvalue"))
@@ -107,8 +111,7 @@ def main(cfg) -> dict:
         evaluate=True,
     )
     # the actor module shares its parameters with the loss: evaluation sees the trained weights
-    loop = run.make_loop([stage], modules={"loss": loss}, policy=loss.actor_network)
-    return run.execute(loop)
+    return Built([stage], {"loss": loss}, loss.actor_network)
 
 
 if __name__ == "__main__":

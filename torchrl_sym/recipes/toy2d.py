@@ -40,6 +40,9 @@ def run_toy(cfg) -> dict:
     name = cfg.algo.name
     if name not in ALGOS:
         raise ValueError(f"algo={name!r} is not a toy; choose one of {', '.join(ALGOS)}.")
+    from torchrl_sym.train.recipe import check_run_options
+
+    check_run_options(cfg, stackable=False, recipe="toy2d")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))

@@ -18,12 +18,16 @@ import hydra
 
 from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
 from torchrl_sym.objectives import XQLLoss
-from torchrl_sym.train.recipe import setup_run, train_in_sample
+from torchrl_sym.train.recipe import Built, Run, in_sample, run_recipe
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="xql", version_base="1.3")
-def main(cfg) -> dict:
-    run = setup_run(cfg)
+def main(cfg):
+    return run_recipe(cfg, build)
+
+
+def build(run: Run) -> Built:
+    """One seed's networks, loss, optimizers and stage."""
     hp = run.cfg.xql
     hidden = list(hp.hidden)
     actor = make_gaussian_actor(
@@ -40,7 +44,7 @@ def main(cfg) -> dict:
         huber_delta=hp.huber_delta,
         actor_temperature=hp.actor_temperature,
     ).to(run.device)
-    return train_in_sample(run, loss, policy=actor, hp=hp, name="xql")
+    return in_sample(run, loss, policy=actor, hp=hp, name="xql")
 
 
 if __name__ == "__main__":

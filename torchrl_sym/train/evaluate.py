@@ -31,7 +31,16 @@ if TYPE_CHECKING:
     from tensordict.nn import TensorDictModuleBase
     from torchrl.envs import EnvBase
 
-__all__ = ["CSV_COLUMNS", "EVAL_MODES", "Evaluator", "evaluate_policy", "exploration_type_of"]
+__all__ = [
+    "CSV_COLUMNS",
+    "EVAL_MODES",
+    "START_STATES",
+    "Evaluator",
+    "StackedEvaluator",
+    "evaluate_policy",
+    "evaluation_seeds",
+    "exploration_type_of",
+]
 
 CSV_COLUMNS = ("step", "episode", "return", "normalized_score")
 """Columns of the evaluation CSV: one row per evaluation episode."""
@@ -58,6 +67,47 @@ def exploration_type_of(mode: str) -> ExplorationType:
 
 _STATE_VERSION = 1
 
+START_STATES = ("disjoint", "legacy")
+"""The evaluation start-state protocols (``eval.start_states``): see :func:`evaluation_seeds`."""
+
+_DISJOINT_BASE = 1_000_000_000
+_DISJOINT_STRIDE = 100_000
+
+
+def evaluation_seeds(seed: int, num_episodes: int, start_states: str = "disjoint") -> list[int]:
+    """The seed of each evaluation episode of a run trained with seed ``seed``.
+
+    ``"disjoint"`` (every run started since 2026-12-07): episode ``i`` is seeded
+    ``1_000_000_000 + 100_000 · seed + i``. Two training seeds never share a start state (for
+    up to 100,000 episodes per evaluation), every algorithm trained with the same seed is
+    evaluated from the same start states, and no evaluation seed equals a training seed.
+    ``"legacy"`` (the runs before it): ``seed + 100 + i``, under which training seeds ``s`` and
+    ``s + 1`` share all but one of their start states.
+
+    Raises:
+        ValueError: an unknown protocol, ``num_episodes`` out of ``[1, 100000]``, or a training
+            seed whose evaluation seeds would be negative.
+    """
+    if start_states not in START_STATES:
+        raise ValueError(
+            f"eval.start_states={start_states!r} is not a start-state protocol; choose one of "
+            f"{START_STATES}."
+        )
+    if not 1 <= int(num_episodes) <= _DISJOINT_STRIDE:
+        raise ValueError(
+            f"eval.episodes={num_episodes!r}: an evaluation runs 1 to {_DISJOINT_STRIDE} episodes."
+        )
+    if start_states == "legacy":
+        base = int(seed) + 100
+    else:
+        base = _DISJOINT_BASE + _DISJOINT_STRIDE * int(seed)
+    if base < 0:
+        raise ValueError(
+            f"seed={seed}: its evaluation seeds would be negative; use a seed >= "
+            f"{-_DISJOINT_BASE // _DISJOINT_STRIDE}."
+        )
+    return [base + i for i in range(int(num_episodes))]
+
 
 def evaluate_policy(
     env: EnvBase,
@@ -66,6 +116,7 @@ def evaluate_policy(
     num_episodes: int = 10,
     max_steps: int = 1000,
     seed: int | None = None,
+    seeds: list[int] | None = None,
     exploration_type: ExplorationType = ExplorationType.DETERMINISTIC,
 ) -> Tensor:
     """Runs ``num_episodes`` episodes and returns their undiscounted returns.
@@ -97,6 +148,13 @@ def evaluate_policy(
     float rounding of the batched forward pass; tested); sampled actions come from one stream
     per chunk instead of one per episode, the same distribution but other values.
 
+    ``seeds`` (one per episode, instead of ``seed``) seeds episode ``i`` with ``seeds[i]`` in the
+    same way: the unbatched env with ``env.set_seed(seeds[i])`` and ``torch.manual_seed(seeds[i])``;
+    a vectorized env chunk by chunk, sub-env ``j`` of the chunk starting at episode ``start``
+    with ``seeds[start + j]`` (``env.set_seed`` for consecutive seeds, else the Gymnasium vector
+    env's ``reset(seed=[...])``) and ``torch.manual_seed(seeds[start])``. ``seeds=[s, s + 1,
+    ...]`` is exactly ``seed=s``.
+
     A policy that is an ``nn.Module`` is put in eval mode for the episodes and restored to its
     previous mode afterwards.
 
@@ -107,6 +165,7 @@ def evaluate_policy(
         num_episodes: number of episodes (>= 1).
         max_steps: step limit per episode (>= 1).
         seed: base seed of the episodes, or None to continue the env's and torch's random streams.
+        seeds: the seed of each episode (``len(seeds) == num_episodes``), instead of ``seed``.
         exploration_type: ``DETERMINISTIC`` (the default: the policy's mode/mean) or ``RANDOM``
             (sampled actions); see :func:`exploration_type_of` for the ``eval.mode`` names.
 
@@ -133,28 +192,36 @@ def evaluate_policy(
             f"evaluate_policy needs an unbatched env or a vectorized env of batch size [N], got "
             f"batch_size={tuple(env.batch_size)}"
         )
+    if seeds is not None:
+        if seed is not None:
+            raise ValueError("evaluate_policy takes seed or seeds, not both")
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != num_episodes:
+            raise ValueError(f"seeds has {len(seeds)} entries for {num_episodes} episodes")
+    elif seed is not None:
+        seeds = [int(seed) + i for i in range(num_episodes)]
     was_training = getattr(policy, "training", None)
     if was_training is not None:
         policy.eval()
     returns = torch.empty(num_episodes, dtype=torch.float64)
-    saved_rng = rng_state() if seed is not None else None
+    saved_rng = rng_state() if seeds is not None else None
     try:
         with set_exploration_type(exploration_type), torch.no_grad():
             if env.batch_size == torch.Size([]):
                 for episode in range(num_episodes):
-                    if seed is not None:
-                        env.set_seed(seed + episode)
+                    if seeds is not None:
+                        env.set_seed(seeds[episode])
                         # after set_seed, which may draw from torch's generator itself
-                        torch.manual_seed(seed + episode)
+                        torch.manual_seed(seeds[episode])
                     rollout = env.rollout(max_steps, policy, break_when_any_done=True)
                     reward = rollout.get(("next", "reward"))
                     returns[episode] = reward.to(device="cpu", dtype=torch.float64).sum()
             else:
                 num_envs = env.batch_size[0]
                 for start in range(0, num_episodes, num_envs):
-                    if seed is not None:
-                        env.set_seed(seed + start)  # sub-env i: seed + start + i
-                        torch.manual_seed(seed + start)
+                    if seeds is not None:
+                        _seed_sub_envs(env, seeds[start : start + num_envs])
+                        torch.manual_seed(seeds[start])
                     chunk = _batched_returns(env, policy, max_steps)
                     stop = min(start + num_envs, num_episodes)
                     returns[start:stop] = chunk[: stop - start]
@@ -164,6 +231,18 @@ def evaluate_policy(
         if was_training is not None:
             policy.train(was_training)
     return returns
+
+
+def _seed_sub_envs(env: EnvBase, seeds: list[int]) -> None:
+    """Seeds sub-env ``j`` of a vectorized env with ``seeds[j]`` (the first ``len(seeds)`` of
+    them; the others continue from ``seeds[-1] + 1``)."""
+    num_envs = env.batch_size[0]
+    seeds = list(seeds) + [seeds[-1] + 1 + j for j in range(num_envs - len(seeds))]
+    if seeds == list(range(seeds[0], seeds[0] + num_envs)):
+        env.set_seed(seeds[0])  # sub-env j: seeds[0] + j
+        return
+    base = env.base_env if hasattr(env, "base_env") else env
+    base.reset(seed=seeds)  # Gymnasium vector envs take one seed per sub-env
 
 
 def _batched_returns(env: EnvBase, policy: TensorDictModuleBase, max_steps: int) -> Tensor:
@@ -228,6 +307,7 @@ class Evaluator:
         max_steps: step limit per episode.
         seed: base seed of the evaluation episodes (None: unseeded, and then sampled actions
             continue torch's global stream).
+        seeds: the seed of each episode instead (:func:`evaluation_seeds` gives a run's).
         mode: ``"deterministic"`` (the policy's mode/mean action) or ``"sample"`` (actions
             sampled from the policy); see :data:`EVAL_MODES`.
         score_fn: maps a tensor of returns to normalized scores (0 = random, 100 = expert in
@@ -252,6 +332,7 @@ class Evaluator:
         num_episodes: int = 10,
         max_steps: int = 1000,
         seed: int | None = None,
+        seeds: list[int] | None = None,
         mode: str = "deterministic",
         score_fn: Callable[[Tensor], Tensor] | None = None,
         last_k: int = 10,
@@ -267,7 +348,10 @@ class Evaluator:
         self.policy = policy
         self.num_episodes = num_episodes
         self.max_steps = max_steps
+        if seeds is not None and len(seeds) != num_episodes:
+            raise ValueError(f"seeds has {len(seeds)} entries for {num_episodes} episodes")
         self.seed = seed
+        self.seeds = None if seeds is None else [int(x) for x in seeds]
         self.score_fn = score_fn
         self.last_k = last_k
         self.csv_path = Path(csv_path) if csv_path is not None else None
@@ -302,6 +386,7 @@ class Evaluator:
             num_episodes=self.num_episodes,
             max_steps=self.max_steps,
             seed=self.seed,
+            seeds=self.seeds,
             exploration_type=self.exploration_type,
         )
         return self._record(step, returns)
@@ -443,3 +528,70 @@ def _csv_row_step(row: str) -> int | None:
         return int(fields[0])
     except ValueError:
         return None
+
+
+class StackedEvaluator:
+    """The evaluations of K stacked seeds (:class:`~torchrl_sym.train.stacking.StackedPolicy`)
+    in one vectorized env: each call runs the ``K · E`` episodes together (seed ``k``'s ``E``
+    episodes on sub-envs ``k·E .. k·E + E − 1``, from seed ``k``'s own start states), then hands
+    seed ``k``'s returns to ``evaluators[k]`` (its history, last-k/best and its CSV).
+
+    Args:
+        env: a vectorized env of ``K · E`` sub-envs (or of any ``N``: episodes then run ``N`` at a
+            time, in order).
+        policy: the stacked policy (acts for the seeds' sub-envs).
+        evaluators: one :class:`Evaluator` per seed, all with the same ``num_episodes`` ``E``,
+            ``max_steps`` and mode, each with its own ``seeds`` and ``csv_path``; their own
+            ``env`` and ``policy`` are not used.
+    """
+
+    def __init__(self, env: EnvBase, policy, evaluators: list[Evaluator]):
+        if not evaluators:
+            raise ValueError("StackedEvaluator needs one Evaluator per seed")
+        first = evaluators[0]
+        for ev in evaluators:
+            if (ev.num_episodes, ev.max_steps, ev.mode) != (
+                first.num_episodes,
+                first.max_steps,
+                first.mode,
+            ) or ev.seeds is None:
+                raise ValueError(
+                    "the evaluators of stacked seeds must share num_episodes, max_steps and mode, "
+                    "and each name its episode seeds"
+                )
+        self.env = env
+        self.policy = policy
+        self.evaluators = list(evaluators)
+
+    def __call__(self, step: int) -> list[dict[str, float | str]]:
+        episodes = self.evaluators[0].num_episodes
+        returns = evaluate_policy(
+            self.env,
+            self.policy,
+            num_episodes=episodes * len(self.evaluators),
+            max_steps=self.evaluators[0].max_steps,
+            seeds=[s for ev in self.evaluators for s in ev.seeds],
+            exploration_type=self.evaluators[0].exploration_type,
+        )
+        return [
+            ev._record(step, returns[k * episodes : (k + 1) * episodes])
+            for k, ev in enumerate(self.evaluators)
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "seeds": [ev.state_dict() for ev in self.evaluators]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("seeds")
+        if states is None or len(states) != len(self.evaluators):
+            raise ValueError(
+                f"the checkpoint's evaluator state holds "
+                f"{'no' if states is None else len(states)} seeds, this run has "
+                f"{len(self.evaluators)}; resume with the configuration the run was started with"
+            )
+        for ev, state in zip(self.evaluators, states):
+            ev.load_state_dict(state)
+
+    def reset(self) -> None:
+        for ev in self.evaluators:
+            ev.reset()

@@ -361,6 +361,18 @@ class OfflineLoop:
             (inductor's own CUDA graphs).
         cudagraph_warmup: eager calls of each cadence pattern before its graph is captured.
         progress: show a tqdm bar with steps/s and the last evaluation.
+        stack: a :class:`~torchrl_sym.train.stacking.SeedStack` when the modules hold K stacked
+            seeds: every loss is evaluated for all seeds in one vmapped call on a ``[K, B]``
+            batch (each stage's buffer samples one ``[B]`` batch per seed), the sum over seeds
+            of each seed's loss is minimized (seed ``k``'s parameters get ``∇ L_k``),
+            ``max_grad_norm`` clips each seed by its own norm, ``logger`` is a list of K loggers
+            (seed ``k``'s loss terms go to logger ``k``) and the evaluator returns one metrics
+            dict per seed (``last_metrics`` is then their list).
+        precision: ``"fp32"``, or ``"bf16"``: the loss forward runs under
+            ``torch.autocast(dtype=torch.bfloat16)`` on the batch's device (matmuls in bf16;
+            parameters, gradients and optimizer states stay fp32; the networks' outputs are cast
+            back to fp32 by :func:`torchrl_sym.train.precision.keep_outputs_fp32`, which the
+            recipes install, so targets, log-probabilities and reductions are fp32).
 
     Steps are counted globally across stages (the step axis of every log) and per stage (cadence).
     """
@@ -382,6 +394,8 @@ class OfflineLoop:
         cudagraphs: bool = False,
         cudagraph_warmup: int = 5,
         progress: bool = True,
+        stack=None,
+        precision: str = "fp32",
     ):
         if not stages:
             raise ValueError("OfflineLoop needs at least one stage.")
@@ -413,6 +427,12 @@ class OfflineLoop:
             )
         if not isinstance(cudagraph_warmup, int) or cudagraph_warmup < 1:
             raise ValueError(f"cudagraph_warmup must be a positive int, got {cudagraph_warmup!r}.")
+        from torchrl_sym.train.precision import check_precision
+
+        self.precision = check_precision(precision)
+        self.stack = stack
+        if stack is not None and logger is not None and not isinstance(logger, (list, tuple)):
+            raise ValueError("a stacked loop logs each seed to its own logger: pass a list")
         self.compile = compile
         self.cudagraphs = bool(cudagraphs)
         self.cudagraph_warmup = cudagraph_warmup
@@ -422,7 +442,7 @@ class OfflineLoop:
         self.stage_index = 0
         self.stage_step = 0
         self.global_step = 0
-        self.last_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float] | list[dict[str, float]] = {}
         self.timings: dict[str, float] = {}
         self._completed: dict[str, int] = {}  # steps each finished stage ran
         self._elapsed_before = 0.0  # wall seconds of earlier segments of this run (checkpointed)
@@ -467,7 +487,7 @@ class OfflineLoop:
             else None,
             "rng": rng_state(),
             # so that a launch resuming from the final checkpoint still reports the last metrics
-            "last_metrics": dict(self.last_metrics),
+            "last_metrics": _copy_metrics(self.last_metrics),
             "completed": dict(self._completed),
             "elapsed_seconds": self.elapsed_seconds,
         }
@@ -506,7 +526,7 @@ class OfflineLoop:
         self.stage_index = int(state["stage_index"])
         self.stage_step = int(state["stage_step"])
         self.global_step = int(state["global_step"])
-        self.last_metrics = dict(state.get("last_metrics", {}))
+        self.last_metrics = _copy_metrics(state.get("last_metrics", {}))
         self._completed = {k: int(v) for k, v in state.get("completed", {}).items()}
         last = self.stages[-1]
         done = self._completed.get(last.name)
@@ -561,19 +581,35 @@ class OfflineLoop:
     # ------------------------------------------------------------------------------ update
 
     def _update_fn(self, stage: Stage):
+        stack = self.stack
+        bf16 = self.precision == "bf16"
+
         def update(batch: TensorDictBase, active: tuple[bool, ...], targets: tuple[bool, ...]):
             outputs = []
             for objective, on in zip(stage.objectives, active):
                 if not on:
                     continue
-                td = objective.loss(batch)
+                with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    td = (
+                        objective.loss(batch)
+                        if stack is None
+                        else stack.call(objective.loss, batch)
+                    )
                 total = sum(
-                    v for k, v in td.items() if isinstance(k, str) and k.startswith("loss_")
+                    v.float() for k, v in td.items() if isinstance(k, str) and k.startswith("loss_")
                 )
+                if stack is not None:
+                    total = total.sum()  # Σ_k L_k: seed k's parameters get ∇ L_k
                 for opt in objective.optimizers:
                     opt.zero_grad(set_to_none=True)
                 total.backward()
-                if objective.max_grad_norm is not None:
+                if objective.max_grad_norm is not None and stack is not None:
+                    from torchrl_sym.train.stacking import clip_grad_norm_per_seed
+
+                    clip_grad_norm_per_seed(
+                        objective._params, objective.max_grad_norm, stack.num_seeds
+                    )
+                elif objective.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(objective._params, objective.max_grad_norm)
                 for opt in objective.optimizers:
                     opt.step()
@@ -643,11 +679,13 @@ class OfflineLoop:
             self._elapsed_before = self.elapsed_seconds
             self._segment_start = None
             bar.close()
-            if self.logger is not None and hasattr(self.logger, "experiment"):
-                flush = getattr(self.logger.experiment, "flush", None)
-                if callable(flush):
-                    flush()
-        return dict(self.last_metrics)
+            loggers = self.logger if isinstance(self.logger, (list, tuple)) else [self.logger]
+            for log in loggers:
+                if log is not None and hasattr(log, "experiment"):
+                    flush = getattr(log.experiment, "flush", None)
+                    if callable(flush):
+                        flush()
+        return _copy_metrics(self.last_metrics)
 
     def _run_stage(self, stage: Stage, bar) -> None:
         if self.stage_step >= stage.steps:
@@ -697,11 +735,25 @@ class OfflineLoop:
         t0 = time.perf_counter()
         metrics = self.evaluator(self.global_step)
         self._add_time("eval", time.perf_counter() - t0)
-        self.last_metrics = dict(metrics)
-        self._log(metrics)
-        logger.info("step %d (%s): %s", self.global_step, stage.name, _fmt(metrics))
+        self.last_metrics = _copy_metrics(metrics)
+        if isinstance(metrics, list):
+            for k, seed_metrics in enumerate(metrics):
+                self._log(seed_metrics, seed=k)
+                logger.info(
+                    "step %d (%s), seed %d: %s", self.global_step, stage.name, k, _fmt(seed_metrics)
+                )
+        else:
+            self._log(metrics)
+            logger.info("step %d (%s): %s", self.global_step, stage.name, _fmt(metrics))
 
     def _log_train(self, stage: Stage, outputs, rate: float) -> None:
+        if self.stack is not None:
+            for k in range(self.stack.num_seeds):
+                self._log_train_seed(stage, [(o, td[k]) for o, td in outputs], rate, seed=k)
+        else:
+            self._log_train_seed(stage, outputs, rate, seed=None)
+
+    def _log_train_seed(self, stage: Stage, outputs, rate: float, seed: int | None) -> None:
         scalars: dict[str, float] = {}
         for objective, td in outputs:
             for key, value in td.items(include_nested=True, leaves_only=True):
@@ -724,15 +776,19 @@ class OfflineLoop:
             scalars[f"time/{phase}_seconds"] = seconds
             scalars[f"time/{phase}_fraction"] = seconds / total
         scalars["progress/stage_index"] = float(self.stage_index)
-        self.last_train = scalars
-        self._log(scalars)
+        if seed is None or seed == 0:
+            self.last_train = scalars
+        self._log(scalars, seed=seed)
 
-    def _log(self, scalars: Mapping[str, float]) -> None:
-        if self.logger is None:
+    def _log(self, scalars: Mapping[str, float], seed: int | None = None) -> None:
+        target = self.logger
+        if isinstance(target, (list, tuple)):
+            target = target[seed or 0]
+        if target is None:
             return
         for tag, value in scalars.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
-                self.logger.log_scalar(tag, value, step=self.global_step)
+                target.log_scalar(tag, value, step=self.global_step)
 
     def _add_time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
@@ -743,11 +799,21 @@ class OfflineLoop:
             self._last_rate = rate
         if getattr(self, "_last_rate", None) is not None:
             post["it/s"] = f"{self._last_rate:.0f}"
+        metrics = self.last_metrics
+        seeds = metrics if isinstance(metrics, list) else [metrics]
         for key in ("eval/normalized_score", "eval/return"):
-            if key in self.last_metrics:
-                post[key.split("/")[1]] = f"{self.last_metrics[key]:.1f}"
+            values = [m[key] for m in seeds if key in m]
+            if values:
+                post[key.split("/")[1]] = " ".join(f"{v:.1f}" for v in values)
                 break
         return post
+
+
+def _copy_metrics(metrics):
+    """A copy of a metrics dict, or of a stacked run's list of them."""
+    if isinstance(metrics, list):
+        return [dict(m) for m in metrics]
+    return dict(metrics)
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:

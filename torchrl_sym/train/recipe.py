@@ -4,14 +4,21 @@ A recipe calls :func:`setup_run` with its hydra config and gets a :class:`Run`: 
 the offline replay buffer, the dataset info, a logger, and factories for the evaluator and the
 loop. Every recipe therefore accepts the same overrides (``torchrl_sym/configs/common.yaml``)::
 
-    dataset=<id or path>  seed=<int>  device=cpu|cuda  compile=true|false  cudagraphs=true|false
-    train.steps=<main stage>  eval.interval=<steps>  eval.episodes=<n>
-    logger.backend=tensorboard|csv|wandb|none  profile=smoke  experiment=paper  resume=<run dir>
+    dataset=<id or path>  seed=<int>  stack_seeds=<K>  device=cpu|cuda  precision=fp32|bf16
+    compile=true|false  cudagraphs=true|false  train.steps=<main stage>  eval.interval=<steps>
+    eval.episodes=<n>  logger.backend=tensorboard|csv|wandb|none  profile=smoke  experiment=paper
+    resume=<run dir>
+
+A recipe is a ``build(run) -> Built`` function (its networks, losses, optimizers and stages for
+one seed) handed to :func:`run_recipe`, which prepares the run, calls ``build`` once per seed
+(``stack_seeds=K`` trains seeds ``seed .. seed + K − 1`` in one process:
+:mod:`torchrl_sym.train.stacking`) and runs the loop.
 
 Run directory layout: ``config.yaml`` (the resolved config), ``checkpoints/ckpt_*.pt``,
-``eval_returns.csv`` (every evaluation episode), and the logger's files (``tensorboard/`` or
-``csv/``). A run whose directory already holds checkpoints continues from the latest one: pass
-``resume=<run dir>`` (or point ``hydra.run.dir`` at it).
+``eval_returns.csv`` (every evaluation episode), ``summary.json`` and the logger's files
+(``tensorboard/`` or ``csv/``). A stacked run's directory holds ``stack.yaml`` (its config),
+``checkpoints/`` (all K seeds) and one such run directory per seed, ``seed_<s>/``. A run whose
+directory already holds checkpoints continues from the latest one: pass ``resume=<run dir>``.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +43,18 @@ from torchrl_sym.data import (
 from torchrl_sym.tasks import task_name
 from torchrl_sym.train.evaluate import Evaluator, exploration_type_of
 from torchrl_sym.train.loop import OfflineLoop, Stage
+from torchrl_sym.train.rundir import RUN_CONFIG, STACK_CONFIG, run_config_path
 
-__all__ = ["LOGGER_BACKENDS", "Run", "make_logger", "prepare_run", "setup_run"]
+__all__ = [
+    "LOGGER_BACKENDS",
+    "Built",
+    "Run",
+    "StackedBuffer",
+    "make_logger",
+    "prepare_run",
+    "run_recipe",
+    "setup_run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +189,54 @@ def _log_config(logger, run_name: str, config: dict) -> None:
 
 
 @dataclass
+class Built:
+    """What a recipe's ``build(run)`` returns for one seed: its stages (with their objectives,
+    optimizers and target updates), the modules a checkpoint holds, and the policy evaluated
+    (None: no evaluation)."""
+
+    stages: Sequence[Stage]
+    modules: Mapping[str, nn.Module]
+    policy: Any = None
+
+
+class StackedBuffer:
+    """One ``[B]`` batch from each seed's own buffer, stacked to ``[K, B]`` (each seed keeps its
+    own sampler and batch stream; a checkpoint holds every sampler's state)."""
+
+    def __init__(self, buffers: Sequence[Any]):
+        if not buffers:
+            raise ValueError("StackedBuffer needs one buffer per seed")
+        self.buffers = list(buffers)
+
+    @property
+    def info(self):
+        return self.buffers[0].info
+
+    def sample(self):
+        return torch.stack([b.sample() for b in self.buffers])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seeds": [b.state_dict() for b in self.buffers]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        states = state.get("seeds") if isinstance(state, Mapping) else None
+        if states is None or len(states) != len(self.buffers):
+            raise ValueError(
+                "the checkpoint's sampler state is not that of "
+                f"{len(self.buffers)} stacked seeds; resume with the configuration the run was "
+                "started with"
+            )
+        for buffer, seed_state in zip(self.buffers, states):
+            buffer.load_state_dict(seed_state)
+
+
+@dataclass
 class Run:
-    """The pieces a recipe's config resolves to (see :func:`setup_run`)."""
+    """The pieces a recipe's config resolves to (see :func:`setup_run`).
+
+    For ``stack_seeds=K > 1``, ``run_dir`` is the stacked run's directory and ``seed_dirs`` the K
+    run directories of its seeds; :meth:`for_seed` is the view a recipe's ``build`` gets for
+    seed ``k`` (its ``cfg.seed``, its buffer and its run directory)."""
 
     cfg: Any
     run_dir: Path
@@ -182,6 +245,7 @@ class Run:
     logger: Any
     lock: Any = None  # the run directory's RunDirLock, released when execute() ends
     resume_record: Any = None  # this launch's resume overrides (prepare_run), or None
+    seed_dirs: list[Path] = field(default_factory=list)
 
     @property
     def info(self) -> OfflineDatasetInfo:
@@ -195,11 +259,50 @@ class Run:
     def action_dim(self) -> int:
         return int(torch.Size(self.info.action_shape).numel())
 
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    @property
+    def num_seeds(self) -> int:
+        return stack_seeds_of(self.cfg)
+
+    @property
+    def precision(self) -> str:
+        return str(self.cfg.get("precision", "fp32"))
+
+    def for_seed(self, k: int) -> Run:
+        """Seed ``k`` of a stacked run: ``cfg.seed = seed + k``, a buffer over the same data with
+        that seed's sampler (the batch stream a single-seed run of that seed samples), and its
+        run directory."""
+        from omegaconf import OmegaConf, open_dict
+
+        cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
+        with open_dict(cfg):
+            cfg.seed = self.seed + k
+        buffer = self.buffer.with_batch_size(int(self.cfg.data.batch_size), seed=self.seed + k)
+        run_dir = self.seed_dirs[k] if self.seed_dirs else self.run_dir
+        return replace(
+            self, cfg=cfg, buffer=buffer, run_dir=run_dir, logger=None, lock=None, seed_dirs=[]
+        )
+
+    def _start_states(self) -> str:
+        # a run started before the start-state protocol existed has no such key: it keeps seed+100+i
+        return str(self.cfg.eval.get("start_states", "legacy"))
+
+    def eval_seeds(self, seed: int | None = None) -> list[int]:
+        """The evaluation episode seeds of training seed ``seed`` (default: this run's)."""
+        from torchrl_sym.train.evaluate import evaluation_seeds
+
+        return evaluation_seeds(
+            self.seed if seed is None else seed, int(self.cfg.eval.episodes), self._start_states()
+        )
+
     def make_eval_env(self, num_envs: int | None = None):
         """The dataset's env (float32 observations, return tracking, the buffer's normalization);
         ``num_envs=N``: one vectorized env of ``N`` sub-envs (see :func:`torchrl_sym.envs.make_env`)."""
         return make_dataset_env(
-            self.info, seed=int(self.cfg.seed) + 100, device=self.device, num_envs=num_envs
+            self.info, seed=self.eval_seeds()[0], device=self.device, num_envs=num_envs
         )
 
     def make_evaluator(self, policy) -> Evaluator | None:
@@ -207,7 +310,10 @@ class Run:
 
         ``eval.mode`` picks the protocol: ``deterministic`` (the policy's mode/mean action, the
         default) or ``sample`` (actions sampled from the policy, the Sf-AC authors' protocol).
-        Episode ``i`` of every evaluation is seeded with ``seed + 100 + i`` (env and action noise).
+        Episode ``i`` of every evaluation starts from the seed
+        :func:`~torchrl_sym.train.evaluate.evaluation_seeds` gives it (``eval.start_states``:
+        ``disjoint``, ``1_000_000_000 + 100_000 · seed + i``, for every new run; runs started
+        before it keep ``seed + 100 + i``), for the env and the action noise.
         With ``eval.vectorized`` (the default) all episodes run together in one vectorized env,
         one policy call per step for all of them (the same returns for a deterministic policy).
         ``eval.episodes`` episodes of at most ``eval.max_steps`` steps; ``eval.last_k`` evaluations
@@ -218,36 +324,73 @@ class Run:
         exploration_type_of(mode)  # a bad eval.mode fails here, before the env is built
         if self.info.env_id is None:
             return None
+        vectorized = bool(self.cfg.eval.get("vectorized", False))
+        episodes = int(self.cfg.eval.episodes)
+        return self._seed_evaluator(
+            self.make_eval_env(num_envs=episodes if vectorized else None),
+            policy,
+            self.seed,
+            self.run_dir,
+        )
+
+    def _seed_evaluator(self, env, policy, seed: int, run_dir: Path) -> Evaluator:
         info = self.info
 
         def score(returns):
             return normalized_score(info, returns)
 
-        vectorized = bool(self.cfg.eval.get("vectorized", False))
-        episodes = int(self.cfg.eval.episodes)
         return Evaluator(
-            self.make_eval_env(num_envs=episodes if vectorized else None),
+            env,
             policy,
             num_episodes=int(self.cfg.eval.episodes),
             max_steps=int(self.cfg.eval.max_steps),
-            seed=int(self.cfg.seed) + 100,
-            mode=mode,
+            seeds=self.eval_seeds(seed),
+            mode=str(self.cfg.eval.get("mode", "deterministic")),
             score_fn=score,
             last_k=int(self.cfg.eval.last_k),
-            csv_path=self.run_dir / "eval_returns.csv",
+            csv_path=run_dir / "eval_returns.csv",
         )
 
+    def make_stacked_evaluator(self, stack, policy):
+        """The K seeds' evaluations in one vectorized env of ``K · eval.episodes`` sub-envs
+        (:class:`~torchrl_sym.train.evaluate.StackedEvaluator`), or None without an env."""
+        from torchrl_sym.train.evaluate import StackedEvaluator
+        from torchrl_sym.train.stacking import StackedPolicy
+
+        exploration_type_of(str(self.cfg.eval.get("mode", "deterministic")))
+        if self.info.env_id is None:
+            return None
+        episodes = int(self.cfg.eval.episodes)
+        env = self.make_eval_env(num_envs=episodes * stack.num_seeds)
+        evaluators = [
+            self._seed_evaluator(None, None, self.seed + k, self.seed_dirs[k])
+            for k in range(stack.num_seeds)
+        ]
+        return StackedEvaluator(env, StackedPolicy(stack, policy), evaluators)
+
     def make_loop(
-        self, stages: Sequence[Stage], modules: Mapping[str, nn.Module], policy=None
+        self,
+        stages: Sequence[Stage],
+        modules: Mapping[str, nn.Module],
+        policy=None,
+        *,
+        stack=None,
+        buffer=None,
     ) -> OfflineLoop:
         cfg = self.cfg
+        if stack is None:
+            evaluator = self.make_evaluator(policy) if policy is not None else None
+            logger = self.logger
+        else:
+            evaluator = self.make_stacked_evaluator(stack, policy) if policy is not None else None
+            logger = self.logger
         return OfflineLoop(
             stages,
-            self.buffer,
+            self.buffer if buffer is None else buffer,
             modules=modules,
-            evaluator=self.make_evaluator(policy) if policy is not None else None,
+            evaluator=evaluator,
             eval_interval=int(cfg.eval.interval),
-            logger=self.logger,
+            logger=logger,
             log_interval=int(cfg.train.log_interval),
             checkpoint_dir=self.run_dir / "checkpoints",
             checkpoint_interval=int(cfg.checkpoint.interval),
@@ -255,11 +398,54 @@ class Run:
             compile=_compile_arg(cfg.compile),
             cudagraphs=bool(cfg.get("cudagraphs", False)),
             progress=bool(cfg.train.progress),
+            stack=stack,
+            precision=self.precision,
         )
+
+    def train(self, build: Callable[[Run], Built]):
+        """Builds the recipe (``build`` once per seed, each right after seeding every global RNG
+        with that seed), stacks the seeds when ``stack_seeds > 1``, and runs the loop
+        (:meth:`execute`). Returns the last evaluation's metrics (a list, one per seed, for a
+        stacked run)."""
+        from torchrl_sym.train.precision import keep_outputs_fp32
+        from torchrl_sym.train.rundir import seed_everything
+        from torchrl_sym.train.stacking import SeedStack
+
+        try:
+            if self.num_seeds == 1:
+                seed_everything(self.seed)
+                built = build(self)
+                if self.precision == "bf16":
+                    keep_outputs_fp32(built.modules.values())
+                loop = self.make_loop(built.stages, built.modules, built.policy)
+                return self.execute(loop)
+            views = [self.for_seed(k) for k in range(self.num_seeds)]
+            builds = []
+            for view in views:
+                seed_everything(view.seed)
+                builds.append(build(view))
+            policies = [b.policy for b in builds]
+            extra = [policies] if policies[0] is not None else []
+            stack = SeedStack.stack([b.modules for b in builds], extra=extra)
+            template = builds[0]
+            if self.precision == "bf16":
+                keep_outputs_fp32(template.modules.values())
+            for i, stage in enumerate(template.stages):
+                if stage.buffer is not None:
+                    stage.buffer = StackedBuffer([b.stages[i].buffer for b in builds])
+            buffer = StackedBuffer([view.buffer for view in views])
+            del builds, views
+            loop = self.make_loop(
+                template.stages, template.modules, template.policy, stack=stack, buffer=buffer
+            )
+            return self.execute(loop)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def execute(self, loop: OfflineLoop) -> dict[str, float]:
         """Resume from the run directory's latest loadable checkpoint (if any), run to the end,
-        write ``summary.json``; release the directory's lock.
+        write ``summary.json`` (one per seed for a stacked run); release the directory's lock.
 
         A resumed launch that finds no loadable checkpoint (killed before the first one, or every
         one corrupt) restarts from step 0: it says so, and truncates ``eval_returns.csv`` to its
@@ -271,9 +457,9 @@ class Run:
             if self.lock is not None:
                 self.lock.release()
 
-    def _execute(self, loop: OfflineLoop) -> dict[str, float]:
-        import json
+    def _execute(self, loop: OfflineLoop):
 
+        from torchrl_sym.train.provenance import provenance
         from torchrl_sym.train.rundir import resume_history
 
         resumed = loop.resume(map_location=self.device)
@@ -289,14 +475,12 @@ class Run:
         if not resumed and hasattr(loop.evaluator, "reset"):
             loop.evaluator.reset()
         if self.resume_record is not None:
-            from torchrl_sym.train.recipe import write_resume_record
-
             # where this launch continues: the checkpoint's global step, 0 if it restarted
             at_step = loop.global_step if resumed else 0
             write_resume_record(self.run_dir, self.cfg, {**self.resume_record, "at_step": at_step})
         start = time.perf_counter()
         metrics = loop.run()
-        summary = {
+        base = {
             "global_step": loop.global_step,
             "seconds": time.perf_counter() - start,
             "total_seconds": loop.elapsed_seconds,
@@ -309,13 +493,29 @@ class Run:
                 # generated datasets: the sha256 of their arrays (provenance.json)
                 "sha256": self.info.metadata.get("sha256"),
             },
-            **metrics,
+            "provenance": provenance(device=str(self.device), precision=self.precision),
         }
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=float))
-        os.replace(tmp, self.run_dir / "summary.json")
-        log.info("Finished: %s", summary)
+        if isinstance(metrics, list):
+            for k, (seed_dir, seed_metrics) in enumerate(zip(self.seed_dirs, metrics)):
+                summary = {
+                    **base,
+                    "stacked": {"seeds": self.num_seeds, "index": k, "seed": self.seed + k},
+                    **seed_metrics,
+                }
+                _write_json(seed_dir / "summary.json", summary)
+            log.info("Finished %d stacked seeds: %s", len(metrics), metrics)
+        else:
+            _write_json(self.run_dir / "summary.json", {**base, **metrics})
+            log.info("Finished: %s", {**base, **metrics})
         return metrics
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
 
 
 def _compile_arg(value):
@@ -422,7 +622,6 @@ def prepare_run(cfg, *, recipe_algo: str | None = None):
     Returns:
         ``(cfg, run_dir, lock, resume_record)``; ``resume_record`` is None for a fresh run.
     """
-    from omegaconf import OmegaConf
 
     from torchrl_sym.train.rundir import (
         ResumeError,
@@ -433,6 +632,7 @@ def prepare_run(cfg, *, recipe_algo: str | None = None):
         seed_everything,
     )
 
+    check_run_options(cfg)
     hydra_ctx = _hydra_context()
     record = None
     if cfg.get("resume"):
@@ -457,6 +657,7 @@ def prepare_run(cfg, *, recipe_algo: str | None = None):
             command_line = []
             keys = [k for k in _leaf_keys(cfg) if k != "resume"]
         cfg, changes = resume_config(run_dir, cfg, keys, recipe_algo=recipe_algo)
+        check_run_options(cfg)
         record = {"command_line": command_line, "changes": changes}
     else:
         run_dir = _run_dir(cfg)
@@ -471,21 +672,67 @@ def prepare_run(cfg, *, recipe_algo: str | None = None):
                 task,
                 cfg.algo,
             )
-        if (run_dir / "config.yaml").exists():
+        if _holds_run(run_dir):
             raise ResumeError(
-                f"{run_dir} already holds a run (config.yaml); continue it with resume={run_dir}, "
-                "or start a new run in another directory."
+                f"{run_dir} already holds a run ({run_config_path(run_dir).name} and its "
+                f"checkpoints or evaluations); continue it with resume={run_dir}, or start a new "
+                "run in another directory."
             )
     seed_everything(int(cfg.seed))
     lock = RunDirLock(run_dir).acquire()
     try:
         check_writable(run_dir / "checkpoints")
         if record is None:
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            if run_config_path(run_dir) is not None:
+                log.info(
+                    "%s holds the configuration of a launch that never trained (no checkpoint, no "
+                    "evaluation): this run replaces it.",
+                    run_dir,
+                )
+                for name in (RUN_CONFIG, STACK_CONFIG):
+                    (run_dir / name).unlink(missing_ok=True)
+            write_run_configs(run_dir, cfg)
     except BaseException:
         lock.release()
         raise
     return cfg, run_dir, lock, record
+
+
+def seed_dirs_of(run_dir: Path, cfg) -> list[Path]:
+    """The run directories of a stacked run's seeds (``run_dir/seed_<s>``); ``[]`` for one seed."""
+    count = stack_seeds_of(cfg)
+    if count == 1:
+        return []
+    return [Path(run_dir) / f"seed_{int(cfg.seed) + k}" for k in range(count)]
+
+
+def write_run_configs(run_dir: Path, cfg) -> None:
+    """``config.yaml`` of a one-seed run; ``stack.yaml`` and each seed's ``seed_<s>/config.yaml``
+    (with ``seed=<s>``) of a stacked run."""
+    from omegaconf import OmegaConf, open_dict
+
+    seed_dirs = seed_dirs_of(run_dir, cfg)
+    if not seed_dirs:
+        OmegaConf.save(cfg, run_dir / RUN_CONFIG, resolve=True)
+        return
+    for k, seed_dir in enumerate(seed_dirs):
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        seed_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        with open_dict(seed_cfg):
+            seed_cfg.seed = int(cfg.seed) + k
+        OmegaConf.save(seed_cfg, seed_dir / RUN_CONFIG)
+    OmegaConf.save(cfg, run_dir / STACK_CONFIG, resolve=True)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run that trained: a configuration and a checkpoint or an
+    evaluation (its own or a seed's). A configuration alone, left by a launch that failed before
+    training (a bad dataset path, say), does not hold the directory."""
+    if run_config_path(run_dir) is None:
+        return False
+    if any((run_dir / "checkpoints").glob("ckpt_*")):
+        return True
+    return any(run_dir.glob("eval_returns.csv")) or any(run_dir.glob("seed_*/eval_returns.csv"))
 
 
 def _leaf_keys(cfg) -> list[str]:
@@ -550,13 +797,26 @@ def setup_run(cfg) -> Run:
             normalize_observations=bool(data.normalize_observations),
             generate_transitions=int(data.generate_transitions),
         )
-        logger = make_logger(
-            cfg.logger.backend,
-            run_dir,
-            project=cfg.logger.project,
-            run_name=f"{cfg.algo}-{task_name(cfg.dataset)}-s{cfg.seed}",
-            config=cfg,
-        )
+        seed_dirs = seed_dirs_of(run_dir, cfg)
+        if seed_dirs:
+            logger = [
+                make_logger(
+                    cfg.logger.backend,
+                    seed_dir,
+                    project=cfg.logger.project,
+                    run_name=f"{cfg.algo}-{task_name(cfg.dataset)}-s{int(cfg.seed) + k}",
+                    config=_with_seed(cfg, int(cfg.seed) + k),
+                )
+                for k, seed_dir in enumerate(seed_dirs)
+            ]
+        else:
+            logger = make_logger(
+                cfg.logger.backend,
+                run_dir,
+                project=cfg.logger.project,
+                run_name=f"{cfg.algo}-{task_name(cfg.dataset)}-s{cfg.seed}",
+                config=cfg,
+            )
     except BaseException:
         lock.release()
         raise
@@ -574,7 +834,75 @@ def setup_run(cfg) -> Run:
         logger=logger,
         lock=lock,
         resume_record=record,
+        seed_dirs=seed_dirs,
     )
+
+
+def _with_seed(cfg, seed: int):
+    from omegaconf import OmegaConf, open_dict
+
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(out):
+        out.seed = seed
+    return out
+
+
+def _int_option(cfg, key: str, *, minimum: int | None = None) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, bool) or float(value) != int(value):
+                raise ValueError
+            value = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{key}={value!r} is not an integer; pass {key}=<int>"
+                + (f" (>= {minimum})" if minimum is not None else "")
+                + "."
+            ) from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key}={value} must be >= {minimum}.")
+    return value
+
+
+def stack_seeds_of(cfg) -> int:
+    """``stack_seeds`` (seeds trained together in one process; 1 when absent)."""
+    if cfg.get("stack_seeds") is None:
+        return 1
+    return _int_option(cfg, "stack_seeds", minimum=1)
+
+
+def check_run_options(cfg, *, stackable: bool = True, recipe: str | None = None) -> None:
+    """The options every recipe shares, checked before anything is written: ``seed`` an
+    integer, ``stack_seeds`` an integer >= 1 (and 1 for a recipe that cannot stack),
+    ``precision`` fp32 or bf16, ``eval.start_states`` a protocol. Each error is one line naming
+    the option."""
+    from torchrl_sym.train.evaluate import START_STATES
+    from torchrl_sym.train.precision import check_precision
+
+    _int_option(cfg, "seed")
+    count = stack_seeds_of(cfg)
+    if count > 1 and not stackable:
+        raise ValueError(
+            f"stack_seeds={count}: recipes/{recipe or cfg.get('algo')}.py cannot stack seeds; run "
+            "one seed per process (seed=<s>, or -m seed=0,1,2)."
+        )
+    check_precision(cfg.get("precision", "fp32"))
+    eval_cfg = cfg.get("eval")
+    start_states = None if eval_cfg is None else eval_cfg.get("start_states")
+    if start_states is not None and start_states not in START_STATES:
+        raise ValueError(
+            f"eval.start_states={start_states!r} is not a start-state protocol; choose one of "
+            f"{START_STATES}."
+        )
+
+
+def run_recipe(cfg, build: Callable[[Run], Built], *, stackable: bool = True):
+    """What a recipe's ``main`` does: check the shared options (:func:`check_run_options`;
+    ``stackable=False`` refuses ``stack_seeds > 1``), :func:`setup_run`, then :meth:`Run.train`
+    with ``build``. Returns the last evaluation's metrics (one dict per seed when stacked)."""
+    check_run_options(cfg, stackable=stackable)
+    return setup_run(cfg).train(build)
 
 
 def network_optimizers(
@@ -595,12 +923,10 @@ def network_optimizers(
     return opts
 
 
-def train_one_stage(
-    run: Run, loss, optimizers, *, policy, tau: float, name: str, schedulers=()
-) -> dict[str, float]:
+def one_stage(run: Run, loss, optimizers, *, policy, tau: float, name: str, schedulers=()) -> Built:
     """The actor-critic recipes' shape: one ``train`` stage of ``train.steps`` updates of ``loss``
     (all its ``loss_*`` terms, one optimizer per network), a Polyak target update every step,
-    evaluation of ``policy``; resumes from the run directory's latest checkpoint."""
+    evaluation of ``policy``."""
     from torchrl.objectives import SoftUpdate
 
     from torchrl_sym.train.loop import Objective, TargetUpdate
@@ -612,17 +938,17 @@ def train_one_stage(
         targets=[TargetUpdate(SoftUpdate(loss, tau=tau))],
         evaluate=True,
     )
-    return run.execute(run.make_loop([stage], modules={"loss": loss}, policy=policy))
+    return Built([stage], {"loss": loss}, policy)
 
 
-def train_in_sample(run: Run, loss, *, policy, hp, name: str) -> dict[str, float]:
+def in_sample(run: Run, loss, *, policy, hp, name: str) -> Built:
     """IQL, SQL and XQL: TD(0) targets with ``hp.discount``, one Adam of ``hp.lr`` per network
     (value, actor, critics), the actor's lr cosine-decayed when ``hp.actor_cosine_schedule``, and
-    :func:`train_one_stage` with Polyak ``hp.tau``."""
+    :func:`one_stage` with Polyak ``hp.tau``."""
     loss.make_value_estimator(gamma=hp.discount)
     v_opt, actor_opt, q_opt = network_optimizers(loss, hp.lr, ("value", "actor", "qvalue"))
     schedulers = [cosine_schedule(actor_opt, run)] if hp.actor_cosine_schedule else []
-    return train_one_stage(
+    return one_stage(
         run,
         loss,
         [v_opt, actor_opt, q_opt],

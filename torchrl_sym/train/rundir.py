@@ -53,7 +53,27 @@ FIXED_ON_RESUME = (
     "data.action_clip",
     "data.generate_transitions",
     "eval.mode",  # one evaluation protocol per run: its last-k and best mix no modes
+    "eval.start_states",
+    "stack_seeds",  # a stacked checkpoint holds exactly stack_seeds seeds
 )
+
+RUN_CONFIG = "config.yaml"
+"""A run directory's configuration (one seed; what the report reads)."""
+STACK_CONFIG = "stack.yaml"
+"""A stacked run's configuration (``stack_seeds=K``): the directory holds the checkpoints of all K
+seeds and one ordinary run directory per seed (``seed_<s>/config.yaml``, ...)."""
+
+
+def run_config_path(run_dir: str | Path) -> Path | None:
+    """The configuration file of the run in ``run_dir``: ``stack.yaml`` for a stacked run,
+    ``config.yaml`` otherwise; None if there is neither."""
+    run_dir = Path(run_dir)
+    for name in (STACK_CONFIG, RUN_CONFIG):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
 # Leaf names that size a network anywhere in the config (``sfac.hidden``, ``bdpo.ensemble_size``).
 _ARCHITECTURE_LEAF = re.compile(
     r"^(.*hidden.*|num_blocks|num_steps|ensemble_size|.*layer_norm|dropout|num_qvalue_nets)$"
@@ -303,11 +323,12 @@ def resume_config(
     from omegaconf import OmegaConf, open_dict
 
     run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    path = run_config_path(run_dir)
+    if path is None:
         raise ResumeError(
-            f"resume={str(run_dir)!r}: {path} does not exist, so this is not a run directory "
-            "(a run writes config.yaml when it starts). Pass the directory of an earlier run."
+            f"resume={str(run_dir)!r}: {run_dir / RUN_CONFIG} does not exist, so this is not a run "
+            "directory (a run writes config.yaml, or stack.yaml for stacked seeds, when it "
+            "starts). Pass the directory of an earlier run."
         )
     try:
         saved = OmegaConf.load(path)
@@ -376,7 +397,7 @@ def _run_dir_resolver(resume: Any, default: str) -> str:
     if resume in (None, "", "null", "None"):
         return default
     path = Path(str(resume)).expanduser()
-    if not (path / "config.yaml").is_file():
+    if run_config_path(path) is None:
         # Hydra resolves this before it creates the run directory; SystemExit passes through its
         # error formatting, so the user reads one line and no directory is made.
         raise SystemExit(

@@ -163,16 +163,64 @@ class OfflineDatasetInfo:
         )
 
 
+class _Packed:
+    """A dataset's columns packed row-major into one ``[N, D]`` float32 matrix, so a batch is one
+    ``index_select`` (the columns of 256 random rows) instead of one advanced-indexing call per
+    key; float columns are stored exactly, bool columns as 0/1."""
+
+    def __init__(self, data: TensorDictBase):
+        self.layout: list[tuple[tuple[str, ...], int, int, torch.dtype, tuple[int, ...]]] = []
+        columns, start = [], 0
+        for key, value in data.items(include_nested=True, leaves_only=True):
+            key = key if isinstance(key, tuple) else (key,)
+            if value.dtype not in (torch.float32, torch.bool):
+                raise TypeError(f"offline data column {key} has dtype {value.dtype}")
+            width = int(torch.Size(value.shape[1:]).numel())
+            columns.append(value.reshape(len(value), -1).to(torch.float32))
+            self.layout.append((key, start, width, value.dtype, tuple(value.shape[1:])))
+            start += width
+        self.matrix = torch.cat(columns, 1) if columns else torch.empty(len(data), 0)
+        self.device = data.device
+
+    def rows(self, index: torch.Tensor, batch_size: torch.Size) -> TensorDict:
+        """The rows ``index`` (any shape ``batch_size``) as a TensorDict of ``batch_size``."""
+        flat = self.matrix.index_select(0, index.reshape(-1))
+        out: dict = {}
+        for key, start, width, dtype, shape in self.layout:
+            column = flat[:, start : start + width]
+            column = column > 0.5 if dtype == torch.bool else column
+            node = out
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            node[key[-1]] = column.reshape(*batch_size, *shape)
+        return TensorDict(out, batch_size=batch_size, device=self.device)
+
+
 class OfflineReplayBuffer(TensorDictReplayBuffer):
     """A read-only TensorDictReplayBuffer over an offline dataset, with its :attr:`info`.
 
-    Batches have a static shape ``[batch_size]`` (sampling without replacement, incomplete last
-    batch of an epoch dropped), so a compiled update never recompiles. ``state_dict`` holds the
-    sampler's position and its random generator, not the data: the dataset is immutable and is
-    reloaded from its source, so checkpoints stay small.
+    Batches have a static shape ``[batch_size]`` (sampling without replacement: a fresh random
+    permutation of the transitions each epoch, drawn from the buffer's own generator, and the
+    incomplete last batch of an epoch dropped), so a compiled update never recompiles.
+    ``state_dict`` holds the sampler's position, its permutation and its random generator, not the
+    data: the dataset is immutable and is reloaded from its source, so checkpoints stay small.
+
+    A batch is gathered from the dataset packed into one ``[N, D]`` matrix (one ``index_select``
+    per batch: 0.1-0.2 ms for a 256-transition Hopper batch where TorchRL's storage indexing took
+    4.6 ms on this project's CPU; :meth:`with_batch_size` shares the packed matrix). A checkpoint
+    written before the packed sampler (TorchRL's ``SamplerWithoutReplacement`` state) resumes with
+    TorchRL's sampler, exactly as it was.
     """
 
-    def __init__(self, data: TensorDictBase, info: OfflineDatasetInfo, *, batch_size: int, seed):
+    def __init__(
+        self,
+        data: TensorDictBase,
+        info: OfflineDatasetInfo,
+        *,
+        batch_size: int,
+        seed,
+        packed: _Packed | None = None,
+    ):
         generator = torch.Generator(device=data.device)
         if seed is not None:
             generator.manual_seed(int(seed))
@@ -187,6 +235,11 @@ class OfflineReplayBuffer(TensorDictReplayBuffer):
         )
         self.info = info
         self._generator = generator
+        self._batch = int(batch_size)
+        self._packed = packed if packed is not None else _Packed(data)
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+        self._legacy = False  # resumed from a checkpoint of TorchRL's sampler
 
     @property
     def data(self) -> TensorDictBase:
@@ -195,14 +248,45 @@ class OfflineReplayBuffer(TensorDictReplayBuffer):
 
     def with_batch_size(self, batch_size: int, *, seed: int | None) -> OfflineReplayBuffer:
         """Another buffer over the same tensors (no copy) with its own batch size and sampler,
-        e.g. a pretraining stage that samples larger batches than the main stage."""
+        e.g. a pretraining stage that samples larger batches than the main stage, or one seed of
+        a stacked run."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-        return OfflineReplayBuffer(self.data, self.info, batch_size=batch_size, seed=seed)
+        return OfflineReplayBuffer(
+            self.data, self.info, batch_size=batch_size, seed=seed, packed=self._packed
+        )
+
+    def next_indices(self) -> torch.Tensor:
+        """The transitions of the next batch (``[batch_size]`` int64), advancing the sampler."""
+        n = self.info.num_transitions if self.info is not None else len(self.data)
+        if n < self._batch:
+            raise RuntimeError(
+                f"batch_size={self._batch} exceeds the dataset's {n} transitions (the incomplete "
+                "last batch of an epoch is dropped, so no batch could be drawn)"
+            )
+        if self._perm is None or self._pos + self._batch > n:
+            self._perm = torch.randperm(n, generator=self._generator, device=self._generator.device)
+            self._pos = 0
+        index = self._perm[self._pos : self._pos + self._batch]
+        self._pos += self._batch
+        return index
+
+    def sample(self, batch_size: int | None = None, return_info: bool = False):
+        if self._legacy or batch_size not in (None, self._batch) or return_info:
+            return super().sample(batch_size, return_info=return_info)
+        return self._packed.rows(self.next_indices(), torch.Size([self._batch]))
 
     def state_dict(self) -> dict[str, Any]:
+        if self._legacy:
+            return {
+                "sampler": self._sampler.state_dict(),
+                "generator": self._generator.get_state(),
+                "num_transitions": self.info.num_transitions,
+            }
         return {
-            "sampler": self._sampler.state_dict(),
+            "format": "packed-1",
+            "permutation": None if self._perm is None else self._perm.clone(),
+            "position": self._pos,
             "generator": self._generator.get_state(),
             "num_transitions": self.info.num_transitions,
         }
@@ -214,8 +298,16 @@ class OfflineReplayBuffer(TensorDictReplayBuffer):
                 f"transitions, but '{self.info.dataset_id}' has {self.info.num_transitions}; "
                 "resume with the dataset the run was started with."
             )
-        self._sampler.load_state_dict(state_dict["sampler"])
         self._generator.set_state(state_dict["generator"])
+        if state_dict.get("format") == "packed-1":
+            perm = state_dict["permutation"]
+            self._perm = None if perm is None else perm.to(self._generator.device)
+            self._pos = int(state_dict["position"])
+            self._legacy = False
+            return
+        # a checkpoint of TorchRL's sampler (before the packed one): continue with it
+        self._sampler.load_state_dict(state_dict["sampler"])
+        self._legacy = True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,7 +669,8 @@ def _convert_d4rl(path: Path) -> tuple[TensorDict, dict]:
 
 def _generate_if_ours(dataset_id: str, num_transitions: int) -> bool:
     """Generate a missing ``torchrl_sym/<env>/<kind>-v<N>`` dataset that this library can build
-    (a version with shipped policies: v0 or v1)."""
+    (a version with shipped policies: v0 or v1). When another process is generating it, this waits
+    for that process under the dataset's lock and uses what it wrote (saying so in one line)."""
     from torchrl_sym.data import generate
     from torchrl_sym.data.policies import CARD_SETS
 
@@ -592,7 +685,9 @@ def _generate_if_ours(dataset_id: str, num_transitions: int) -> bool:
         dataset_id,
         num_transitions,
     )
-    generate.generate_dataset(family, kind, num_transitions=num_transitions, version=version)
+    generate.generate_dataset(
+        family, kind, num_transitions=num_transitions, version=version, exist_ok=True
+    )
     return True
 
 
@@ -601,7 +696,7 @@ def _load_minari_cached(
 ) -> tuple[TensorDictBase, dict]:
     from minari.storage.datasets_root_dir import get_dataset_path
 
-    from torchrl_sym.data._staging import remove_stale_staging
+    from torchrl_sym.data._staging import dataset_lock, remove_stale_staging
 
     remove_stale_staging(get_dataset_path())  # left by generators that were killed
     path = Path(get_dataset_path(dataset_id))
@@ -612,6 +707,12 @@ def _load_minari_cached(
             from torchrl_sym.data import _staging
 
             _download_minari_or_raise(dataset_id, _staging.local_minari_ids(), download)
+    # read under the dataset's shared lock: no generator replaces it (--overwrite) meanwhile
+    with dataset_lock(get_dataset_path(), dataset_id, shared=True):
+        return _read_minari_cached(dataset_id, path, root, validate)
+
+
+def _read_minari_cached(dataset_id: str, path: Path, root, validate) -> tuple[TensorDictBase, dict]:
     dataset = _open_minari(dataset_id, path)
     data_dir = path / "data"
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())

@@ -213,6 +213,13 @@ class StackedBuffer:
         return self.buffers[0].info
 
     def sample(self):
+        packed = getattr(self.buffers[0], "_packed", None)
+        if packed is not None and all(
+            getattr(b, "_packed", None) is packed and not b._legacy for b in self.buffers
+        ):
+            # one gather of every seed's rows: [K, B] indices, one index_select
+            index = torch.stack([b.next_indices() for b in self.buffers])
+            return packed.rows(index, index.shape)
         return torch.stack([b.sample() for b in self.buffers])
 
     def state_dict(self) -> dict[str, Any]:

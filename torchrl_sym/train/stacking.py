@@ -223,7 +223,6 @@ class SeedStack:
             loss.__dict__.pop("_cache", None)
 
 
-
 def seed_checkpoint(state: Mapping[str, Any], k: int) -> dict[str, Any]:
     """Seed ``k``'s modules in the checkpoint of a stacked run: the checkpoint with every tensor
     of ``state["modules"]`` indexed ``[k]`` (a stacked run stacks every tensor its modules

@@ -318,3 +318,119 @@ def test_datasets_doc_matches_its_registry_cards_and_runs():
     doc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(doc)
     assert doc.main(["--check"]) == 0
+
+
+# ------------------------------------------------------------------ Ctrl-C during a write
+
+# `python -c INTERRUPTED WHERE`: the generator's CLI, told "writing" (on stdout) when the test is
+# to send SIGINT. WHERE is
+#   write: inside the Minari write (the KeyboardInterrupt propagates as usual);
+#   dropped-before-rename / dropped-after-rename: inside a __del__ (the KeyboardInterrupt is
+#   printed as "Exception ignored ..." and dropped, as in issue #30 point 9b), before or after the
+#   finished dataset is renamed into place.
+INTERRUPTED = """
+import os, signal, sys, time
+import minari
+from torchrl_sym.data import generate as gen
+
+# as in a terminal: a child started from a non-interactive shell may inherit SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
+where, real_create, real_rename = sys.argv[1], minari.create_dataset_from_buffers, os.rename
+
+class SleepsInDel:
+    def __del__(self):
+        print("writing", flush=True)
+        time.sleep(60)
+
+def create(*args, **kwargs):
+    if where == "write":
+        print("writing", flush=True)
+        time.sleep(60)
+    if where == "dropped-before-rename":
+        SleepsInDel()  # collected at once: its __del__ runs here
+    return real_create(*args, **kwargs)
+
+def rename(src, dst):
+    real_rename(src, dst)
+    if where == "dropped-after-rename" and os.path.basename(dst) == "random-v1":
+        SleepsInDel()
+
+minari.create_dataset_from_buffers = create
+os.rename = rename
+raise SystemExit(gen.main(["hopper", "random", "--transitions", "200", "--num-envs", "4",
+                           "--version", "1"]))
+"""
+
+
+@pytest.mark.parametrize("where", ["write", "dropped-before-rename", "dropped-after-rename"])
+def test_ctrl_c_while_writing_exits_130_and_says_what_is_on_disk(tmp_path, where):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path / "minari"
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(root), OMP_NUM_THREADS="1")
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, where],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "writing", child.stderr.read()[-3000:]
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    dataset_id = "torchrl_sym/hopper/random-v1"
+    final = root / dataset_id
+    assert child.returncode == 130, err[-3000:]  # never 0 after a Ctrl-C
+    if where != "write":  # the scenario of the issue: the KeyboardInterrupt itself was dropped
+        assert "Exception ignored" in err and "KeyboardInterrupt" in err
+    last = err.strip().splitlines()[-1]
+    if where == "dropped-after-rename":
+        assert last == (
+            f"interrupted after dataset '{dataset_id}' was written completely: it is kept at "
+            f"{final}"
+        )
+        assert out.strip() == ""  # its id is not printed as a success
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MINARI_DATASETS_PATH", str(root))
+            assert minari.load_dataset(dataset_id).total_steps == 200
+            assert gen.read_provenance(dataset_id)["transitions"] == 200
+    else:
+        assert last == (
+            f"interrupted before dataset '{dataset_id}' was written: there is no dataset at "
+            f"{final} (nothing partial is kept)"
+        )
+        assert not final.exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]  # staging removed
+
+
+def test_a_dropped_interrupt_is_raised_again_at_the_end_of_the_guard():
+    import signal
+    import threading
+
+    from torchrl_sym.data._staging import honour_interrupts
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by the test runner here")
+    with pytest.raises(KeyboardInterrupt), honour_interrupts() as guard:
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # dropped, as Python does for one raised in a __del__
+        assert guard.interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    # outside the main thread nothing is installed, and nothing is counted
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(honour_interrupts().__enter__()))
+    thread.start()
+    thread.join()
+    assert not seen[0].interrupted

@@ -33,6 +33,18 @@ by one ``rename``. A staging directory left by a killed writer is removed by the
 load) once that pid is no longer alive on this host; a live writer's is never touched. An existing
 dataset, readable or not, is only replaced with ``overwrite=True`` (``--overwrite``), and that is
 checked before any rollout.
+
+Every write holds the dataset's lock (:class:`torchrl_sym.data._staging.dataset_lock`, an
+``flock`` on ``.<name>.lock`` beside the dataset) from before it checks whether the dataset exists
+until the dataset is in place, and every load holds it shared while it reads. A process that needs
+a dataset another process is generating waits for it and then uses what that process wrote (it
+says so in one line, with that dataset's size and seed), instead of failing or generating it
+again; ``--overwrite`` waits for the readers and writers of the dataset before it replaces it. A
+lock dies with its holder, so a killed generator blocks no one.
+
+Ctrl-C (SIGINT) is never lost: the command exits with status 130 and says whether the dataset was
+not written (nothing of it is kept) or was already complete (it is kept); it never exits 0 after
+an interrupt.
 """
 
 from __future__ import annotations
@@ -291,58 +303,95 @@ def write_minari_dataset(
     ``metadata`` goes to :func:`minari.create_dataset_from_buffers` (``ref_min_score``,
     ``ref_max_score``, ``description``, ``algorithm_name`` ...); ``provenance`` is written as
     ``provenance.json`` in the dataset directory. Returns the dataset's directory.
+
+    The write holds the dataset's exclusive lock (it waits for the processes reading or writing
+    ``dataset_id``) and checks whether the dataset exists only once it holds it. A Ctrl-C leaves
+    either no new dataset or the complete one; the ``KeyboardInterrupt`` raised says which.
     """
     import minari
     from minari.storage.datasets_root_dir import get_dataset_path
 
-    from torchrl_sym.data._staging import make_staging_dir
+    from torchrl_sym.data._staging import dataset_lock, honour_interrupts, make_staging_dir
 
     root = Path(get_dataset_path())
     final = root / dataset_id
-    if final.exists() and not overwrite:
-        raise FileExistsError(
-            f"Minari dataset '{dataset_id}' already exists at {final}; pass overwrite=True "
-            "(--overwrite) to replace it."
-        )
-    remove_stale_staging(root)
-    staging = make_staging_dir(root)
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(staging)
+    renamed = False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            minari.create_dataset_from_buffers(
-                dataset_id=dataset_id,
-                buffer=episodes,
-                env=env_id,
-                author=metadata.pop("author", "torchrl_sym"),
-                author_email=metadata.pop("author_email", "torchrl_sym@users.noreply.github.com"),
-                code_permalink=metadata.pop(
-                    "code_permalink", "https://github.com/torchrl_sym/torchrl_sym"
-                ),
-                **metadata,
-            )
-        if provenance is not None:
-            (staging / dataset_id / "provenance.json").write_text(
-                json.dumps(provenance, indent=2, default=str) + "\n"
-            )
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # namespace metadata files (one per namespace level) are created by minari on demand
-        for ns_file in staging.rglob("namespace_metadata.json"):
-            dest = root / ns_file.relative_to(staging)
-            if not dest.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ns_file, dest)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging / dataset_id, final)
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
-        shutil.rmtree(staging, ignore_errors=True)
+        with (
+            honour_interrupts() as interrupts,
+            dataset_lock(root, dataset_id, purpose="writing it"),
+        ):
+            if final.exists() and not overwrite:
+                raise FileExistsError(
+                    f"Minari dataset '{dataset_id}' already exists at {final}; pass "
+                    "overwrite=True (--overwrite) to replace it."
+                )
+            remove_stale_staging(root)
+            staging = make_staging_dir(root)
+            previous = os.environ.get("MINARI_DATASETS_PATH")
+            os.environ["MINARI_DATASETS_PATH"] = str(staging)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    minari.create_dataset_from_buffers(
+                        dataset_id=dataset_id,
+                        buffer=episodes,
+                        env=env_id,
+                        author=metadata.pop("author", "torchrl_sym"),
+                        author_email=metadata.pop(
+                            "author_email", "torchrl_sym@users.noreply.github.com"
+                        ),
+                        code_permalink=metadata.pop(
+                            "code_permalink", "https://github.com/torchrl_sym/torchrl_sym"
+                        ),
+                        **metadata,
+                    )
+                if provenance is not None:
+                    (staging / dataset_id / "provenance.json").write_text(
+                        json.dumps(provenance, indent=2, default=str) + "\n"
+                    )
+                final.parent.mkdir(parents=True, exist_ok=True)
+                # namespace metadata files (one per namespace level) are created by minari on demand
+                for ns_file in staging.rglob("namespace_metadata.json"):
+                    dest = root / ns_file.relative_to(staging)
+                    if not dest.exists():
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(ns_file, dest)
+                # a Ctrl-C whose KeyboardInterrupt was dropped (raised in a __del__) stops here
+                interrupts.check()
+                if final.exists():  # overwrite: the old dataset goes with the staging directory
+                    os.rename(final, staging / ".replaced")
+                os.rename(staging / dataset_id, final)
+                renamed = True
+            finally:
+                if previous is None:
+                    os.environ.pop("MINARI_DATASETS_PATH", None)
+                else:
+                    os.environ["MINARI_DATASETS_PATH"] = previous
+                shutil.rmtree(staging, ignore_errors=True)
+    except KeyboardInterrupt as err:
+        if err.args:
+            raise
+        raise KeyboardInterrupt(_interrupted(dataset_id, final, renamed)) from None
     return final
+
+
+def _interrupted(dataset_id: str, final: Path, written: bool) -> str:
+    """What a Ctrl-C left of the dataset ``dataset_id``: the message of the KeyboardInterrupt."""
+    if written:
+        return (
+            f"interrupted after dataset '{dataset_id}' was written completely: it is kept at "
+            f"{final}"
+        )
+    if final.exists():
+        return (
+            f"interrupted before this process wrote dataset '{dataset_id}': nothing of its write "
+            f"is kept; {final} holds a complete dataset written before"
+        )
+    return (
+        f"interrupted before dataset '{dataset_id}' was written: there is no dataset at {final} "
+        "(nothing partial is kept)"
+    )
 
 
 def read_provenance(dataset_id: str) -> dict | None:
@@ -398,24 +447,27 @@ def _local_or_rollout(
     are deterministic, so reading it equals rolling out again), else a fresh rollout."""
     import minari
     from minari.data_collector import EpisodeBuffer
+    from minari.storage.datasets_root_dir import get_dataset_path
 
+    from torchrl_sym.data._staging import dataset_lock
     from torchrl_sym.envs import resolve_env_id
 
     dataset_id = dataset_id_for(family, kind, version)
-    prov = read_provenance(dataset_id) if dataset_id in _local_ids() else None
-    if prov and prov.get("seed") == seed and prov.get("transitions") == num_transitions:
-        return [
-            EpisodeBuffer(
-                id=ep.id,
-                seed=seed + ep.id,
-                observations=ep.observations,
-                actions=ep.actions,
-                rewards=np.asarray(ep.rewards, dtype=np.float64),
-                terminations=ep.terminations,
-                truncations=ep.truncations,
-            )
-            for ep in minari.load_dataset(dataset_id).iterate_episodes()
-        ]
+    with dataset_lock(get_dataset_path(), dataset_id, shared=True):  # not replaced while read
+        prov = read_provenance(dataset_id) if dataset_id in _local_ids() else None
+        if prov and prov.get("seed") == seed and prov.get("transitions") == num_transitions:
+            return [
+                EpisodeBuffer(
+                    id=ep.id,
+                    seed=seed + ep.id,
+                    observations=ep.observations,
+                    actions=ep.actions,
+                    rewards=np.asarray(ep.rewards, dtype=np.float64),
+                    terminations=ep.terminations,
+                    truncations=ep.truncations,
+                )
+                for ep in minari.load_dataset(dataset_id).iterate_episodes()
+            ]
     policy = behavior_policy(family, kind, seed, version)
     return rollout_episodes(resolve_env_id(family), policy, num_transitions, seed=seed, **rollout)
 
@@ -450,29 +502,112 @@ def generate_dataset(
     overwrite: bool = False,
     progress: bool = True,
     version: int | None = None,
+    exist_ok: bool = False,
 ) -> str:
     """Generate ``torchrl_sym/<family>/<kind>-v<version>`` locally (see the module docstring) from
-    that version's shipped policies; return its id."""
+    that version's shipped policies; return its id.
+
+    An existing dataset raises :class:`FileExistsError` before any rollout, unless ``overwrite``
+    (replace it) or ``exist_ok`` (return its id). The generation holds the dataset's lock; when
+    another process held it and wrote the dataset meanwhile, that dataset is used (one logged
+    line) and nothing is generated. A Ctrl-C raises ``KeyboardInterrupt`` saying whether the
+    dataset was written.
+    """
+    from torchrl_sym.data._staging import dataset_lock, honour_interrupts
     from torchrl_sym.data.policies import load_card
-    from torchrl_sym.envs import resolve_env_id
 
     if kind not in DATASET_KINDS:
         raise ValueError(f"Unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}.")
     from minari.storage.datasets_root_dir import get_dataset_path
 
     family = _family(env)
-    env_id = resolve_env_id(family)
     version = latest_version(family) if version is None else int(version)
     dataset_id = dataset_id_for(family, kind, version)
     if kind != "random":  # fail before any rollout when the version has no policies for family
         load_card(family, "expert", version)
     final = Path(get_dataset_path(dataset_id))
     if final.exists() and not overwrite:  # checked before the rollouts, not after them
+        if exist_ok:
+            return dataset_id
         raise FileExistsError(
             f"Minari dataset '{dataset_id}' already exists at {final}; pass overwrite=True "
             "(--overwrite) to replace it."
         )
-    rollout = {"num_envs": num_envs, "progress": progress}
+    purpose = (
+        f"{'regenerating' if overwrite else 'generating'} it ({num_transitions} transitions, "
+        f"seed {seed})"
+    )
+    written = False
+    try:
+        with (
+            honour_interrupts() as interrupts,
+            dataset_lock(get_dataset_path(), dataset_id, purpose=purpose) as lock,
+        ):
+            if final.exists() and not overwrite:  # written by another process meanwhile
+                _use_concurrent(dataset_id, lock, num_transitions, seed)
+                return dataset_id
+            _generate_locked(
+                family,
+                kind,
+                version,
+                num_transitions=num_transitions,
+                seed=seed,
+                overwrite=overwrite,
+                rollout={"num_envs": num_envs, "progress": progress},
+                interrupts=interrupts,
+            )
+            written = True
+    except KeyboardInterrupt as err:
+        if err.args:
+            raise
+        raise KeyboardInterrupt(_interrupted(dataset_id, final, written)) from None
+    return dataset_id
+
+
+def _use_concurrent(dataset_id: str, lock, num_transitions: int, seed: int) -> None:
+    """Say, in one line, that the dataset another process wrote meanwhile is used (``lock``: the
+    :class:`~torchrl_sym.data._staging.LockState` of the wait)."""
+    try:
+        prov = read_provenance(dataset_id) or {}
+    except (OSError, ValueError):
+        prov = {}
+    what = (
+        f" ({prov['transitions']} transitions, seed {prov.get('seed')})"
+        if isinstance(prov, dict) and "transitions" in prov
+        else ""
+    )
+    holder = lock.holder
+    by = f"pid {holder.get('pid')} on {holder.get('hostname')}" if holder else "another process"
+    logger.warning(
+        "Dataset '%s' was written by %s %s: using that dataset%s instead of generating it (this "
+        "call asked for %d transitions, seed %d).",
+        dataset_id,
+        by,
+        "while this process waited for its lock" if lock.waited else "meanwhile",
+        what,
+        num_transitions,
+        seed,
+    )
+
+
+def _generate_locked(
+    family: str,
+    kind: str,
+    version: int,
+    *,
+    num_transitions: int,
+    seed: int,
+    overwrite: bool,
+    rollout: dict,
+    interrupts,
+) -> None:
+    """The rollouts and the write of :func:`generate_dataset`, under the dataset's lock."""
+    from torchrl_sym.data.policies import load_card
+    from torchrl_sym.envs import resolve_env_id
+
+    env_id = resolve_env_id(family)
+    dataset_id = dataset_id_for(family, kind, version)
+
     policies: dict[str, dict | str] = {}
     if kind == "random":
         episodes = rollout_episodes(env_id, None, num_transitions, seed=seed, **rollout)
@@ -496,6 +631,7 @@ def generate_dataset(
             episodes += _local_or_rollout(family, part, num_transitions, seed, rollout, version)
             policies[part] = load_card(family, part, version)
     episodes = [dataclasses.replace(ep, id=i) for i, ep in enumerate(episodes)]
+    interrupts.check()  # a Ctrl-C dropped during the rollouts: write nothing
     sha = episodes_sha256(episodes)
     steps = sum(len(ep.actions) for ep in episodes)
     ref_min, ref_max = _reference_returns(family, version)
@@ -531,7 +667,6 @@ def generate_dataset(
     logger.info(
         "wrote %s (%d transitions, %d episodes, sha256 %s)", dataset_id, steps, len(episodes), sha
     )
-    return dataset_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,25 +699,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     from torchrl_sym.data import _staging
 
-    for env, kind in jobs:
-        target = dataset_id_for(env, kind, args.version)
-        if args.all and not args.overwrite and target in _staging.local_minari_ids():
-            print(f"{target} exists (--overwrite to rebuild)")
-            continue
-        try:
-            dataset_id = generate_dataset(
-                env,
-                kind,
-                num_transitions=args.transitions,
-                seed=args.seed,
-                num_envs=args.num_envs,
-                overwrite=args.overwrite,
-                version=args.version,
-            )
-        except (ValueError, FileExistsError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(dataset_id)
+    target, written = None, False
+    try:
+        with _staging.honour_interrupts():
+            for env, kind in jobs:
+                target, written = dataset_id_for(env, kind, args.version), False
+                if args.all and not args.overwrite and target in _staging.local_minari_ids():
+                    print(f"{target} exists (--overwrite to rebuild)")
+                    continue
+                try:
+                    dataset_id = generate_dataset(
+                        env,
+                        kind,
+                        num_transitions=args.transitions,
+                        seed=args.seed,
+                        num_envs=args.num_envs,
+                        overwrite=args.overwrite,
+                        version=args.version,
+                    )
+                except (ValueError, FileExistsError, FileNotFoundError) as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    return 2
+                written = True
+                print(dataset_id, flush=True)
+    except KeyboardInterrupt as err:
+        # never exit 0 after a Ctrl-C; say what is on disk (128 + SIGINT, as shells do)
+        message = str(err) or "interrupted"
+        if not err.args and target is not None:
+            from minari.storage.datasets_root_dir import get_dataset_path
+
+            message = _interrupted(target, Path(get_dataset_path(target)), written)
+        print(message, file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

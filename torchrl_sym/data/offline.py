@@ -669,7 +669,8 @@ def _convert_d4rl(path: Path) -> tuple[TensorDict, dict]:
 
 def _generate_if_ours(dataset_id: str, num_transitions: int) -> bool:
     """Generate a missing ``torchrl_sym/<env>/<kind>-v<N>`` dataset that this library can build
-    (a version with shipped policies: v0 or v1)."""
+    (a version with shipped policies: v0 or v1). When another process is generating it, this waits
+    for that process under the dataset's lock and uses what it wrote (saying so in one line)."""
     from torchrl_sym.data import generate
     from torchrl_sym.data.policies import CARD_SETS
 
@@ -684,7 +685,9 @@ def _generate_if_ours(dataset_id: str, num_transitions: int) -> bool:
         dataset_id,
         num_transitions,
     )
-    generate.generate_dataset(family, kind, num_transitions=num_transitions, version=version)
+    generate.generate_dataset(
+        family, kind, num_transitions=num_transitions, version=version, exist_ok=True
+    )
     return True
 
 
@@ -693,7 +696,7 @@ def _load_minari_cached(
 ) -> tuple[TensorDictBase, dict]:
     from minari.storage.datasets_root_dir import get_dataset_path
 
-    from torchrl_sym.data._staging import remove_stale_staging
+    from torchrl_sym.data._staging import dataset_lock, remove_stale_staging
 
     remove_stale_staging(get_dataset_path())  # left by generators that were killed
     path = Path(get_dataset_path(dataset_id))
@@ -704,6 +707,12 @@ def _load_minari_cached(
             from torchrl_sym.data import _staging
 
             _download_minari_or_raise(dataset_id, _staging.local_minari_ids(), download)
+    # read under the dataset's shared lock: no generator replaces it (--overwrite) meanwhile
+    with dataset_lock(get_dataset_path(), dataset_id, shared=True):
+        return _read_minari_cached(dataset_id, path, root, validate)
+
+
+def _read_minari_cached(dataset_id: str, path: Path, root, validate) -> tuple[TensorDictBase, dict]:
     dataset = _open_minari(dataset_id, path)
     data_dir = path / "data"
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())

@@ -180,3 +180,55 @@ def test_bad_shared_options_fail_with_one_line(tmp_path, recipe_dataset, recipe,
     assert message in proc.stderr, proc.stderr[-2000:]
     assert "invalid literal for int()" not in proc.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_stacked_srpo_reuses_the_stages_of_a_stacked_run(tmp_path, recipe_dataset):
+    """``srpo.init_from`` with stacked runs: each seed of a stacked run loads its own seed's
+    behavior model and critic from a stacked run of the same seeds, and a single-seed run loads
+    the slice of one ``seed_<s>`` directory."""
+    from torchrl_sym.train.stacking import seed_checkpoint
+
+    small = [
+        f"dataset={recipe_dataset}",
+        "profile=smoke",
+        "srpo.behavior.hidden_dim=32",
+        "srpo.behavior.num_blocks=1",
+        "srpo.critic.hidden=[32,32]",
+        "srpo.policy.hidden=[32,32]",
+        "logger.backend=none",
+    ]
+    first = tmp_path / "first"
+    _run("srpo", *small, "seed=2", "stack_seeds=2", f"hydra.run.dir={first}")
+    source = torch.load(sorted((first / "checkpoints").glob("ckpt_*.pt"))[-1], weights_only=False)
+    again = tmp_path / "again"
+    _run(
+        "srpo",
+        *small,
+        "seed=2",
+        "stack_seeds=2",
+        f"srpo.init_from={first}",
+        f"hydra.run.dir={again}",
+    )
+    reused = torch.load(sorted((again / "checkpoints").glob("ckpt_*.pt"))[-1], weights_only=False)
+    assert reused["global_step"] == 50  # the policy stage only
+    for name in ("behavior", "critic"):
+        for key, value in source["modules"][name].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(reused["modules"][name][key], value), (name, key)
+    single = tmp_path / "single"
+    _run("srpo", *small, "seed=3", f"srpo.init_from={first / 'seed_3'}", f"hydra.run.dir={single}")
+    one = torch.load(sorted((single / "checkpoints").glob("ckpt_*.pt"))[-1], weights_only=False)
+    want = seed_checkpoint(source, 1)["modules"]["behavior"]
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(one["modules"]["behavior"][key], value), key
+    proc = _run(
+        "srpo",
+        *small,
+        "seed=7",
+        f"srpo.init_from={first}",
+        f"hydra.run.dir={tmp_path / 'bad'}",
+        check=False,
+    )
+    assert proc.returncode != 0 and "holds no seed 7" in proc.stderr

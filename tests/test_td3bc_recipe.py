@@ -108,7 +108,9 @@ def test_smoke_run(tmp_path, recipe_dataset):
     # the evaluation env standardized observations with the dataset's statistics: replaying the
     # evaluated episode with them gives the logged return, without them another one
     assert not torch.allclose(info.observation_loc, torch.zeros(S))
-    seed = int(cfg.seed) + 100
+    from torchrl_sym.train.evaluate import evaluation_seeds
+
+    seed = evaluation_seeds(int(cfg.seed), 1, cfg.eval.get("start_states", "legacy"))[0]
 
     def replay(norm):
         env = make_env(info.env_id, seed=seed, observation_norm=norm)

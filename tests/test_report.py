@@ -5,6 +5,7 @@ CIs against direct rliable calls, variants, notes for damaged runs, published co
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ LAST_K = 3  # eval.last_k in the synthetic configs
 
 def episode_scores(algo: str, dataset: str, variant: str, seed: int) -> np.ndarray:
     """[evaluations, 2 episodes] of normalized scores: a rising curve with a per-run offset."""
-    base = {"sfac": 50.0, "iql": 40.0, "xql": 45.0, "bdpo": 70.0}[algo]
+    base = {"sfac": 50.0, "iql": 40.0, "xql": 45.0, "bdpo": 70.0, "awac": 35.0, "sql": 42.0}[algo]
     base += 7.0 if variant == "js" else 0.0
     base += 10.0 if dataset == WALKER else 0.0
     t = np.arange(len(STEPS), dtype=np.float64)
@@ -216,14 +217,57 @@ def test_last_k_option_overrides_the_configs(tree):
     assert "final (last 1 evaluations)" in rp.render_markdown(forced)
 
 
-def test_cis_are_rliables_stratified_bootstrap(report, page):
-    from rliable import library, metrics
+def test_t_interval_against_a_hand_computation():
+    """Three values 1, 2, 6: mean 3, s = √7, s/√3 = √(7/3); t(0.975, 2 df) = 4.302652729749462
+    (a t table gives 4.303), so the interval is 3 ± 4.3027 · 1.5275 = [-3.5724, 9.5724]."""
+    t_975_2df = 4.302652729749462
+    half = t_975_2df * (7.0 / 3.0) ** 0.5
+    low, high = rp.stats.t_mean_ci([1.0, 2.0, 6.0])
+    assert (low, high) == pytest.approx((3.0 - half, 3.0 + half), abs=1e-12)
+    assert (low, high) == pytest.approx((-3.5724, 9.5724), abs=1e-4)
+    assert rp.stats.t_mean_ci([5.0]) is None
+    assert rp.stats.t_mean_ci([4.0, 4.0, 4.0]) == (4.0, 4.0)  # no spread: a point
+    # which interval a cell gets: t below 5 seeds, the bootstrap from 5 on
+    assert [rp.stats.interval_kind(n) for n in (0, 1, 2, 4, 5, 9)] == [
+        "none", "none", "t", "t", "bootstrap", "bootstrap"
+    ]  # fmt: skip
+
+
+def test_cells_of_few_seeds_show_a_t_interval(report, page):
+    """A 3-seed cell: a Student t interval of the mean, not a bootstrap (which over 3 values is
+    their min and max); the page says which interval its tables hold."""
+    from scipy.stats import t
 
     text = page.read_text()
     c = cell(report, HOPPER, "sfac", "sfac.divergence=jeffreys")
+    assert c.ci_kind == "t"
     finals, bests = expected_final_and_best("sfac", HOPPER, "jeffreys", range(3))
-    before = np.random.get_state()[1].copy()  # noqa: NPY002 - rliable draws from the global RNG
     for values, got, column in ((finals, c.final_ci, 5), (bests, c.best_ci, 7)):
+        half = t.ppf(0.975, 2) * values.std(ddof=1) / np.sqrt(3)
+        assert got == pytest.approx((values.mean() - half, values.mean() + half), abs=1e-9)
+        assert got[0] < values.min() and values.max() < got[1]  # wider than the range here
+        assert row(text, HOPPER, "sfac", "sfac.divergence=jeffreys")[column] == (
+            f"[{got[0]:.1f}, {got[1]:.1f}]"
+        )
+    assert "With fewer than 5 seeds the CI is a Student t interval" in text
+    section = text.split(f"(`{HOPPER}`)", 1)[1].split("\n### ", 1)[0]
+    assert "The 95% CIs are Student t intervals of the mean" in section
+
+
+def test_cells_of_five_seeds_show_rliables_bootstrap(tmp_path):
+    from rliable import library, metrics
+
+    root = tmp_path / "runs"
+    for seed in range(5):
+        write_run(root / f"s{seed}", "iql", HOPPER, seed)
+    for seed in range(3):
+        write_run(root / f"x{seed}", "xql", HOPPER, seed)
+    report = rp.build_report([root], out=tmp_path / "page.md", reps=REPS)
+    c = cell(report, HOPPER, "iql")
+    assert c.ci_kind == "bootstrap"
+    finals, bests = expected_final_and_best("iql", HOPPER, "", range(5))
+    before = np.random.get_state()[1].copy()  # noqa: NPY002 - rliable draws from the global RNG
+    for values, got in ((finals, c.final_ci), (bests, c.best_ci)):
         saved = np.random.get_state()  # noqa: NPY002 - rliable draws from the global RNG
         np.random.seed(rp.DEFAULT_SEED)  # noqa: NPY002 - rliable draws from the global RNG
         _, ci = library.get_interval_estimates(
@@ -232,11 +276,16 @@ def test_cis_are_rliables_stratified_bootstrap(report, page):
         np.random.set_state(saved)  # noqa: NPY002 - rliable draws from the global RNG
         assert got == (ci["x"][0, 0], ci["x"][1, 0])
         assert got[0] <= values.mean() <= got[1]
-        cells = row(text, HOPPER, "sfac", "sfac.divergence=jeffreys")
-        assert cells[column] == f"[{got[0]:.1f}, {got[1]:.1f}]"
+    assert rp.bootstrap_mean_ci(finals, reps=REPS) == c.final_ci
     # the report seeds the global RNG only inside its bootstrap calls
     rp.bootstrap_mean_ci(finals, reps=50)
     np.testing.assert_array_equal(np.random.get_state()[1], before)  # noqa: NPY002 - rliable draws from the global RNG
+    text = rp.render_markdown(report)
+    assert (
+        "The 95% CIs are Student t intervals of the mean (fewer than 5 seeds: a bootstrap over "
+        "so few values is only their range) for rows with fewer than 5 seeds, rliable's "
+        "percentile bootstraps of the mean for the others." in text
+    )
 
 
 def test_aggregates_are_rliables_mean_and_iqm(report, page):
@@ -531,6 +580,80 @@ def test_resumed_runs_are_named_with_the_step_they_continued_from(tmp_path):
     assert "`runs/s0`" not in notes
 
 
+def _set_summary(run: Path, **fields) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(fields)
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def _provenance(commit, dirty):
+    return {"commit": commit, "dirty": dirty, "python": "3.11.7", "versions": {"torch": "2.9"},
+            "cpu": "x", "gpu": None, "threads": 1, "device": "cpu", "precision": "fp32"}  # fmt: skip
+
+
+def test_each_table_names_the_commits_of_its_rows(tmp_path):
+    """summary.json's provenance: the short commit of each row's runs, dirty marked; a summary
+    that predates provenance counts as not recorded."""
+    root = tmp_path / "runs"
+    iql = [write_run(root / f"iql{s}", "iql", HOPPER, s) for s in range(3)]
+    xql = [write_run(root / f"xql{s}", "xql", HOPPER, s) for s in range(2)]
+    old = [write_run(root / f"bdpo{s}", "bdpo", HOPPER, s) for s in range(2)]
+    sha_a, sha_b = "a4b3733" + "0" * 33, "5ac73f3" + "1" * 33
+    for run in iql:
+        _set_summary(run, provenance=_provenance(sha_a, False))
+    _set_summary(xql[0], provenance=_provenance(sha_b, True))  # xql[1]: not recorded
+    report = rp.build_report([root], out=tmp_path / "page.md", reps=50)
+    assert cell(report, HOPPER, "iql").valid[0].provenance["commit"] == sha_a
+    assert old[0].is_dir() and cell(report, HOPPER, "bdpo").valid[0].provenance is None
+    text = rp.render_markdown(report)
+    (line,) = [x for x in text.splitlines() if x.startswith("Code: ")]
+    assert line.endswith(
+        "bdpo: not recorded; iql: `a4b3733`; xql: `5ac73f3` dirty (1 of 2 runs), not recorded "
+        "(1 of 2 runs)."
+    )
+    assert '"not recorded": a summary.json written before runs recorded their provenance' in line
+    # every row alike: one phrase for all
+    for run in (*xql, *old):
+        _set_summary(run, provenance=_provenance(sha_a, False))
+    text = rp.render_markdown(rp.build_report([root], out=tmp_path / "page.md", reps=50))
+    assert "every row: `a4b3733`." in text
+
+
+def test_each_table_names_the_rows_evaluated_from_legacy_start_states(tmp_path):
+    """config.yaml without eval.start_states: the legacy protocol (seed + 100 + i); with
+    ``disjoint``: the new one. The key does not split a cell into variants."""
+    root = tmp_path / "runs"
+    for seed in range(3):
+        write_run(root / f"iql{seed}", "iql", HOPPER, seed)  # legacy: no eval.start_states
+        write_run(
+            root / f"xql{seed}", "xql", HOPPER, seed, config={"eval.start_states": "disjoint"}
+        )
+    write_run(root / "sql0", "sql", HOPPER, 0)
+    write_run(root / "sql1", "sql", HOPPER, 1, config={"eval.start_states": "disjoint"})
+    report = rp.build_report([root], out=tmp_path / "page.md", reps=50)
+    assert report.variant_keys["sql"] == []  # a key the older runs lack is not a variant
+    assert [r.start_states for r in cell(report, HOPPER, "sql").valid] == ["legacy", "disjoint"]
+    text = rp.render_markdown(report)
+    (line,) = [x for x in text.splitlines() if x.startswith("Evaluation start states")]
+    assert (
+        "Evaluation start states (`eval.start_states` in config.yaml): iql: legacy; sql: "
+        "disjoint (1 of 2 runs), legacy (1 of 2 runs); xql: disjoint." in line
+    )
+    # seeds 0-2 with 2 episodes each: 102-103, 103-104, 104-105 share no start state
+    assert "(seeds 0–2 of this table share 0 of their 2 start states)" in line
+    assert "s + 100 + i" in line and "10⁹ + 10⁵·s + i" in line
+
+
+def test_legacy_start_states_shared_by_neighbouring_seeds(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(3):
+        write_run(root / f"iql{seed}", "iql", HOPPER, seed, config={"eval.episodes": 10})
+    text = rp.render_markdown(rp.build_report([root], out=tmp_path / "page.md", reps=50))
+    assert "every row: legacy. Legacy is the protocol before disjoint start states" in text
+    assert "(seeds 0–2 of this table share 8 of their 10 start states)" in text
+    assert "Disjoint (every run started since)" in text
+
+
 # ---------------------------------------------------------------------------------- published
 
 
@@ -664,6 +787,62 @@ def test_command_line_entry_point(tree, tmp_path):
     assert proc.returncode == 2 and "no run directories under" in proc.stderr
 
 
+def test_the_public_names_are_importable_from_the_package():
+    """The package keeps every name the single module had; its modules are where a reader
+    looks for them."""
+    import importlib
+
+    for name in ("Aggregate", "Cell", "ClaimRow", "DataStat", "DataStatsError", "Report", "Run",
+                 "bootstrap_mean_ci", "build_report", "claim_rows", "find_run_dirs",
+                 "load_data_stats", "load_run", "main", "render_markdown", "task_name",
+                 "write_figures", "welch_ci", "CSV_COLUMNS", "DEFAULT_LAST_K", "DEFAULT_REPS",
+                 "DEFAULT_SEED", "DEFAULT_CLAIM_SEEDS", "IGNORED_KEYS"):  # fmt: skip
+        assert hasattr(rp, name), name
+    for module, names in (
+        ("runs", ("Run", "find_run_dirs", "load_run")),
+        ("stats", ("bootstrap_mean_ci", "t_mean_ci", "welch_ci", "holm")),
+        ("cells", ("Cell", "Report", "build_report")),
+        ("claims", ("ClaimRow", "claim_rows")),
+        ("tables", ("render_markdown",)),
+        ("figures", ("write_figures",)),
+        ("cli", ("main",)),
+    ):
+        mod = importlib.import_module(f"torchrl_sym.report.{module}")
+        assert all(getattr(mod, n) is getattr(rp, n, getattr(mod, n)) for n in names), module
+
+
+@pytest.mark.parametrize("package", ["rliable", "matplotlib", "pandas", "scipy"])
+def test_a_missing_dependency_is_one_line_naming_the_extra(package, tree, tmp_path):
+    """``python -m torchrl_sym.report`` without an optional dependency: exit 2 and one line
+    naming it and the extra, no traceback; the import itself still works."""
+    code = (
+        f"import sys; sys.modules[{package!r}] = None\n"
+        "import runpy, torchrl_sym.report\n"
+        f"sys.argv = ['torchrl_sym.report', {str(tree)!r}, '--out', {str(tmp_path / 'p.md')!r}]\n"
+        "runpy.run_module('torchrl_sym.report', run_name='__main__', alter_sys=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: torchrl_sym.report needs {package}, which is not installed; install the "
+        'report\'s extra: pip install "torchrl_sym[report]"'
+    ]
+    assert not (tmp_path / "p.md").exists()
+
+
+def test_a_dependency_missing_below_another_is_named(monkeypatch):
+    """rliable imports pandas (through arch): a library call names pandas and rliable."""
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    for name in [m for m in sys.modules if m == "rliable" or m.startswith(("rliable.", "arch"))]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError) as err:
+        rp.bootstrap_mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert str(err.value) == (
+        "torchrl_sym.report needs pandas (imported by rliable), which is not installed; install "
+        'the report\'s extra: pip install "torchrl_sym[report]"'
+    )
+
+
 def test_import_is_cheap():
     code = (
         "import sys, torchrl_sym.report\n"
@@ -697,6 +876,29 @@ def test_preamble_is_shown_before_the_tables_and_checked(tree, tmp_path, capsys)
     assert "--preamble" in capsys.readouterr().err
 
 
+def test_preamble_links_are_rebased_onto_the_page(tree, tmp_path):
+    """A relative link in the preamble points where it does from the preamble's folder, so it
+    works in the file and on the page; URLs, anchors and code blocks stay as written."""
+    folder = tmp_path / "results" / "cpu"
+    folder.mkdir(parents=True)
+    (folder / "HISTORY.md").write_text("# history\n")
+    preamble = folder / "PROTOCOL.md"
+    preamble.write_text(
+        "See [the history](HISTORY.md#sessions), [docs](../../docs/report.md), "
+        "[a site](https://example.org/x.md) and [here](#protocol).\n\n"
+        "```bash\necho '[not a link](HISTORY.md)'\n```\n"
+    )
+    out = tmp_path / "docs" / "results.md"
+    report = rp.build_report([tree], out=out, reps=REPS, preamble=preamble)
+    text = rp.render_markdown(report)
+    assert (
+        "See [the history](../results/cpu/HISTORY.md#sessions), [docs](report.md), "
+        "[a site](https://example.org/x.md) and [here](#protocol)." in text
+    )
+    assert "echo '[not a link](HISTORY.md)'" in text
+    assert Path(os.path.normpath(out.parent / "../results/cpu/HISTORY.md")) == folder / "HISTORY.md"
+
+
 def test_a_table_without_a_valid_run_names_no_empty_k(tmp_path):
     write_run(tmp_path / "runs" / "a", "iql", "torchrl_sym/hopper/medium-v1", 0, csv=False)
     out = tmp_path / "page.md"
@@ -718,6 +920,63 @@ def welch_by_hand(a, b):
     half = t.ppf(0.975, df) * np.sqrt(va + vb)
     diff = a.mean() - b.mean()
     return diff - half, diff + half
+
+
+def welch_p_by_hand(a, b):
+    """Welch's two-sided p-value from its textbook formula: t = (ā - b̄) / √(va + vb) with
+    Welch-Satterthwaite degrees of freedom."""
+    from scipy.stats import t
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return 2 * t.sf(abs(a.mean() - b.mean()) / np.sqrt(va + vb), df)
+
+
+def test_holm_against_a_hand_example():
+    """p = 0.01, 0.04, 0.03, 0.005 (m = 4). Sorted: 0.005, 0.01, 0.03, 0.04, multiplied by
+    4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04; made non-decreasing: 0.02, 0.03, 0.06, 0.06. A None is
+    not a test: it stays None and does not count in m."""
+    assert rp.stats.holm([0.01, 0.04, None, 0.03, 0.005]) == pytest.approx(
+        [0.03, 0.06, None, 0.06, 0.02], abs=1e-15
+    )
+    # at alpha = 0.05 Holm rejects only the first two (0.005 < 0.05/4, 0.01 < 0.05/3), where the
+    # uncorrected tests would reject all four
+    assert rp.stats.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert rp.stats.holm([]) == [] and rp.stats.holm([None]) == [None]
+    assert rp.stats.holm([0.02]) == [0.02]  # one test: no correction
+
+
+def test_holm_turns_a_marginal_contradiction_into_not_contradicted(tmp_path):
+    """Two "not below" comparisons: Sf-AC (Jeffreys) below IQL with p ≈ 0.032 (contradicted by
+    the uncorrected interval), Sf-AC (JS) level with it (p ≈ 0.91). Holm doubles the smaller
+    p-value to ≈ 0.063 > 0.05: not contradicted after the correction; the page says both."""
+    runs = tmp_path / "runs"
+    _constant_runs(runs, "iql", [60.0, 62.0, 64.0])
+    _constant_runs(runs, "sfac", [56.0, 57.0, 58.0], variant="jeffreys")
+    _constant_runs(runs, "sfac", [58.0, 66.0, 61.0], variant="js")
+    report = rp.build_report([runs], out=tmp_path / "page.md", reps=REPS)
+    rows = {r.cell.variant: r for r in report.claims}
+    jeffreys, js = rows["sfac.divergence=jeffreys"], rows["sfac.divergence=js"]
+    assert jeffreys.p == pytest.approx(welch_p_by_hand([56, 57, 58], [60, 62, 64]), abs=1e-12)
+    assert js.p == pytest.approx(welch_p_by_hand([58, 66, 61], [60, 62, 64]), abs=1e-12)
+    assert 0.025 < jeffreys.p < 0.05 < js.p
+    assert jeffreys.p_holm == pytest.approx(2 * jeffreys.p) and js.p_holm == pytest.approx(js.p)
+    assert jeffreys.raw_verdict == "contradicts" and jeffreys.verdict == "not contradicted"
+    assert js.raw_verdict == js.verdict == "not contradicted"
+    text = rp.render_markdown(report)
+    assert "This section makes 2 comparisons, each a Welch test with a verdict." in text
+    assert "Holm-corrected over those 2" in text
+    assert "No claim is contradicted (Holm-corrected)" in text
+    assert (
+        "Contradicted by the uncorrected 95% interval only, not after the correction: sfac "
+        "(sfac.divergence=jeffreys) below iql on `hopper-medium` (-5.0, p 0.032, Holm p 0.063)"
+        in text
+    )
+    assert (
+        f"| 3, 3 | {jeffreys.p:.3f} | {jeffreys.p_holm:.3f} | not contradicted | contradicts |"
+        in text
+    )
 
 
 def test_claim_rows_on_the_fixture(report, page):
@@ -751,12 +1010,25 @@ def test_claim_rows_on_the_fixture(report, page):
     text = page.read_text()
     section = text.split("## The papers' claims on our runs", 1)[1].split("\n## ", 1)[0]
     assert text.index("## The papers' claims") < text.index("## Aggregates across datasets")
-    assert "No claim is contradicted by a comparison with 3 or more seeds per cell." in section
+    assert (
+        "No claim is contradicted (Holm-corrected) by a comparison with 3 or more seeds per cell."
+        in section
+    )
+    # 8 comparisons; only hopper's Sf-AC vs IQL have 3 valid seeds in both cells (xql has 2, bdpo
+    # 1, walker2d's iql 2): a family of 2
+    assert (
+        "This section makes 8 comparisons, 2 of them Welch tests with a verdict (6 pending)."
+        in (section)
+    )
+    assert sfac.tested and sfac.p == pytest.approx(welch_p_by_hand(a, b), abs=1e-12)
     assert "| hopper-medium | bdpo above iql (published 100.6 vs 66.3) [c" in section
     assert "bdpo above xql (published 100.6 vs 71.1 XQL-C, 74.2 XQL-T)" in section
     assert "Zhu et al., arXiv 2508.04225" in section and "Gao et al., BDPO" in section
     lo, hi = sfac.ci
-    assert f"| {sfac.diff:+.1f} | [{lo:.1f}, {hi:.1f}] | 3, 3 | not contradicted |" in section
+    assert (
+        f"| {sfac.diff:+.1f} | [{lo:.1f}, {hi:.1f}] | 3, 3 | {sfac.p:.3f} | {sfac.p_holm:.3f} "
+        "| not contradicted | not contradicted |" in section
+    )
 
 
 def _constant_runs(root, algo, finals, *, dataset=HOPPER, variant=""):
@@ -793,10 +1065,13 @@ def test_claim_verdicts_and_the_plain_statement(tmp_path):
         ("bdpo", "sql"): "contradicts",
         ("srpo", "sql"): "agrees",
     }
+    # these differences are large or far from significant: Holm changes none of the 13 verdicts
+    assert {(r.cell.label, r.other.label): r.raw_verdict for r in report.claims} == verdicts
+    assert sum(r.tested for r in report.claims) == 13
     text = rp.render_markdown(report)
     assert (
-        "Contradicted on our runs: sfac (sfac.divergence=jeffreys) is below iql on `hopper-medium`"
-        in text
+        "Contradicted on our runs (Holm-corrected): sfac (sfac.divergence=jeffreys) is below iql "
+        "on `hopper-medium`" in text
     )
     assert "bdpo is below srpo on `hopper-medium`" in text
     assert "| **contradicts** |" in text
@@ -813,9 +1088,9 @@ def test_claim_verdicts_and_the_plain_statement(tmp_path):
     assert row.verdict == "not resolved" and row.ci[0] < 0 < row.ci[1]
     text = rp.render_markdown(report)
     assert (
-        "No claim is contradicted by a comparison with 3 or more seeds per cell. Not confirmed "
-        "on our runs (the interval covers zero, or no interval): srpo above iql on "
-        f"`hopper-medium` ({row.diff:+.1f})." in text
+        "No claim is contradicted (Holm-corrected) by a comparison with 3 or more seeds per "
+        "cell. Not confirmed on our runs (not significant after the correction, or no "
+        f"interval): srpo above iql on `hopper-medium` ({row.diff:+.1f})." in text
     )
 
 
@@ -940,4 +1215,75 @@ def test_data_stats_line_is_drawn_in_the_curves(tree, tmp_path, monkeypatch):
     monkeypatch.setattr(Axes, "axhline", spy)
     report = rp.build_report([tree], out=tmp_path / "page.md", reps=REPS, data_stats=stats)
     rp.write_figures(report)
-    assert lines == [(50.0, "the data itself (50.0)")]  # hopper only: walker has no statistics
+    # one line in each hopper panel (one per row of its table); walker has no statistics
+    assert lines == [(50.0, "the data itself (50.0)")] * len(report.cells_of(HOPPER))
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The matplotlib Figures write_figures saves, by file name."""
+    from matplotlib.figure import Figure
+
+    saved = {}
+    real = Figure.savefig
+
+    def spy(self, path, *args, **kwargs):
+        saved[Path(path).name] = self
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return saved
+
+
+def test_curves_are_small_multiples_with_references_and_an_outside_legend(tmp_path, saved_figures):
+    """One panel per row of the table, sharing axes; the data's level and the best baseline in
+    every panel (the best baseline not in its own); the legend outside every axes; and a
+    diverged (finite, far below) row does not flatten the others' y-range."""
+    root = tmp_path / "runs"
+    for seed in range(3):
+        write_run(root / f"iql{seed}", "iql", HOPPER, seed)
+        write_run(root / f"sfac{seed}", "sfac", HOPPER, seed, variant="js")
+        low = episode_scores("xql", HOPPER, "", seed)
+        low[4:] = -400.0 - 50 * seed  # finite, so a valid run: it collapses after step 4000
+        write_run(root / f"xql{seed}", "xql", HOPPER, seed, scores=low)
+    write_run(root / "awac0", "awac", HOPPER, 0)
+    stats = tmp_path / "datasets.json"
+    stats.write_text(json.dumps({HOPPER: {"return_mean": 30, "ref_min_score": 0,
+                                          "ref_max_score": 100}}))  # fmt: skip
+    report = rp.build_report([root], out=tmp_path / "page.md", reps=REPS, data_stats=stats)
+    rp.write_figures(report)
+    figure = saved_figures["curves_torchrl_sym_hopper_medium-v1.png"]
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title().split("\n")[0] for ax in panels] == [c.label for c in report.cells]
+    assert all(ax.get_legend() is None for ax in figure.axes)  # no legend inside an axes ...
+    (legend,) = figure.legends  # ... one for the figure, outside the panels
+    labels = [t.get_text() for t in legend.get_texts()]
+    best = np.mean(expected_final_and_best("iql", HOPPER, "", range(3))[0])
+    assert f"best baseline: iql (final {best:.1f})" in labels
+    assert "the data itself (30.0)" in labels and "one seed" in labels
+    assert any(label.startswith("95% CI of the mean (Student t below 5 seeds") for label in labels)
+    # shared y: the collapsed xql row (-400 and below) does not set the limits
+    low, high = panels[0].get_ylim()
+    assert all(ax.get_ylim() == (low, high) for ax in panels)
+    assert -25.0 <= low < 30.0 and high < 125.0
+    xql = panels[[c.algo for c in report.cells].index("xql")]
+    assert any("mean leaves the axes" in t.get_text() for t in xql.texts)
+    # the best baseline (dash-dot) is drawn in the other panels, not in its own
+    iql = panels[[c.algo for c in report.cells].index("iql")]
+    sfac = panels[[c.algo for c in report.cells].index("sfac")]
+    assert not any(line.get_linestyle() == "-." for line in iql.get_lines())
+    assert sum(line.get_linestyle() == "-." for line in sfac.get_lines()) == 1
+    assert "(best baseline)" in iql.get_title()
+
+
+def test_curve_bands_follow_the_tables_interval_rule(tree, report):
+    """The per-step band of a 3-seed row is the Student t interval of the mean at each step."""
+    from scipy.stats import t
+
+    c = cell(report, HOPPER, "sfac", "sfac.divergence=js")
+    steps, mean, ci = rp._curve(c, reps=REPS, seed=0)
+    evals = np.stack([episode_scores("sfac", HOPPER, "js", s).mean(axis=1) for s in range(3)])
+    half = t.ppf(0.975, 2) * evals.std(axis=0, ddof=1) / np.sqrt(3)
+    np.testing.assert_allclose(mean, evals.mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(ci, np.stack([mean - half, mean + half]), atol=1e-9)
+    assert list(steps) == list(STEPS)

@@ -561,7 +561,7 @@ def _seed_case(name: str, obs_dim: int, act_dim: int, hidden: list[int], device)
         stage = Stage("behavior", 1, [Objective("bc", loss, [opt])])
         return {"loss": loss}, stage
     if name == "bdpo-critic":
-        from cases_bdpo import make_loss
+        from cases_bdpo import make_loss, terms
 
         loss = make_loss(obs_dim, act_dim).to(device)
         q_opt, v_opt = (
@@ -572,8 +572,8 @@ def _seed_case(name: str, obs_dim: int, act_dim: int, hidden: list[int], device)
             "train",
             1,
             [
-                Objective("qvalue", loss.qvalue_loss, [q_opt], max_grad_norm=1.0),
-                Objective("value", loss.value_loss, [v_opt], max_grad_norm=1.0),
+                Objective("qvalue", terms(loss, "qvalue"), [q_opt], max_grad_norm=1.0),
+                Objective("value", terms(loss, "value"), [v_opt], max_grad_norm=1.0),
             ],
             [TargetUpdate(loss.make_target_updater("critic"))],
         )

@@ -48,6 +48,19 @@ def make_loss(obs_dim: int, act_dim: int, step_sampling: str = "stratified") -> 
     )
 
 
+def terms(loss: BDPOLoss, name: str) -> Callable[[TensorDict], TensorDict]:
+    """``batch -> TensorDict({loss_<name>, <diagnostics>})`` of the ``(loss, metadata)`` method
+    ``<name>_loss`` (``recipes/bdpo.py``'s ``loss_terms``, without importing hydra): what the
+    training loop's objectives take."""
+    method = getattr(loss, f"{name}_loss")
+
+    def call(batch: TensorDict) -> TensorDict:
+        value, metadata = method(batch)
+        return TensorDict({f"loss_{name}": value, **metadata}, batch_size=[])
+
+    return call
+
+
 def _adam(loss, name):
     from bench_losses import adam  # capturable on a GPU (the CUDA-graph column steps it)
 
@@ -76,16 +89,18 @@ def updates(
     q_opt, v_opt, actor_opt = _adam(loss, "qvalue"), _adam(loss, "value"), _adam(loss, "actor")
     critic_ema, actor_ema = loss.make_target_updater("critic"), loss.make_target_updater("actor")
 
+    q_terms, v_terms, actor_terms = (terms(loss, name) for name in ("qvalue", "value", "actor"))
+
     def critic(batch: TensorDict) -> TensorDict:
-        out = loss.qvalue_loss(batch)
-        out.update(loss.value_loss(batch))
+        out = q_terms(batch)
+        out.update(v_terms(batch))
         _clipped_step(q_opt, out["loss_qvalue"])
         _clipped_step(v_opt, out["loss_value"])
         critic_ema.step()
         return out.detach()
 
     def actor(batch: TensorDict) -> TensorDict:
-        out = loss.actor_loss(batch)
+        out = actor_terms(batch)
         _clipped_step(actor_opt, out["loss_actor"])
         actor_ema.step()
         return out.detach()

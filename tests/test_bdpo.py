@@ -273,7 +273,8 @@ def test_penalties_vanish_when_the_actor_is_the_behavior():
     # the prepare step of the recipe's stage does the same
     loss2 = _make_loss(seed=5)
     BDPOPrepareTraining(loss2).step()
-    assert float(loss2.actor_loss(td)["actor_penalty"]) == 0.0
+    _, info = loss2.actor_loss(td)
+    assert float(info["actor_penalty"]) == 0.0
 
 
 # ------------------------------------------------------------------------------ tests 6, 7
@@ -327,9 +328,11 @@ def test_q_target_by_hand(form):
         assert (target[term] < r[term]).all()
     # and the loss is the mean over members and rows of the squared error
     torch.manual_seed(11)
-    out = loss.qvalue_loss(td)
+    value, info = loss.qvalue_loss(td)
     q = _q(loss, td["observation"], td["action"], target=False)
-    torch.testing.assert_close(out["loss_qvalue"], ((q - expected) ** 2).mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(value, ((q - expected) ** 2).mean(), rtol=1e-5, atol=0)
+    assert set(info) == {"q_target", "q_penalty", "lcb_std"}
+    torch.testing.assert_close(info["q_target"], expected.mean(), rtol=1e-5, atol=1e-6)
 
 
 def test_reduction_to_plain_td_target_and_next_step_value():
@@ -395,21 +398,21 @@ def test_value_and_actor_losses_by_hand(step_sampling):
         return obs, n, x, ell, boot
 
     torch.manual_seed(7)
-    out = loss.value_loss(td)
+    value, info = loss.value_loss(td)
     torch.manual_seed(7)
     obs, n, x, ell, boot = replay(target_actor=True)
     y = boot - 0.3 * ell.unsqueeze(-1)
     v_online = _v(loss, obs, x, n, target=False)
-    torch.testing.assert_close(out["loss_value"], ((v_online - y) ** 2).mean(), rtol=1e-5, atol=0)
-    torch.testing.assert_close(out["v_penalty"], ell.mean(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(value, ((v_online - y) ** 2).mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(info["v_penalty"], ell.mean(), rtol=1e-5, atol=1e-7)
 
     torch.manual_seed(8)
-    out = loss.actor_loss(td)
+    value, info = loss.actor_loss(td)
     torch.manual_seed(8)
     obs, n, x, ell, boot = replay(target_actor=False)
     expected = -(boot.squeeze(-1) - 0.3 * ell).mean()
-    torch.testing.assert_close(out["loss_actor"], expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["actor_penalty"], ell.mean().detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(info["actor_penalty"], ell.mean().detach(), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("batch", [10, 13, 3])
@@ -449,6 +452,7 @@ def test_stratified_rows_get_every_step_with_probability_one_over_n():
     assert (freq - 1 / N).abs().max() < 0.037, freq
 
 
+@pytest.mark.slow
 def test_compiled_losses_equal_eager(step_sampling="stratified"):
     """The critic and actor losses compile (torch.compile, inductor) and give the eager values
     and gradients under the same random draws (inductor's RNG replaced by eager's). A row
@@ -460,12 +464,13 @@ def test_compiled_losses_equal_eager(step_sampling="stratified"):
     td = _batch(n=13)  # 13 = 2 x 5 + 3 left-over rows
 
     def terms(loss):
-        out = loss.qvalue_loss(td)
-        out.update(loss.value_loss(td))
-        out.update(loss.actor_loss(td))
+        out = {}
+        for name in ("qvalue", "value", "actor"):
+            value, _ = getattr(loss, f"{name}_loss")(td)
+            out[f"loss_{name}"] = value
         total = out["loss_qvalue"] + out["loss_value"] + out["loss_actor"]
         total.backward()
-        return out.detach()
+        return {key: value.detach() for key, value in out.items()}
 
     results = []
     for compiled in (False, True):
@@ -495,11 +500,10 @@ def test_stratified_per_row_losses_follow_the_batch_rows():
 
     td = _batch(n=10)
     for method in ("actor_loss", "value_loss"):
-        key = "loss_actor" if method == "actor_loss" else "loss_value"
         torch.manual_seed(5)
-        rows = getattr(_make_loss(reduction="none"), method)(td)[key]
+        rows, _ = getattr(_make_loss(reduction="none"), method)(td)
         torch.manual_seed(5)
-        mean = getattr(_make_loss(), method)(td)[key]
+        mean, _ = getattr(_make_loss(), method)(td)
         assert rows.shape == (10,)
         torch.testing.assert_close(rows.mean(), mean, rtol=1e-5, atol=1e-6)
 
@@ -584,14 +588,14 @@ def test_actor_gradient_vanishes_with_zero_eta_and_a_constant_critic():
             for key, p in loss.__getattr__(f"target_{name}_network_params").items(True, True):
                 if "weight" in "".join(key) and p.dim() > 1:
                     p.zero_()
-    out = loss.actor_loss(_batch())
-    out["loss_actor"].backward()
+    value, _ = loss.actor_loss(_batch())
+    value.backward()
     assert is_zero(grads(loss.actor_network_params))
     # with η > 0 the penalty alone moves the actor
     loss.eta = 0.3
     for p in loss.parameters():
         p.grad = None
-    loss.actor_loss(_batch())["loss_actor"].backward()
+    loss.actor_loss(_batch())[0].backward()
     assert not is_zero(grads(loss.actor_network_params))
 
 
@@ -684,11 +688,40 @@ def test_keys_reduction_and_set_keys():
     loss.set_keys(reward="r")
     assert ("next", "r") in loss.in_keys
     torch.manual_seed(2)
-    a = loss.qvalue_loss(renamed)
+    a, _ = loss.qvalue_loss(renamed)
     loss.set_keys(reward="reward")
     torch.manual_seed(2)
-    b = loss.qvalue_loss(td)
-    torch.testing.assert_close(a["loss_qvalue"], b["loss_qvalue"])
+    b, _ = loss.qvalue_loss(td)
+    torch.testing.assert_close(a, b)
+
+
+def test_per_term_methods_return_loss_and_metadata_and_forward_is_their_union():
+    """TorchRL's convention (``IQLLoss.qvalue_loss`` -> ``(loss, metadata)``): each term returns
+    its loss tensor and a dict of detached diagnostics; ``forward`` is the TensorDict of all four
+    under the same random draws, in the order behavior, qvalue, value, actor."""
+    loss = _make_loss()
+    td = _batch()
+    torch.manual_seed(9)
+    out = loss(td)
+    torch.manual_seed(9)
+    expected = {}
+    for name, keys in (
+        ("behavior", {"eps_rms"}),
+        ("qvalue", {"q_target", "q_penalty", "lcb_std"}),
+        ("value", {"v_penalty", "v_target"}),
+        ("actor", {"actor_penalty", "actor_value"}),
+    ):
+        result = getattr(loss, f"{name}_loss")(td)
+        assert isinstance(result, tuple) and len(result) == 2
+        value, info = result
+        assert isinstance(value, torch.Tensor) and value.shape == () and value.requires_grad
+        assert type(info) is dict and set(info) == keys
+        assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in info.values())
+        expected[f"loss_{name}"] = value
+        expected.update(info)
+    assert list(out.keys()) == list(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(out[key], value, rtol=0, atol=0)
 
 
 def test_bad_arguments_are_reported():
@@ -777,7 +810,8 @@ def test_the_noise_tables_follow_the_loss_to_its_device_and_dtype():
         assert tables and all(t.dtype == torch.float64 for t in tables.values()), net
     batch = _batch().apply(lambda t: t.double() if t.is_floating_point() else t)
     for part in (loss.value_loss, loss.behavior_loss, loss.qvalue_loss, loss.actor_loss):
-        out = part(batch)
-        assert all(v.dtype == torch.float64 for k, v in out.items() if k.startswith("loss_"))
+        value, info = part(batch)
+        assert value.dtype == torch.float64
+        assert all(v.dtype == torch.float64 for v in info.values())
     # registering the schedules adds nothing to a checkpoint (their tables are not persistent)
     assert not [k for k in loss.state_dict() if "_schedule" in k]

@@ -185,6 +185,28 @@ def test_without_pretraining_the_actor_starts_as_the_behavior_and_the_behavior_k
     assert any(not torch.equal(actor[k], before["actor"][k]) for k in actor)
 
 
+@pytest.mark.filterwarnings("ignore:No target network updater")
+def test_loss_terms_give_the_loop_a_tensordict_of_each_term():
+    """BDPOLoss's per-term methods return ``(loss, metadata)`` (TorchRL's convention); the
+    recipe's ``loss_terms`` adapters give the loop the TensorDict it sums and logs: the
+    ``loss_<term>`` entry and the term's diagnostics, the same numbers under the same draws."""
+    from tensordict import TensorDict
+
+    from tests.test_bdpo import _batch, _make_loss
+
+    loss, td = _make_loss(), _batch()
+    for term in ("behavior", "qvalue", "value", "actor"):
+        torch.manual_seed(0)
+        out = _recipe().loss_terms(loss, term)(td)
+        torch.manual_seed(0)
+        value, info = getattr(loss, f"{term}_loss")(td)
+        assert isinstance(out, TensorDict) and out.batch_size == torch.Size([])
+        assert list(out.keys()) == [f"loss_{term}", *info]
+        torch.testing.assert_close(out[f"loss_{term}"], value, rtol=0, atol=0)
+        for key, metric in info.items():
+            torch.testing.assert_close(out[key], metric, rtol=0, atol=0)
+
+
 def test_smoke_profile_composes_a_small_model_for_bdpo_only():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

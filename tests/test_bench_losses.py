@@ -42,6 +42,7 @@ def test_bench_losses_writes_the_table(tmp_path):
         assert eager > 0 and gflop > 0
 
 
+@pytest.mark.slow
 def test_bench_losses_runs_the_staged_cases_of_srpo_and_bdpo(tmp_path):
     page = tmp_path / "benchmarks.md"
     _run_bench(

@@ -11,6 +11,7 @@ from torchrl.objectives.utils import _vmap_func
 
 from torchrl_sym.models import make_qvalue, make_value
 from torchrl_sym.objectives._ensemble import ensemble_call
+from torchrl_sym.objectives.bdpo import make_bdpo_qvalue
 
 
 def _stacked(module, n):
@@ -35,6 +36,8 @@ def _reinit(module, seed):
 
 
 CASES = {
+    "bdpo_q": lambda: make_bdpo_qvalue(5, 2, [16, 16]),
+    "bdpo_layer_norm_q": lambda: make_bdpo_qvalue(5, 2, [16, 16], layer_norm=True),
     "torchrl_mlp_q": lambda: make_qvalue(5, 2, [16, 16]),
     "layer_norm_q": lambda: make_qvalue(5, 2, [16, 16], layer_norm=True),
     "mlp_value": lambda: make_value(5, [8]),
@@ -109,3 +112,43 @@ def test_losses_use_the_fast_path_for_mlp_critics():
         deactivate_vmap=True,
     )
     assert not off._vmap_qvalue_networkN0.__qualname__.startswith("ensemble_call")
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_bdpo_critic_ensemble_takes_the_batched_matmul_path(layer_norm):
+    """BDPO's Q members (TorchRL's MLP, or models._CatSequential with LayerNorm for AntMaze) are
+    recognized: ``q_values`` runs as batched matmuls and equals member-by-member evaluation."""
+    from torchrl_sym.diffusion import (
+        DiffusionBehaviorActor,
+        MLPNoisePredictor,
+        NoiseConditionedCritic,
+        VPDiscreteSchedule,
+    )
+    from torchrl_sym.models import _CatSequential
+    from torchrl_sym.objectives.bdpo import BDPOLoss
+
+    torch.manual_seed(0)
+    members = [make_bdpo_qvalue(5, 2, [16, 16], layer_norm=layer_norm) for _ in range(3)]
+    if layer_norm:
+        assert type(members[0].module) is _CatSequential  # the one class, from models.py
+    assert ensemble_call(members[0]) is not None
+
+    def diffusion():
+        return DiffusionBehaviorActor(
+            MLPNoisePredictor(5, 2, hidden=(8,), time_hidden=(8,)),
+            VPDiscreteSchedule(3, variance="beta"),
+        )
+
+    loss = BDPOLoss(
+        diffusion(), members, NoiseConditionedCritic(5, 2, num_members=3, hidden=(8,)), diffusion()
+    )
+    assert ensemble_call(loss.qvalue_network) is not None
+    assert loss._vmap_q.__qualname__.startswith("ensemble_call")
+    obs, act = torch.randn(4, 5), torch.randn(4, 2)
+    with torch.no_grad():
+        q = loss.q_values(obs, act)
+        one_by_one = [
+            m(TensorDict({"observation": obs, "action": act}, [4]))["state_action_value"]
+            for m in members
+        ]
+    torch.testing.assert_close(q, torch.stack(one_by_one), rtol=1e-5, atol=1e-6)

@@ -274,6 +274,7 @@ def test_checkpoint_from_other_stages_is_refused(tmp_path):
         other.resume()
 
 
+@pytest.mark.slow
 def test_compiled_update_matches_eager_and_does_not_recompile(tmp_path):
     from torch._dynamo.utils import counters
 

@@ -14,7 +14,14 @@ from tensordict import TensorDict
 from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_sym.models import TanhMeanGaussian, make_gaussian_actor, make_qvalue, make_value
+from torchrl_sym.models import (
+    ReLU,
+    TanhMeanGaussian,
+    _CatSequential,
+    make_gaussian_actor,
+    make_qvalue,
+    make_value,
+)
 
 OBS, ACT = 17, 6
 
@@ -168,17 +175,21 @@ def test_layer_norm_option_adds_one_layer_norm_per_hidden_layer():
         normed = [m for m in make(True).modules() if isinstance(m, nn.LayerNorm)]
         assert plain == []
         assert [m.normalized_shape for m in normed] == [(64,), (32,)]
-        # Linear → LayerNorm → ReLU per hidden layer, then a scalar head
-        kinds = [type(m) for m in make(True).module.children()]
+        # Linear → LayerNorm → ReLU per hidden layer (models.ReLU: nn.ReLU whose compiled form is
+        # (x + |x|)/2), then a scalar head, in models._CatSequential (the one BDPO's critics use)
+        net = make(True).module
+        assert type(net) is _CatSequential
+        kinds = [type(m) for m in net.children()]
         assert kinds == [
             nn.Linear,
             nn.LayerNorm,
-            nn.ReLU,
+            ReLU,
             nn.Linear,
             nn.LayerNorm,
-            nn.ReLU,
+            ReLU,
             nn.Linear,
         ]
+        assert issubclass(ReLU, nn.ReLU)
 
 
 def test_layer_norm_normalizes_hidden_features():

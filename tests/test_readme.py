@@ -35,11 +35,13 @@ def test_quickstart_runs(tmp_path):
     assert len(scores) == 2 and all(-10 < s < 100 for s in scores)
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_commands():
+    """The README's test block holds the default run and the slow tests, one command a line; CI
+    ends with exactly those commands, in that order."""
     commands = re.findall(r"```bash\n(.*?)```", README, re.S)
-    test_command = commands[1].strip()
-    assert test_command == "python -m pytest"
+    test_commands = commands[1].strip().splitlines()
+    assert test_commands == ["python -m pytest", "python -m pytest -m slow"]
     ci = (ROOT / ".ci" / "run").read_text()
-    assert ci.strip().splitlines()[-1] == test_command
+    assert ci.strip().splitlines()[-2:] == test_commands
     assert "pip install -q torch==2.13.0" in ci and 'pip install -q -e ".[dev]"' in ci
     assert "torch==2.13.0" in commands[0] and 'pip install -e ".[dev]"' in commands[0]

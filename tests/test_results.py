@@ -49,10 +49,31 @@ def test_results_page_matches_the_committed_logs(monkeypatch):
     assert report.main([*args, "--check"]) == 0
 
 
+def test_the_page_keeps_the_protocol_and_links_the_run_history():
+    """The dated run history (sessions, machines, resumes, speeds) lives in results/cpu/HISTORY.md,
+    linked from PROTOCOL.md; the page keeps the protocol and links the history where it is."""
+    import os
+    import re
+
+    protocol = (RESULTS / "PROTOCOL.md").read_text()
+    history = (RESULTS / "HISTORY.md").read_text()
+    assert "[HISTORY.md](HISTORY.md)" in protocol
+    assert "session by session" not in protocol.lower() and "2026-12-03" not in protocol
+    assert "## Session by session" in history and "2026-12-03 22:49 UTC" in history
+    assert "nearly flat" not in protocol  # the SRPO critic is not flat in the action
+    page = PAGE.read_text()
+    links = re.findall(r"\]\(([^)]*HISTORY\.md)\)", page)
+    assert links and all(
+        Path(os.path.normpath(PAGE.parent / link)) == RESULTS / "HISTORY.md" for link in links
+    )
+
+
 def test_committed_runs_hold_only_logs():
     allowed = {"config.yaml", "eval_returns.csv", "summary.json", "overrides.yaml", "PROTOCOL.md"}
     allowed.add("behavior_eval.json")  # SRPO runs: scripts/eval_behavior.py
     for path in RESULTS.rglob("*"):
+        if path.parent == RESULTS and path.suffix == ".md":
+            continue  # the folder's own documents: PROTOCOL.md, HISTORY.md (the run history), ...
         if path.is_file():
             assert path.name in allowed, path
 
@@ -162,35 +183,35 @@ def test_in_flight_mirrors_the_unfinished_runs_and_says_where_each_stands(tmp_pa
 
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
-# a stand-in for python: records each recipe call; a recipe call writes a finished run
+# a stand-in for python: records each recipe call; a recipe call writes a finished stacked run
 echo "$*" >> "$CALLS"
 case "$1" in
   scripts/collect_results.py) exec "$REAL_PYTHON" "$@" ;;
   scripts/eval_behavior.py) echo "{}" > "$2/behavior_eval.json"; exit 0 ;;
 esac
 algo=$(basename "$1" .py); shift
-sweep=""; run=""; seed=0; div=""
+run=""; seed=0; div=""; k=1
 for arg in "$@"; do
   case "$arg" in
-    hydra.sweep.dir=*) sweep=${arg#*=} ;;
     hydra.run.dir=*) run=${arg#*=} ;;
+    resume=*) run=${arg#*=}; seed=$(sed -n 's/^seed: //p' "$run/stack.yaml");
+              k=$(sed -n 's/^stack_seeds: //p' "$run/stack.yaml");
+              div=$(sed -n 's/^  divergence: //p' "$run/stack.yaml") ;;
     seed=*) seed=${arg#*=} ;;
+    stack_seeds=*) k=${arg#*=} ;;
     sfac.divergence=*) div=${arg#*=} ;;
   esac
 done
 write() {  # write <dir> <seed> <divergence>
   mkdir -p "$1"
-  printf 'algo: %s\ndataset: d-v0\nseed: %s\n' "$algo" "$2" > "$1/config.yaml"
+  printf 'algo: %s\ndataset: d-v0\nseed: %s\nstack_seeds: %s\n' "$algo" "$2" "$k" > "$1/config.yaml"
   [ -n "$3" ] && printf 'sfac:\n  divergence: %s\n' "$3" >> "$1/config.yaml"
   echo "{}" > "$1/summary.json"
 }
-if [ -n "$sweep" ]; then
-  n=0
-  for d in ${div//,/ }; do for s in 0 1 2; do write "$sweep/${n}_seed$s" $s "$d"; n=$((n+1)); done; done
-  if [ -z "$div" ]; then for s in 0 1 2; do write "$sweep/${s}_seed$s" $s ""; done; fi
-else
-  write "$run" "$seed" "$div"
-fi
+mkdir -p "$run"
+printf 'algo: %s\nseed: %s\nstack_seeds: %s\n' "$algo" "$seed" "$k" > "$run/stack.yaml"
+[ -n "$div" ] && printf 'sfac:\n  divergence: %s\n' "$div" >> "$run/stack.yaml"
+for ((i = 0; i < k; i++)); do write "$run/seed_$((seed + i))" $((seed + i)) "$div"; done
 """
 
 
@@ -238,27 +259,33 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
 
     repo, env, run_all = _fake_results_repo(tmp_path, "iql sfac")
     calls = tmp_path / "calls.txt"
+    runs = tmp_path / "runs" / "cpu" / "hopper-medium"
 
     def run():
         return [c for c in run_all() if c.startswith("recipes/")]
 
-    first = run()  # one multirun per algorithm; Sf-AC sweeps both divergences
+    first = run()  # one stacked run per cell; Sf-AC runs both divergences
     assert first == [
-        "recipes/iql.py -m experiment=cpu task=hopper-medium hydra/launcher=joblib "
-        f"hydra.launcher.n_jobs=1 hydra.sweep.dir={tmp_path}/runs/cpu/hopper-medium/iql",
-        "recipes/sfac.py -m experiment=cpu task=hopper-medium sfac.divergence=jeffreys,js "
-        "hydra/launcher=joblib hydra.launcher.n_jobs=1 "
-        f"hydra.sweep.dir={tmp_path}/runs/cpu/hopper-medium/sfac",
+        "recipes/iql.py experiment=cpu task=hopper-medium seed=0 stack_seeds=3 "
+        f"hydra.run.dir={runs}/iql/run_stack3",
+        "recipes/sfac.py experiment=cpu task=hopper-medium seed=0 stack_seeds=3 "
+        f"sfac.divergence=jeffreys hydra.run.dir={runs}/sfac/jeffreys_stack3",
+        "recipes/sfac.py experiment=cpu task=hopper-medium seed=0 stack_seeds=3 "
+        f"sfac.divergence=js hydra.run.dir={runs}/sfac/js_stack3",
     ]
     committed = repo / "results" / "cpu" / "hopper-medium"
-    assert len(list(committed.glob("iql/*/summary.json"))) == 3
-    assert len(list(committed.glob("sfac/*/summary.json"))) == 6
+    assert len(list(committed.glob("iql/run_stack3/seed_*/summary.json"))) == 3
+    assert len(list(committed.glob("sfac/*/seed_*/summary.json"))) == 6
     assert run() == []  # everything finished: nothing runs again
+
+    # a killed cell (fewer finished seeds than stacked) is resumed in its own directory
+    (runs / "iql" / "run_stack3" / "seed_1" / "summary.json").unlink()
+    assert run() == [f"recipes/iql.py resume={runs}/iql/run_stack3"]
 
     # a new machine (no run directories) whose results lack iql seed 2 and sfac js seed 0
     shutil.rmtree(tmp_path / "runs")
-    shutil.rmtree(committed / "iql" / "2_seed2")
-    (committed / "sfac" / "3_seed0" / "summary.json").unlink()  # js, seed 0: unfinished
+    shutil.rmtree(committed / "iql" / "run_stack3" / "seed_2")
+    (committed / "sfac" / "js_stack3" / "seed_0" / "summary.json").unlink()  # unfinished
     env["DRY_RUN"] = "1"  # the plan: what the next call runs, printed, nothing run or written
     calls.write_text("")
     before = sorted(p for p in tmp_path.rglob("*") if p != calls)
@@ -271,14 +298,8 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
     del env["DRY_RUN"]
     again = run()
     assert plan.stdout.splitlines() == [f"python {c}" for c in again]
-    assert len(again) == 2
-    assert again[0] == (
-        "recipes/iql.py experiment=cpu task=hopper-medium seed=2 "
-        f"hydra.run.dir={tmp_path}/runs/cpu/hopper-medium/iql/late_seed2"
-    )
-    assert again[1].endswith(
-        f"seed=0 sfac.divergence=js hydra.run.dir={tmp_path}/runs/cpu/hopper-medium/sfac/late_js_seed0"
-    )
+    assert again == [first[0], first[2]]  # the two incomplete cells, all their seeds stacked
+    assert len(list(committed.glob("sfac/js_stack3/seed_*/summary.json"))) == 3
 
 
 def test_results_script_evaluates_each_finished_srpo_behavior_model_once(tmp_path):
@@ -287,10 +308,10 @@ def test_results_script_evaluates_each_finished_srpo_behavior_model_once(tmp_pat
     def run():
         return [c for c in run_all() if "eval_behavior" in c]
 
-    sweep = tmp_path / "runs" / "cpu" / "hopper-medium" / "srpo"
+    cell = tmp_path / "runs" / "cpu" / "hopper-medium" / "srpo" / "run_stack3"
     assert run() == [
-        f"scripts/eval_behavior.py {sweep}/{s}_seed{s} --sampling-steps 20" for s in range(3)
+        f"scripts/eval_behavior.py {cell}/seed_{s} --sampling-steps 20" for s in range(3)
     ]
-    committed = repo / "results" / "cpu" / "hopper-medium" / "srpo"
-    assert len(list(committed.glob("*/behavior_eval.json"))) == 3  # collected with the logs
+    committed = repo / "results" / "cpu" / "hopper-medium" / "srpo" / "run_stack3"
+    assert len(list(committed.glob("seed_*/behavior_eval.json"))) == 3  # collected with the logs
     assert run() == []  # evaluated once

@@ -149,7 +149,6 @@ def _hand_loss(
 ) -> SfACLoss:
     actor = _tanh_actor(0) if actor is None else actor
     behavior = _perturbed_copy(actor, behavior_scale, 1) if behavior is None else behavior
-    kwargs.setdefault("behavior_warmup", 0)
     loss = SfACLoss(
         actor,
         [_linear_q(Q1_W, 0.0), _linear_q(Q2_W, 0.05)],
@@ -714,6 +713,42 @@ def test_default_behavior_model_is_a_fresh_copy_of_the_actor():
 
 
 # ----------------------------------------------------------------------------- warm-up counter
+def test_without_a_warmup_the_symmetry_term_is_on_everywhere_from_the_start():
+    """The default (behavior_warmup=0): a new loss has the symmetry term in forward and in the
+    per-term methods, which never advance the counter."""
+    loss = _hand_loss("jeffreys")  # no behavior_warmup given
+    assert loss.behavior_warmup == 0 and int(loss.step_count) == 0
+    assert bool(loss.symmetry_active())
+    data = _designed_batch(2 * TAU)
+    expected, _ = _hand_actor_loss(loss, data, "jeffreys", 0.2)
+    kappa = BALANCED["jeffreys"][0]
+    with torch.no_grad():
+        value, md = loss.actor_loss(data)
+        assert int(loss.step_count) == 0  # the per-term methods read it, never advance it
+        for method in (loss.qvalue_loss, loss.value_loss, loss.behavior_loss):
+            method(data)
+        assert int(loss.step_count) == 0
+        out = loss(data)
+    assert md["symmetry_active"] == 1 and md["csym"] != 0
+    torch.testing.assert_close(
+        value, expected["asym"] + expected["csym"] / kappa, rtol=0, atol=1e-6
+    )
+    assert out["symmetry_active"] == 1
+    torch.testing.assert_close(out["loss_actor"], value, rtol=0, atol=1e-12)
+    assert int(loss.step_count) == 1
+
+
+def test_a_checkpoint_of_a_warmup_run_loads_into_a_default_loss():
+    """step_count is in every checkpoint: one saved by a loss with a warm-up loads into a loss
+    built with the default, counter included (the warm-up itself is a constructor argument)."""
+    old = _hand_loss("jeffreys", behavior_warmup=100_000)
+    old.step_count.fill_(42)
+    new = _hand_loss("jeffreys")
+    new.load_state_dict(old.state_dict())
+    assert int(new.step_count) == 42 and new.behavior_warmup == 0
+    assert bool(new.symmetry_active()) and not bool(old.symmetry_active())
+
+
 def test_symmetry_term_switches_on_after_the_warmup_and_the_counter_is_saved():
     loss = _hand_loss("jeffreys", behavior_warmup=2)
     data = _designed_batch(2 * TAU)

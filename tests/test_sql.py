@@ -232,6 +232,17 @@ def test_keyword_call_returns_the_out_keys_in_order():
     check_keyword_call(_make_loss(), make_batch())
 
 
+def test_out_keys_are_each_losss_own():
+    """``out_keys`` is a property with a per-instance list, as in the other losses (a class-level
+    list would be shared, and mutated, by every instance); it names the forward's entries."""
+    assert isinstance(vars(SQLLoss)["out_keys"], property)
+    a, b = _make_loss(), _make_loss()
+    assert a.out_keys == b.out_keys and a.out_keys is not b.out_keys
+    a.out_keys.append("extra")
+    assert "extra" not in b.out_keys and "extra" not in _make_loss().out_keys
+    assert set(b(make_batch()).keys()) == set(b.out_keys)
+
+
 def test_set_keys_renames_the_batch_entries():
     loss, ref_loss = _make_loss(), _make_loss()
     check_set_keys(loss, ref_loss, make_batch())

@@ -647,6 +647,7 @@ def test_compiled_loss_matches_eager():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_compiled_policy_loss_has_no_graph_break_and_equals_eager():
     """The loss traces into one graph (∇_a Q̄ through torch.func.grad, the frozen ε-network through
     functional_call on an eval-mode copy: no autograd.grad, no mode flip, no parameter swap), and

@@ -79,6 +79,7 @@ FAST = [
 ]
 
 
+@pytest.mark.slow
 def test_recipe_policy_moves_toward_the_reweighted_target(tmp_path):
     """A tiny run through ``recipes/toy2d.py algo=bdpo`` (about 30 s on one core): the actor's
     samples have more energy and a smaller MMD to p_data·exp(E/η) than the behavior's, and more
@@ -111,7 +112,7 @@ def test_recipe_policy_moves_toward_the_reweighted_target(tmp_path):
     assert top_policy > top_behavior + 0.15
 
 
-@pytest.mark.slow
+@pytest.mark.reproduction
 def test_bandit_fixed_point_on_eight_gaussians(tmp_path):
     """Spec §10 test 9 at η = 0.25 on the reduced CPU setting, trained 4x longer than the figure
     (about 20 min on one core): the actor's cluster frequencies approach w_k ∝ exp(k/(7η)), and the

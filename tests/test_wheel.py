@@ -114,3 +114,25 @@ def test_train_names_the_recipes_for_an_unknown_one(installed, tmp_path):
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "unknown recipe 'iqll'" in proc.stderr and "sfac" in proc.stderr
+
+
+def test_the_wheel_metadata_has_the_license_and_the_split_extras(installed):
+    """MIT as an SPDX expression with the LICENSE file, a base install without the recipes' and
+    the report's packages, and the extras recipes, report, cluster and dev (which pulls the rest)."""
+    from email.parser import Parser
+
+    wheel, _, _ = installed
+    archive = zipfile.ZipFile(wheel)
+    (meta_name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    meta = Parser().parsestr(archive.read(meta_name).decode())
+    assert meta["License-Expression"] == "MIT"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in archive.namelist())
+    assert set(meta.get_all("Provides-Extra")) == {"recipes", "report", "cluster", "dev"}
+    requires = meta.get_all("Requires-Dist")
+    base = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].strip() for r in requires
+            if "extra ==" not in r}  # fmt: skip
+    assert {"torch", "torchrl", "tensordict", "gymnasium", "mujoco", "minari"} <= base
+    assert not base & {"hydra-core", "tensorboard", "rliable", "matplotlib", "scipy", "pandas"}
+    mujoco = [r for r in requires if r.startswith("mujoco")]
+    assert len(mujoco) == 1 and "<5" in mujoco[0]  # a bounded major version
+    assert any(r.startswith("torchrl_sym[") and 'extra == "dev"' in r for r in requires)

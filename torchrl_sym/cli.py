@@ -5,14 +5,18 @@ the overrides as its command line, exactly as ``python recipes/<recipe>.py [over
 a checkout: ``torchrl-sym-train sfac task=hopper-medium seed=1``, ``torchrl-sym-train iql -m
 experiment=cpu hydra/launcher=joblib``, ``torchrl-sym-train bdpo --help``. The dataset generator
 and the report tool are ``torchrl-sym-generate`` and ``torchrl-sym-report``.
+
+The recipes need the ``[recipes]`` extra (hydra, TensorBoard); without it ``torchrl-sym-train``
+says so in one line and exits with status 2.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
-from torchrl_sym.recipes import RECIPES
+from torchrl_sym.recipes import RECIPES, extra_message
 
 __all__ = ["train"]
 
@@ -37,6 +41,9 @@ def train(argv: list[str] | None = None) -> int:
             f"{_USAGE}",
             file=sys.stderr,
         )
+        return 2
+    if importlib.util.find_spec("hydra") is None:  # the recipes need the [recipes] extra
+        print(extra_message("hydra"), file=sys.stderr)
         return 2
     module = importlib.import_module(f"torchrl_sym.recipes.{name}")
     # hydra reads its command line from sys.argv; the program name labels its --help

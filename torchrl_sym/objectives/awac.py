@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from tensordict import TensorDictBase
@@ -116,15 +116,25 @@ class AWACLoss(WeightedActorCriticLoss):
         >>> optim.step(); optim.zero_grad(); updater.step()
     """
 
-    out_keys: ClassVar[list[str]] = [
-        "loss_actor",
-        "loss_qvalue",
-        "entropy",
-        "advantage",
-        "weight_mean",
-        "weight_max",
-        "weight_ess",
-    ]
+    @property
+    def out_keys(self) -> list[str]:
+        """The entries of ``forward``'s output (a list per instance, as the other losses')."""
+        keys = self.__dict__.get("_out_keys")
+        if keys is None:
+            keys = self.__dict__["_out_keys"] = [
+                "loss_actor",
+                "loss_qvalue",
+                "entropy",
+                "advantage",
+                "weight_mean",
+                "weight_max",
+                "weight_ess",
+            ]
+        return keys
+
+    @out_keys.setter
+    def out_keys(self, values) -> None:
+        self.__dict__["_out_keys"] = list(values)
 
     def __init__(
         self,

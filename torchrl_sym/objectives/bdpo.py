@@ -29,6 +29,7 @@ from torchrl.objectives.utils import _vmap_func
 
 from torchrl_sym.diffusion.actor import DiffusionBehaviorActor
 from torchrl_sym.diffusion.schedules import DiscreteSchedule
+from torchrl_sym.models import _CatSequential
 from torchrl_sym.objectives._ensemble import ensemble_call
 
 __all__ = [
@@ -100,7 +101,8 @@ def make_bdpo_qvalue(
 
     MLP on ``[s, a]`` with ``hidden`` (BDPO [256]×3), Mish, LayerNorm after every hidden layer when
     ``layer_norm`` (AntMaze), orthogonal init of gain √2 on hidden layers, gain 1 on the head, zero
-    biases. Build E of them and pass the list to :class:`BDPOLoss` (stacked and vmapped there).
+    biases. Build E of them and pass the list to :class:`BDPOLoss` (stacked there and evaluated
+    as one batched matmul per layer, ``torchrl_sym/objectives/_ensemble.py``).
     """
     if layer_norm:
         layers: list[nn.Module] = []
@@ -122,11 +124,6 @@ def make_bdpo_qvalue(
         nn.init.orthogonal_(layer.weight, math.sqrt(2.0) if i < len(linears) - 1 else 1.0)
         nn.init.zeros_(layer.bias)
     return ValueOperator(net, in_keys=["observation", "action"], out_keys=["state_action_value"])
-
-
-class _CatSequential(nn.Sequential):
-    def forward(self, *inputs: Tensor) -> Tensor:
-        return super().forward(torch.cat(inputs, -1))
 
 
 class BDPOLoss(LossModule):
@@ -220,11 +217,18 @@ class BDPOLoss(LossModule):
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over the batch.
 
     Returns (forward):
-        the union of :meth:`behavior_loss`, :meth:`qvalue_loss`, :meth:`value_loss` and
-        :meth:`actor_loss`: ``loss_behavior``, ``loss_qvalue``, ``loss_value``, ``loss_actor`` and
-        the detached diagnostics ``q_penalty`` (mean P(s')), ``q_target``, ``lcb_std`` (mean
-        ensemble std of the Q target), ``v_penalty`` (mean ℓ_n in y_V), ``v_target``,
-        ``actor_penalty`` (mean ℓ_n of the actor), ``actor_value`` and ``eps_rms``.
+        a TensorDict (batch size ``[]``) of :meth:`behavior_loss`, :meth:`qvalue_loss`,
+        :meth:`value_loss` and :meth:`actor_loss`: ``loss_behavior``, ``loss_qvalue``,
+        ``loss_value``, ``loss_actor`` and the detached diagnostics ``q_penalty`` (mean P(s')),
+        ``q_target``, ``lcb_std`` (mean ensemble std of the Q target), ``v_penalty`` (mean ℓ_n in
+        y_V), ``v_target``, ``actor_penalty`` (mean ℓ_n of the actor), ``actor_value`` and
+        ``eps_rms``.
+
+    The per-term methods return ``(loss, metadata)`` as TorchRL's own losses do (``IQLLoss.
+    qvalue_loss``, ``TD3BCLoss.actor_loss``): the loss tensor (a scalar, or ``[B]`` with
+    ``reduction="none"``) and a dict of the detached diagnostics of that term, under the names
+    ``forward`` gives them. The training loop needs a ``batch -> TensorDict`` callable per
+    objective: ``recipes/bdpo.py`` wraps each method (``loss_terms``).
 
     Examples:
         >>> import torch
@@ -248,13 +252,16 @@ class BDPOLoss(LossModule):
         ...     "next": {"observation": torch.randn(B, S), "reward": torch.randn(B, 1),
         ...              "done": torch.zeros(B, 1, dtype=torch.bool),
         ...              "terminated": torch.zeros(B, 1, dtype=torch.bool)}}, [B])
-        >>> loss.behavior_loss(batch)["loss_behavior"].backward()   # pretraining steps ...
+        >>> loss_behavior, _ = loss.behavior_loss(batch)
+        >>> loss_behavior.backward()                                # pretraining steps ...
         >>> loss.prepare_training()                                 # ... then π = π̄ = ν̄
-        >>> out = loss.qvalue_loss(batch).update(loss.value_loss(batch))
-        >>> float(out["q_penalty"]), float(out["v_penalty"])
+        >>> loss_q, q_info = loss.qvalue_loss(batch)
+        >>> loss_v, v_info = loss.value_loss(batch)
+        >>> float(q_info["q_penalty"]), float(v_info["v_penalty"])
         (0.0, 0.0)
-        >>> (out["loss_qvalue"] + out["loss_value"]).backward(); critic_ema.step()
-        >>> loss.actor_loss(batch)["loss_actor"].backward(); actor_ema.step()
+        >>> (loss_q + loss_v).backward(); critic_ema.step()
+        >>> loss_actor, actor_info = loss.actor_loss(batch)
+        >>> loss_actor.backward(); actor_ema.step()
         >>> sorted(k for k in loss(batch).keys() if k.startswith("loss_"))
         ['loss_actor', 'loss_behavior', 'loss_qvalue', 'loss_value']
     """
@@ -613,27 +620,30 @@ class BDPOLoss(LossModule):
     # ---------------------------------------------------------------------------------- losses
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        out = self.behavior_loss(tensordict)
-        out.update(self.qvalue_loss(tensordict))
-        out.update(self.value_loss(tensordict))
-        out.update(self.actor_loss(tensordict))
-        return out
+        out: dict[str, Tensor] = {}
+        for key, term in (
+            ("loss_behavior", self.behavior_loss),
+            ("loss_qvalue", self.qvalue_loss),
+            ("loss_value", self.value_loss),
+            ("loss_actor", self.actor_loss),
+        ):
+            loss, metadata = term(tensordict)
+            out[key] = loss
+            out.update(metadata)
+        return TensorDict(out, batch_size=[])
 
-    def behavior_loss(self, tensordict: TensorDictBase) -> TensorDict:
-        """``loss_behavior``: the ε-MSE of the online behavior (mean over A), and ``eps_rms``."""
+    def behavior_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss_behavior, {"eps_rms"})``: the ε-MSE of the online behavior (mean over A) and
+        the RMS of its ε prediction."""
         observation = tensordict.get(self.tensor_keys.observation)
         action = self._action(tensordict)
         n = torch.randint(1, self.num_steps + 1, action.shape[:-1], device=action.device)
         noisy, noise = self.behavior_network.add_noise(action, n)
         eps = self._epsilon("behavior_network", False, observation, noisy, n)
         loss = (eps - noise).pow(2).mean(-1)
-        return TensorDict(
-            {
-                "loss_behavior": self._reduce_loss(loss, tensordict=tensordict),
-                "eps_rms": eps.detach().pow(2).mean().sqrt(),
-            },
-            batch_size=[],
-        )
+        return self._reduce_loss(loss, tensordict=tensordict), {
+            "eps_rms": eps.detach().pow(2).mean().sqrt()
+        }
 
     @torch.no_grad()
     def q_target(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
@@ -666,21 +676,18 @@ class BDPOLoss(LossModule):
             target = reward + self.gamma * not_done * lcb - self.eta * penalty
         return target, {"q_penalty": penalty.mean(), "lcb_std": reduced.std(0, correction=0).mean()}
 
-    def qvalue_loss(self, tensordict: TensorDictBase) -> TensorDict:
-        """``loss_qvalue = mean_{E,B}(Q_k(s, a) − y_Q)²`` and the Q-target diagnostics."""
+    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss_qvalue, {"q_target", "q_penalty", "lcb_std"})``: ``mean_{E,B}(Q_k(s, a) −
+        y_Q)²`` and the Q-target diagnostics."""
         target, info = self.q_target(tensordict)
         q = self.q_values(
             tensordict.get(self.tensor_keys.observation), tensordict.get(self.tensor_keys.action)
         )
         loss = (q - target).pow(2).mean(0).squeeze(-1)
-        return TensorDict(
-            {
-                "loss_qvalue": self._reduce_loss(loss, tensordict=tensordict),
-                "q_target": target.mean(),
-                **info,
-            },
-            batch_size=[],
-        )
+        return self._reduce_loss(loss, tensordict=tensordict), {
+            "q_target": target.mean(),
+            **info,
+        }
 
     @torch.no_grad()
     def value_target(
@@ -694,23 +701,21 @@ class BDPOLoss(LossModule):
         ell = kl_penalty(eps_pi, eps_nu, self.kl_weight[n].to(noisy.dtype))
         return self._bootstrap(observation, prev, n, split) - self.eta * ell.unsqueeze(-1), ell
 
-    def value_loss(self, tensordict: TensorDictBase) -> TensorDict:
-        """``loss_value = mean_{E,B}(V_k(s, a^n, n) − y_V)²`` (n and a^n drawn here)."""
+    def value_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss_value, {"v_penalty", "v_target"})``: ``mean_{E,B}(V_k(s, a^n, n) − y_V)²``
+        (n and a^n drawn here)."""
         observation, n, noisy, split, perm = self._noisy_dataset_action(tensordict)
         target, ell = self.value_target(observation, n, noisy, split)
         v = self.values(observation, noisy, n)
         loss = self._unshuffle((v - target).pow(2).mean(0).squeeze(-1), perm)
-        return TensorDict(
-            {
-                "loss_value": self._reduce_loss(loss, tensordict=tensordict),
-                "v_penalty": ell.mean(),
-                "v_target": target.mean(),
-            },
-            batch_size=[],
-        )
+        return self._reduce_loss(loss, tensordict=tensordict), {
+            "v_penalty": ell.mean(),
+            "v_target": target.mean(),
+        }
 
-    def actor_loss(self, tensordict: TensorDictBase) -> TensorDict:
-        """``loss_actor = −mean_B(LCB(V̄ or Q̄ at a^{n−1}) − η ℓ_n)`` through one reverse step."""
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss_actor, {"actor_penalty", "actor_value"})``: ``−mean_B(LCB(V̄ or Q̄ at
+        a^{n−1}) − η ℓ_n)`` through one reverse step."""
         observation, n, noisy, split, perm = self._noisy_dataset_action(tensordict)
         eps = self._epsilon("actor_network", False, observation, noisy, n)
         prev = self._one_step(observation, noisy, n, eps, self.actor_network_params)
@@ -719,14 +724,10 @@ class BDPOLoss(LossModule):
         ell = kl_penalty(eps, eps_nu, self.kl_weight[n].to(noisy.dtype))
         value = self._bootstrap(observation, prev, n, split).squeeze(-1)
         loss = self._unshuffle(-(value - self.eta * ell), perm)
-        return TensorDict(
-            {
-                "loss_actor": self._reduce_loss(loss, tensordict=tensordict),
-                "actor_penalty": ell.detach().mean(),
-                "actor_value": value.detach().mean(),
-            },
-            batch_size=[],
-        )
+        return self._reduce_loss(loss, tensordict=tensordict), {
+            "actor_penalty": ell.detach().mean(),
+            "actor_value": value.detach().mean(),
+        }
 
     # ---------------------------------------------------------------------------- bookkeeping
     @torch.no_grad()

@@ -89,12 +89,21 @@ class SfACLoss(WeightedActorCriticLoss):
     V, ``loss_behavior`` π̂_β); target critics are buffers and get no gradient. Sum the
     ``loss_*`` entries and step one optimizer per network, as with TorchRL's ``IQLLoss``.
 
-    **Behavior warm-up.** The symmetry term enters ``loss_actor`` only once the buffer
-    ``step_count`` (an int64 scalar in ``state_dict``, so it survives checkpoint/resume) is
-    ``>= behavior_warmup``. ``forward`` increments it after each call in training mode
-    (``loss.train()``, the default; like ``BatchNorm``'s ``num_batches_tracked``, a loss in
-    ``eval()`` mode does not count); the individual ``*_loss`` methods read it without
-    advancing it. A loop may also set it: ``loss.step_count.fill_(step)``.
+    **Behavior warm-up** (off by default: ``behavior_warmup=0``). With ``behavior_warmup=K > 0``
+    the symmetry term enters ``loss_actor`` only once the buffer ``step_count`` is ``>= K``, so
+    that π̂_β has had K steps of maximum likelihood before the ratio ``π_θ/π̂_β`` is trusted.
+    What counts as a step: one call of ``forward`` (``loss(batch)``) in training mode
+    (``loss.train()``, the default), which increments ``step_count`` by one after computing the
+    losses, so calls 0 .. K−1 have no symmetry term and call K has it. Nothing else counts: a
+    call in ``eval()`` mode (as ``BatchNorm``'s ``num_batches_tracked``), and the per-term
+    methods (:meth:`actor_loss`, :meth:`qvalue_loss`, :meth:`value_loss`,
+    :meth:`behavior_loss`), which read ``step_count`` without advancing it. A loop that calls the
+    per-term methods, or runs several forwards per optimizer step, sets the count itself:
+    ``loss.step_count.fill_(step)``. ``step_count`` is an int64 scalar in ``state_dict``, so it
+    survives checkpoint/resume. ``recipes/sfac.py`` passes ``behavior_warmup =
+    sfac.behavior_warmup_fraction × train.steps`` (10 %, the paper's 100k of 1M) and calls
+    ``forward`` once per training step; the ``symmetry_active`` diagnostic says whether the
+    term is on.
 
     **Actions.** Dataset actions are clipped to ``±action_clip`` (default ``1 − 1e-5``, the
     data layer's clip at load time, so the clip is a no-op on library data) before every
@@ -134,7 +143,9 @@ class SfACLoss(WeightedActorCriticLoss):
             An explicit ``kl_weight``/``value_loss`` that contradicts the preset is an error.
         keep_linear_term: include ``h_1 (r_c − 1)`` in the series (zero-mean only when π_θ has
             no mass outside the support of π*).
-        behavior_warmup: forward calls before the symmetry term is switched on.
+        behavior_warmup: training-mode ``forward`` calls before the symmetry term is switched
+            on (see "Behavior warm-up" above); 0 (default): on from the first call and in the
+            per-term methods of a new loss.
         num_qvalue_nets: number of Q heads.
         loss_function: critic distance (``"l2"``, ``"l1"``, ``"smooth_l1"``).
         action_clip: clip for dataset actions before ``log_prob``; ``None`` disables it.
@@ -232,7 +243,7 @@ class SfACLoss(WeightedActorCriticLoss):
         expectile: float = 0.7,
         preset: Literal["iql_compatible", "chi2_consistent"] | None = None,
         keep_linear_term: bool = False,
-        behavior_warmup: int = 100_000,
+        behavior_warmup: int = 0,
         num_qvalue_nets: int = 2,
         loss_function: str = "l2",
         action_clip: float | None = 1.0 - 1e-5,
@@ -338,7 +349,8 @@ class SfACLoss(WeightedActorCriticLoss):
         )
         self.loss_function = loss_function
         self.convert_to_functional(behavior_network, "behavior_network", create_target_params=False)
-        # counts forward calls in training mode; saved with the module (see the class docstring)
+        # counts forward calls in training mode; saved with the module, and checkpoints of every
+        # version hold it (see "Behavior warm-up" in the class docstring)
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

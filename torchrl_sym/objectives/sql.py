@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from tensordict import TensorDictBase
@@ -111,15 +111,23 @@ class SQLLoss(InSampleActorCriticLoss):
         >>> optim.step(); optim.zero_grad(); updater.step()
     """
 
-    out_keys: ClassVar[list[str]] = [
-        "loss_actor",
-        "loss_qvalue",
-        "loss_value",
-        "entropy",
-        "sparsity",
-        "weight_mean",
-        "value",
-    ]
+    @property
+    def out_keys(self) -> list[str]:
+        if self._out_keys is None:
+            self._out_keys = [
+                "loss_actor",
+                "loss_qvalue",
+                "loss_value",
+                "entropy",
+                "sparsity",
+                "weight_mean",
+                "value",
+            ]
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values) -> None:
+        self._out_keys = values
 
     def __init__(
         self,
@@ -140,6 +148,7 @@ class SQLLoss(InSampleActorCriticLoss):
         if form not in _FORMS:
             raise ValueError(f"form must be one of {_FORMS}, got {form!r}.")
         check_loss_function(loss_function)
+        self._out_keys = None
         super().__init__(
             actor_network,
             qvalue_network,

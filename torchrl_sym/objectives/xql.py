@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -122,16 +122,24 @@ class XQLLoss(InSampleActorCriticLoss):
         >>> optim.step(); optim.zero_grad(); updater.step()
     """
 
-    out_keys: ClassVar[list[str]] = [
-        "loss_actor",
-        "loss_qvalue",
-        "loss_value",
-        "entropy",
-        "weight_mean",
-        "clip_fraction",
-        "value_scale",
-        "value",
-    ]
+    @property
+    def out_keys(self) -> list[str]:
+        if self._out_keys is None:
+            self._out_keys = [
+                "loss_actor",
+                "loss_qvalue",
+                "loss_value",
+                "entropy",
+                "weight_mean",
+                "clip_fraction",
+                "value_scale",
+                "value",
+            ]
+        return self._out_keys
+
+    @out_keys.setter
+    def out_keys(self, values) -> None:
+        self._out_keys = values
 
     def __init__(
         self,
@@ -162,6 +170,7 @@ class XQLLoss(InSampleActorCriticLoss):
             raise ValueError(f"huber_delta must be > 0 (XQL: 20), got {huber_delta}.")
         if not actor_temperature >= 0:
             raise ValueError(f"actor_temperature must be ≥ 0 (XQL: 3), got {actor_temperature}.")
+        self._out_keys = None
         super().__init__(
             actor_network,
             qvalue_network,

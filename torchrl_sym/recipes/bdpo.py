@@ -26,10 +26,17 @@ takes seconds per stage even on a task with a 20-member ensemble.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-import hydra
+try:
+    import hydra
+except ModuleNotFoundError as err:  # the [recipes] extra is not installed
+    from torchrl_sym.recipes import missing_extra
+
+    raise missing_extra(err) from None
 import torch
 from omegaconf import OmegaConf
+from tensordict import TensorDict, TensorDictBase
 
 from torchrl_sym.diffusion import (
     DiffusionBehaviorActor,
@@ -80,6 +87,20 @@ def capped_sizes(hp):
         for key in ("actor_hidden", "critic_hidden"):
             out[key] = [min(int(width), caps["hidden"]) for width in out[key]]
     return OmegaConf.create(out)
+
+
+def loss_terms(loss: BDPOLoss, term: str) -> Callable[[TensorDictBase], TensorDict]:
+    """``batch -> TensorDict({loss_<term>, <its diagnostics>})``: BDPOLoss's ``<term>_loss``
+    method (``term`` one of ``behavior``, ``qvalue``, ``value``, ``actor``), which returns
+    ``(loss, metadata)`` as TorchRL's losses do, as an objective of the loop (the ``loss_*``
+    entry is minimized, the others logged)."""
+    method = getattr(loss, f"{term}_loss")
+
+    def terms(batch: TensorDictBase) -> TensorDict:
+        value, metadata = method(batch)
+        return TensorDict({f"loss_{term}": value, **metadata}, batch_size=[])
+
+    return terms
 
 
 def make_diffusion(obs_dim: int, action_dim: int, hp) -> DiffusionBehaviorActor:
@@ -150,8 +171,16 @@ def build(run: Run) -> Built:
 
     def critic_objectives() -> list[Objective]:
         return [
-            Objective("qvalue", loss.qvalue_loss, [q_opt], [critic_sched[0]], max_grad_norm=clip),
-            Objective("value", loss.value_loss, [v_opt], [critic_sched[1]], max_grad_norm=clip),
+            Objective(
+                "qvalue",
+                loss_terms(loss, "qvalue"),
+                [q_opt],
+                [critic_sched[0]],
+                max_grad_norm=clip,
+            ),
+            Objective(
+                "value", loss_terms(loss, "value"), [v_opt], [critic_sched[1]], max_grad_norm=clip
+            ),
         ]
 
     critic_ema = TargetUpdate(loss.make_target_updater("critic", tau=tau))
@@ -164,7 +193,9 @@ def build(run: Run) -> Built:
     behavior_stage = Stage(
         "behavior",
         behavior_steps,
-        objectives=[Objective("behavior", loss.behavior_loss, [behavior_opt], max_grad_norm=clip)],
+        objectives=[
+            Objective("behavior", loss_terms(loss, "behavior"), [behavior_opt], max_grad_norm=clip)
+        ],
         targets=behavior_targets,
     )
     warmup_stage = Stage(
@@ -175,7 +206,7 @@ def build(run: Run) -> Built:
     phase = ratio - 1
     actor_objective = Objective(
         "actor",
-        loss.actor_loss,
+        loss_terms(loss, "actor"),
         [actor_opt],
         actor_sched,
         every=ratio,
@@ -189,7 +220,7 @@ def build(run: Run) -> Built:
         train_objectives.append(
             Objective(
                 "behavior",
-                loss.behavior_loss,
+                loss_terms(loss, "behavior"),
                 [behavior_opt],
                 every=ratio,
                 start=phase,

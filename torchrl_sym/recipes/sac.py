@@ -33,7 +33,12 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
+try:
+    import hydra
+except ModuleNotFoundError as err:  # the [recipes] extra is not installed
+    from torchrl_sym.recipes import missing_extra
+
+    raise missing_extra(err) from None
 import torch
 from tensordict import TensorDict
 from torchrl.collectors import Collector

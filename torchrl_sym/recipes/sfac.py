@@ -15,7 +15,12 @@ Per step (``SfACLoss``, docs/sfac.md; iql_compatible preset)::
 
 from __future__ import annotations
 
-import hydra
+try:
+    import hydra
+except ModuleNotFoundError as err:  # the [recipes] extra is not installed
+    from torchrl_sym.recipes import missing_extra
+
+    raise missing_extra(err) from None
 
 from torchrl_sym.models import make_qvalue, make_tanh_gaussian_actor, make_value
 from torchrl_sym.objectives import SfACLoss

@@ -14,7 +14,12 @@ Per step (``SQLLoss``, form="code", baselines.md §3)::
 
 from __future__ import annotations
 
-import hydra
+try:
+    import hydra
+except ModuleNotFoundError as err:  # the [recipes] extra is not installed
+    from torchrl_sym.recipes import missing_extra
+
+    raise missing_extra(err) from None
 
 from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
 from torchrl_sym.objectives import SQLLoss

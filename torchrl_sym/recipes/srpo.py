@@ -36,7 +36,12 @@ import logging
 import warnings
 from pathlib import Path
 
-import hydra
+try:
+    import hydra
+except ModuleNotFoundError as err:  # the [recipes] extra is not installed
+    from torchrl_sym.recipes import missing_extra
+
+    raise missing_extra(err) from None
 import torch
 from tensordict import TensorDict
 from torchrl.objectives import IQLLoss, SoftUpdate
@@ -102,11 +107,46 @@ def iql_critic(iql: IQLLoss):
     return critic
 
 
-def load_earlier_stages(path: str, bc_loss, iql, device) -> None:
+def _stacked_source(path: Path, seed: int | None) -> tuple[Path, int] | None:
+    """``(stacked run directory, index of seed)`` when ``path`` is a stacked SRPO run (its
+    directory: the slice of ``seed``; or one of its ``seed_<s>/`` directories), else None."""
+    from omegaconf import OmegaConf
+
+    if (path / "stack.yaml").is_file():
+        root, wanted = path, seed
+    elif (path.parent / "stack.yaml").is_file() and path.name.startswith("seed_"):
+        root, wanted = path.parent, int(path.name[len("seed_") :])
+    else:
+        return None
+    cfg = OmegaConf.load(root / "stack.yaml")
+    first, count = int(cfg.seed), int(cfg.get("stack_seeds", 1))
+    if wanted is None or not first <= wanted < first + count:
+        raise ValueError(
+            f"srpo.init_from={str(path)!r} is a stacked run of seeds {first}..{first + count - 1}; "
+            f"it holds no seed {wanted}. Pass one of its seed_<s> directories, or run the seeds it "
+            "holds."
+        )
+    return root, wanted - first
+
+
+def load_earlier_stages(path: str, bc_loss, iql, device, *, seed: int | None = None) -> None:
     """Load the behavior model and critic of an earlier SRPO run (its run directory or one of
-    its checkpoints), which must have finished both stages."""
+    its checkpoints), which must have finished both stages. From a stacked run (``stack_seeds``)
+    the slice of ``seed`` is loaded (or of the seed whose ``seed_<s>/`` directory ``path`` is),
+    so a stacked run can reuse the stages of a stacked run of the same seeds."""
+    from torchrl_sym.train.stacking import seed_checkpoint
+
     path = Path(path).expanduser()
-    if path.is_file():
+    stacked = None if path.is_file() else _stacked_source(path, seed)
+    if stacked is not None:
+        root, index = stacked
+        state = CheckpointManager(root / "checkpoints").load_latest(map_location=device)
+        if state is None:
+            raise FileNotFoundError(
+                f"srpo.init_from={str(path)!r}: the stacked run {root} holds no checkpoint."
+            )
+        state = seed_checkpoint(state, index)
+    elif path.is_file():
         state = torch.load(path, map_location=device, weights_only=False)
     else:
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -201,7 +241,9 @@ def _load_run(run_dir: str | Path):
         raise FileNotFoundError(f"{folder}: no loadable checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=False)
     if stacked:
-        state = seed_checkpoint(state, int(cfg.seed) - int(OmegaConf.load(run_dir.parent / "stack.yaml").seed))
+        state = seed_checkpoint(
+            state, int(cfg.seed) - int(OmegaConf.load(run_dir.parent / "stack.yaml").seed)
+        )
     data = cfg.data
     buffer = make_offline_replay_buffer(
         cfg.dataset,
@@ -445,7 +487,7 @@ def build(run: Run) -> Built:
     critic_target = SoftUpdate(iql, tau=c.tau)
 
     if hp.init_from:
-        load_earlier_stages(str(hp.init_from), bc_loss, iql, run.device)
+        load_earlier_stages(str(hp.init_from), bc_loss, iql, run.device, seed=run.seed)
         steps["behavior"] = steps["critic"] = 0
 
     # ---- stage 3: the Dirac policy, regularized by the frozen behavior score

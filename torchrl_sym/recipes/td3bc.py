@@ -24,7 +24,12 @@ runs on the 2nd, 4th, ... step (0-based steps 1, 3, ...); logged steps (even mul
 
 from __future__ import annotations
 
-import hydra
+try:
+    import hydra
+except ModuleNotFoundError as err:  # the [recipes] extra is not installed
+    from torchrl_sym.recipes import missing_extra
+
+    raise missing_extra(err) from None
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import SoftUpdate, TD3BCLoss
 

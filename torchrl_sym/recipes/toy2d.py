@@ -16,7 +16,12 @@ import json
 import math
 from pathlib import Path
 
-import hydra
+try:
+    import hydra
+except ModuleNotFoundError as err:  # the [recipes] extra is not installed
+    from torchrl_sym.recipes import missing_extra
+
+    raise missing_extra(err) from None
 import torch
 from omegaconf import OmegaConf
 

@@ -138,7 +138,7 @@ def pretrain_behavior(cfg, loss: BDPOLoss, data: TensorDict, gen: torch.Generato
     )
     for _ in range(steps):
         idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
-        _step(opt, loss.behavior_loss(data[idx])["loss_behavior"])
+        _step(opt, loss.behavior_loss(data[idx])[0])
         sched.step()
         ema.step()
     loss.prepare_training()
@@ -159,21 +159,26 @@ def train_bdpo_toy(cfg, loss: BDPOLoss, data: TensorDict, gen: torch.Generator) 
     for step in range(total):
         idx = torch.randint(0, data.shape[0], (batch,), generator=gen)
         td = data[idx]
-        out_q, out_v = loss.qvalue_loss(td), loss.value_loss(td)
-        _step(q_opt, out_q["loss_qvalue"])
-        _step(v_opt, out_v["loss_value"])
+        loss_q, info_q = loss.qvalue_loss(td)
+        loss_v, info_v = loss.value_loss(td)
+        _step(q_opt, loss_q)
+        _step(v_opt, loss_v)
         scheds[0].step()
         scheds[1].step()
         critic_ema.step()
         if step >= int(cfg.warmup_steps) and (step - int(cfg.warmup_steps)) % ratio == ratio - 1:
-            out_a = loss.actor_loss(td)
-            _step(actor_opt, out_a["loss_actor"])
+            loss_a, info_a = loss.actor_loss(td)
+            _step(actor_opt, loss_a)
             scheds[2].step()
             actor_ema.step()
-            last = {k: float(v.detach()) for k, v in out_a.items()}
-    last.update({k: float(v.detach()) for k, v in out_q.items()})
-    last.update({k: float(v.detach()) for k, v in out_v.items()})
+            last = {"loss_actor": float(loss_a.detach()), **_floats(info_a)}
+    last.update({"loss_qvalue": float(loss_q.detach()), **_floats(info_q)})
+    last.update({"loss_value": float(loss_v.detach()), **_floats(info_v)})
     return last
+
+
+def _floats(metadata: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {key: float(value.detach()) for key, value in metadata.items()}
 
 
 @torch.no_grad()

@@ -718,7 +718,9 @@ class OfflineLoop:
             end_of_stage = self.stage_step == stage.steps
             if self.stage_step % self.log_interval == 0 or end_of_stage:
                 rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
+                t_log = time.perf_counter()
                 self._log_train(stage, last, rate)
+                self._add_time("log", time.perf_counter() - t_log)
                 window_start, window_steps = time.perf_counter(), 0
                 bar.set_postfix(self._postfix(rate), refresh=False)
             if (

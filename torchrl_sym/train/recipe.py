@@ -115,6 +115,12 @@ def make_logger(
 
     container = _config_container(config)
     if backend == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:  # the [recipes] extra
+            from torchrl_sym.recipes import extra_message
+
+            raise SystemExit(extra_message("tensorboard") + "; or run with logger.backend=csv")
         root = Path(run_dir) / "tensorboard"
         # a run started before runs were named keeps its events in tensorboard/ itself
         legacy = any(root.glob("events.out.tfevents.*"))
@@ -501,6 +507,8 @@ class Run:
                 "sha256": self.info.metadata.get("sha256"),
             },
             "provenance": provenance(device=str(self.device), precision=self.precision),
+            # wall seconds of this launch by phase (sample, update, compile, eval, checkpoint)
+            "timings": {phase: round(seconds, 3) for phase, seconds in loop.timings.items()},
         }
         if isinstance(metrics, list):
             for k, (seed_dir, seed_metrics) in enumerate(zip(self.seed_dirs, metrics)):
@@ -640,6 +648,7 @@ def prepare_run(cfg, *, recipe_algo: str | None = None):
     )
 
     check_run_options(cfg)
+    cfg = apply_hparams(cfg)
     hydra_ctx = _hydra_context()
     record = None
     if cfg.get("resume"):
@@ -703,6 +712,45 @@ def prepare_run(cfg, *, recipe_algo: str | None = None):
         lock.release()
         raise
     return cfg, run_dir, lock, record
+
+
+HPARAMS = ("published", "tuned")
+
+
+def apply_hparams(cfg):
+    """``cfg`` with its task's tuned settings applied when ``hparams=tuned``.
+
+    A task file (``torchrl_sym/configs/tasks/<algo>/<task>.yaml``) holds the published settings
+    and, where the tuning protocol (results/cpu/TUNING.md) chose other values, a ``tuned:``
+    block of them with a comment naming the sweep. ``hparams=published`` (the default) runs the
+    published settings; ``hparams=tuned`` merges the ``tuned:`` block over them (the command
+    line's own overrides of the same keys still win). Raises ``ValueError`` naming the task when
+    there is no ``tuned:`` block."""
+    from omegaconf import OmegaConf, open_dict
+
+    choice = cfg.get("hparams", "published")
+    if choice not in HPARAMS:
+        raise ValueError(f"hparams={choice!r} is not one of {HPARAMS}.")
+    if choice == "published" or cfg.get("resume"):
+        return cfg
+    tuned = cfg.get("tuned")
+    if not tuned:
+        raise ValueError(
+            f"hparams=tuned: {cfg.get('algo')} has no tuned settings for task={cfg.get('task')} "
+            f"(torchrl_sym/configs/tasks/{cfg.get('algo')}/{cfg.get('task')}.yaml has no tuned: "
+            "block); run the tuning protocol (results/cpu/TUNING.md, scripts/tune.py) or use "
+            "hparams=published."
+        )
+    merged = OmegaConf.merge(cfg, tuned)
+    command_line = _hydra_context()
+    if command_line is not None:  # an explicit override on the command line beats the block
+        for override in command_line[1]:
+            key, _, value = override.partition("=")
+            key = key.lstrip("+~")
+            if value and OmegaConf.select(tuned, key, default=None) is not None:
+                with open_dict(merged):
+                    OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    return merged
 
 
 def seed_dirs_of(run_dir: Path, cfg) -> list[Path]:

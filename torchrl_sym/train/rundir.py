@@ -55,6 +55,7 @@ FIXED_ON_RESUME = (
     "eval.mode",  # one evaluation protocol per run: its last-k and best mix no modes
     "eval.start_states",
     "stack_seeds",  # a stacked checkpoint holds exactly stack_seeds seeds
+    "hparams",  # published or tuned: which row of the results a run is
 )
 
 RUN_CONFIG = "config.yaml"

@@ -330,6 +330,9 @@ def test_eval_behavior_scores_the_behavior_model_alone(tmp_path, dataset, capsys
         dist = float((action - a_data).norm(dim=-1).mean())
         assert acts[name]["distance_to_data"] == pytest.approx(dist, rel=1e-5, abs=1e-7)
     assert acts["data"]["distance_to_data"] == 0.0
+    for name, action in expect.items():
+        share = float((action.abs() > 0.99).float().mean())
+        assert acts[name]["saturated_fraction"] == pytest.approx(share)
     assert 0 < acts["behavior"]["distance_to_data"] < 2 * 3**0.5  # within the action box
     # an existing result is kept; --force evaluates again (the same seeds: the same numbers)
     result["policy_diagnostics"] = diag

@@ -366,7 +366,9 @@ def policy_diagnostics(
 
     Returns:
         ``{"checkpoint", "global_step", "num_states", "sampling_steps", "seed", "q_reduce",
-        "actions": {name: {"q", "distance_to_data"}}}`` for name in data, policy, behavior, zeros.
+        "actions": {name: {"q", "distance_to_data", "saturated_fraction"}}}`` for name in data,
+        policy, behavior, zeros (``saturated_fraction``: the share of action dimensions with
+        ``|a| > 0.99``).
     """
     cfg, path, state, buffer = _load_run(run_dir)
     return _diagnose_policy(
@@ -442,6 +444,9 @@ def _diagnose_policy(
             name: {
                 "q": float(values[name].mean()),
                 "distance_to_data": float((a - data_action).norm(dim=-1).mean()),
+                # action dimensions at the box's edge (|a| > 0.99): a policy pushed there by the
+                # critic's gradient while the data rarely is
+                "saturated_fraction": float((a.abs() > 0.99).float().mean()),
             }
             for name, a in actions.items()
         },

@@ -340,12 +340,20 @@ def _policy_diagnostics_text(d: Any) -> str | None:
         states = int(d["num_states"])
     except (TypeError, KeyError, ValueError):
         return None
-    return (
+    text = (
         f"its policy at {d.get('checkpoint', '?')} on {states:,} dataset states: actions "
         f"{dist['policy']:.2f} from the data's on average (behavior samples {dist['behavior']:.2f}, "
         f"the zero action {dist['zeros']:.2f}); critic value of the policy's actions "
         f"{q['policy']:.1f}, of the data's {q['data']:.1f}, of behavior samples "
         f"{q['behavior']:.1f}, of the zero action {q['zeros']:.1f}"
+    )
+    try:  # files written since 2026-12-07 also hold the share of saturated action dimensions
+        sat = {k: float(a[k]["saturated_fraction"]) for k in ("policy", "data")}
+    except (TypeError, KeyError, ValueError):
+        return text
+    return text + (
+        f"; action dimensions at the box's edge (|a| > 0.99): policy {sat['policy']:.0%}, "
+        f"data {sat['data']:.0%}"
     )
 
 

@@ -1,0 +1,104 @@
+"""Where a run's wall time went: update, batch sampling, evaluation, logging, checkpoints, compile.
+
+    python scripts/time_breakdown.py ~/runs/results/cpu/walker2d-medium/iql/run_stack3
+    python scripts/time_breakdown.py RUN [RUN ...] --markdown      # a table for docs/benchmarks.md
+
+Reads each run's per-phase seconds: ``summary.json``'s ``timings`` (runs since 2026-12-07), else
+the last ``time/<phase>_seconds`` scalars of its TensorBoard events; and its wall time
+(``summary.json``'s ``total_seconds``). A stacked run (``stack.yaml``) is read from its first
+seed's directory (the seeds share one loop) and counts its seeds' updates. "other" is the wall
+time no phase accounts for (the loop's own Python, progress bar, and a launch's setup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PHASES = ("update", "compile", "sample", "eval", "log", "checkpoint")
+
+
+def _tensorboard_timings(run_dir: Path) -> dict[str, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, float] = {}
+    for events in sorted(run_dir.glob("tensorboard/**/events.out.tfevents.*")):
+        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+        acc.Reload()
+        for phase in PHASES:
+            tag = f"time/{phase}_seconds"
+            if tag in acc.Tags().get("scalars", []):
+                out[phase] = max(out.get(phase, 0.0), acc.Scalars(tag)[-1].value)
+    return out
+
+
+def breakdown(run: Path) -> dict:
+    """``{"run", "seeds", "steps", "wall", "phases": {phase: seconds}, "other"}`` of a run."""
+    run = Path(run)
+    seeds = 1
+    target = run
+    if (run / "stack.yaml").is_file():
+        dirs = sorted(run.glob("seed_*"))
+        if not dirs:
+            raise FileNotFoundError(f"{run}: a stacked run without seed directories")
+        seeds, target = len(dirs), dirs[0]
+    summary_path = target / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{target}: no summary.json (the run has not finished)")
+    summary = json.loads(summary_path.read_text())
+    phases = summary.get("timings") or _tensorboard_timings(target)
+    wall = float(summary.get("total_seconds") or summary.get("seconds") or 0.0)
+    accounted = sum(phases.get(p, 0.0) for p in PHASES)
+    return {
+        "run": str(run),
+        "seeds": seeds,
+        "steps": int(summary.get("global_step", 0)),
+        "wall": wall,
+        "phases": {p: float(phases.get(p, 0.0)) for p in PHASES},
+        "other": max(wall - accounted, 0.0),
+    }
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    lines = [
+        "| run | seeds | steps | wall (min) | "
+        + " | ".join(PHASES)
+        + " | other | seed-updates/s (wall) |",
+        "|---|---|---|---|" + "---|" * (len(PHASES) + 2),
+    ]
+    for r in rows:
+        wall = r["wall"] or 1.0
+        cells = [f"{r['phases'][p] / wall:.0%}" for p in PHASES]
+        name = Path(r["run"]).parent.name + "/" + Path(r["run"]).name
+        lines.append(
+            f"| {name} | {r['seeds']} | {r['steps']:,} | {r['wall'] / 60:.1f} | "
+            + " | ".join(cells)
+            + f" | {r['other'] / wall:.0%} | {r['seeds'] * r['steps'] / wall:.1f} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    rows = []
+    for run in args.runs:
+        try:
+            rows.append(breakdown(run))
+        except FileNotFoundError as err:
+            print(f"time_breakdown: {err}", file=sys.stderr)
+            return 2
+    if args.markdown:
+        print("\n".join(markdown(rows)))
+    else:
+        for r in rows:
+            print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

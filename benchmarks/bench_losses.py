@@ -478,6 +478,7 @@ SECTIONS = {
     "cpu": "## Loss updates",
     "cuda": "## Loss updates on a GPU",
     "stacked": "## Stacked seeds",
+    "profile": "## Where a run's wall time goes",
 }
 HEADER = [
     "# Benchmarks",
@@ -525,7 +526,7 @@ def write_page(path: str | Path, kind: str, body: list[str]) -> None:
     sections = _sections(path.read_text()) if path.exists() else {}
     sections[kind] = body
     page = list(HEADER)
-    for name in ("cpu", "cuda", "stacked"):
+    for name in ("cpu", "cuda", "stacked", "profile"):
         if name in sections:
             page += [SECTIONS[name], f"<!-- section {name} -->", *sections[name]]
             page += [f"<!-- end section {name} -->", ""]

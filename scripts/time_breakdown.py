@@ -1,7 +1,8 @@
 """Where a run's wall time went: update, batch sampling, evaluation, logging, checkpoints, compile.
 
     python scripts/time_breakdown.py ~/runs/results/cpu/walker2d-medium/iql/run_stack3
-    python scripts/time_breakdown.py RUN [RUN ...] --markdown      # a table for docs/benchmarks.md
+    python scripts/time_breakdown.py RUN [RUN ...] --markdown      # a markdown table
+    python scripts/time_breakdown.py RUN [RUN ...] --write docs/benchmarks.md   # its section there
 
 Reads each run's per-phase seconds: ``summary.json``'s ``timings`` (runs since 2026-12-07), else
 the last ``time/<phase>_seconds`` scalars of its TensorBoard events; and its wall time
@@ -80,10 +81,35 @@ def markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+def write_section(path: Path, rows: list[dict], argv: list[str]) -> None:
+    """The table as the ``profile`` section of a page written by benchmarks/bench_losses.py
+    (its other sections kept)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_losses import write_page
+
+    from torchrl_sym.train.provenance import cpu_model
+
+    body = [
+        "",
+        f"Command: `python scripts/time_breakdown.py {' '.join(str(a) for a in argv)}`",
+        "",
+        f"Machine: {cpu_model()}. Each row is one finished run (one process, one core, "
+        "`experiment=cpu`, compiled update); columns are shares of its wall time; a stacked "
+        "run trains its seeds in one loop, so its seed-updates/s counts every seed.",
+        "",
+        *markdown(rows),
+        "",
+    ]
+    write_page(path, "profile", body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument(
+        "--write", type=Path, default=None, help="write the table as the page's profile section"
+    )
     args = parser.parse_args(argv)
     rows = []
     for run in args.runs:
@@ -92,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as err:
             print(f"time_breakdown: {err}", file=sys.stderr)
             return 2
-    if args.markdown:
+    if args.write is not None:
+        write_section(args.write, rows, argv if argv is not None else sys.argv[1:])
+    if args.markdown or args.write is not None:
         print("\n".join(markdown(rows)))
     else:
         for r in rows:

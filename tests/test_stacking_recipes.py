@@ -232,3 +232,32 @@ def test_stacked_srpo_reuses_the_stages_of_a_stacked_run(tmp_path, recipe_datase
         check=False,
     )
     assert proc.returncode != 0 and "holds no seed 7" in proc.stderr
+
+
+def test_a_directory_left_by_a_failed_start_is_free_for_the_corrected_command(
+    tmp_path, recipe_dataset
+):
+    """A launch that fails on a bad dataset leaves only its config.yaml: the corrected command
+    runs in the same directory; a directory whose run trained is still refused."""
+    run_dir = tmp_path / "run"
+    bad = _run(
+        "iql",
+        "profile=smoke",
+        "dataset=nope/hopper/none-v0",
+        f"hydra.run.dir={run_dir}",
+        check=False,
+        timeout=200,
+    )
+    assert bad.returncode != 0 and "nope/hopper/none-v0" in bad.stderr
+    assert (run_dir / "config.yaml").is_file()
+    _run("iql", "profile=smoke", f"dataset={recipe_dataset}", f"hydra.run.dir={run_dir}")
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 50
+    again = _run(
+        "iql",
+        "profile=smoke",
+        f"dataset={recipe_dataset}",
+        f"hydra.run.dir={run_dir}",
+        check=False,
+        timeout=200,
+    )
+    assert again.returncode != 0 and "already holds a run" in again.stderr

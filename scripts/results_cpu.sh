@@ -7,6 +7,7 @@
 #   ALGOS="iql sfac" scripts/results_cpu.sh walker2d-medium      # some algorithms only
 #   SEEDS=5 scripts/results_cpu.sh hopper-medium                 # five seeds per cell (0..4)
 #   EXTRA="precision=bf16" TAG=bf16 scripts/results_cpu.sh hopper-medium   # a variant row
+#   ALGOS=srpo EXTRA="hparams=tuned" TAG=tuned scripts/results_cpu.sh halfcheetah-medium
 #   DRY_RUN=1 scripts/results_cpu.sh                             # print what it would run, run nothing
 #
 # One process per cell (algorithm, variant, task), all its seeds stacked: run several cells at once
@@ -51,10 +52,10 @@ finished_seeds() {  # finished_seeds <dir> <override or -> <tag>: seeds with a s
     if [ "$2" != "-" ] && ! grep -q "^  ${2#*.}\$" <(sed -n "/^${2%%.*}:/,/^[^ ]/p" "$config" | sed 's/: /=/'); then
       continue
     fi
-    if [ -n "$3" ]; then
-      grep -q "^precision: ${3}\$" "$config" || continue
-    elif grep -q "^precision: bf16\$" "$config"; then
-      continue  # a bf16 row is not the fp32 cell
+    if [ -n "$3" ]; then  # a tagged row: bf16 (precision) or tuned (hparams)
+      grep -q -e "^precision: ${3}\$" -e "^hparams: ${3}\$" "$config" || continue
+    elif grep -q -e "^precision: bf16\$" -e "^hparams: tuned\$" "$config"; then
+      continue  # a bf16 or tuned row is not the cell of the published fp32 settings
     fi
     n=$((n + 1))
   done

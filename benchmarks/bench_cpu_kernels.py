@@ -1,6 +1,6 @@
 """The CPU facts behind this library's speed choices, measured in one run on one thread.
 
-    python benchmarks/bench_cpu_kernels.py [--min-time 1]
+    python benchmarks/bench_cpu_kernels.py [--min-time 1] [--write docs/benchmarks.md]
 
 Prints:
 
@@ -121,14 +121,27 @@ def sampling(min_time: float) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--write", default=None, help="write the tables as the page's section")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    import sys
+
     from torchrl_sym.train.provenance import cpu_model
 
-    print(f"CPU: {cpu_model()}; bf16 matmul hardware: {bf16_hardware()}; torch {torch.__version__}")
+    head = f"CPU: {cpu_model()}; bf16 matmul hardware: {bf16_hardware()}; torch {torch.__version__}"
+    print(head)
+    body = ["", f"Command: `python benchmarks/bench_cpu_kernels.py {' '.join(sys.argv[1:])}`", ""]
+    body += [f"{head}; one thread.", ""]
     for section in (matmuls, relu, sampling):
+        lines = section(args.min_time)
         print()
-        print("\n".join(section(args.min_time)), flush=True)
+        print("\n".join(lines), flush=True)
+        body += [*lines, ""]
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_losses import write_page
+
+        write_page(args.write, "kernels", body)
 
 
 if __name__ == "__main__":

@@ -479,6 +479,7 @@ SECTIONS = {
     "cuda": "## Loss updates on a GPU",
     "stacked": "## Stacked seeds",
     "profile": "## Where a run's wall time goes",
+    "kernels": "## CPU kernels behind the choices",
 }
 HEADER = [
     "# Benchmarks",
@@ -492,6 +493,17 @@ HEADER = [
     "per thread count, each against the peak at that count: at batch 256 an update need not",
     "scale with threads, so compare rows within a table. `--device cuda` writes the GPU section",
     "and keeps the CPU one (and the other way round).",
+    "",
+    "Sections: one update per loss, eager and compiled (`bench_losses.py`); the same on a GPU;",
+    "stacked seeds, seed-updates/s of K seeds in one vmapped update beside one fp32 seed",
+    "(`bench_losses.py --stack-seeds K`); where a whole `experiment=cpu` run's wall time goes",
+    "(`scripts/time_breakdown.py`); and the CPU facts behind three choices",
+    "(`benchmarks/bench_cpu_kernels.py`): `precision=bf16` is a default nowhere (it pays only",
+    "on CPUs with bf16 matmul hardware, AMX or AVX512-BF16, and GPUs); the networks' ReLU is",
+    "computed as `(x + |x|) / 2` under `torch.compile` (inductor's saved boolean masks for",
+    "ReLU's backward are slow on x86 CPUs; `torchrl_sym.models.ReLU`); batches are gathered",
+    "from a packed copy of the dataset (`OfflineReplayBuffer`), not by TorchRL's per-key",
+    "storage indexing.",
     "",
     "Diffusion behavior model (BC updates/s, sampled actions/s): see [diffusion.md](diffusion.md).",
     "SRPO's policy update beside the official thu-ml/SRPO code: see "
@@ -526,7 +538,7 @@ def write_page(path: str | Path, kind: str, body: list[str]) -> None:
     sections = _sections(path.read_text()) if path.exists() else {}
     sections[kind] = body
     page = list(HEADER)
-    for name in ("cpu", "cuda", "stacked", "profile"):
+    for name in ("cpu", "cuda", "stacked", "profile", "kernels"):
         if name in sections:
             page += [SECTIONS[name], f"<!-- section {name} -->", *sections[name]]
             page += [f"<!-- end section {name} -->", ""]

@@ -209,3 +209,45 @@ def test_an_update_leaves_its_batch_as_it_was():
         keys = set(batch.keys(True, True))
         update(batch)
         assert set(batch.keys(True, True)) == keys, name
+
+
+def test_stacked_seeds_print_the_ratio_line_and_write_their_section(tmp_path):
+    """--stack-seeds K: one fp32 seed and K stacked seeds of each loss, the ratio line the issue
+    names, and a "Stacked seeds" section beside the page's others (timings not asserted)."""
+    page = tmp_path / "benchmarks.md"
+    page.write_text(
+        "# Benchmarks\n\n## Loss updates\n<!-- section cpu -->\nrows\n<!-- end section cpu -->\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_losses.py"),
+            *("--losses", "iql", "sfac", "--stack-seeds", "2", "--no-compile"),
+            *("--min-time", "0.05", "--batch", "32", "--hidden", "32", "--write", str(page)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for loss in ("iql", "sfac"):
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(f"{loss}: "))
+        assert line.startswith(f"{loss}: seed-updates/s ratio vs one fp32 seed: ")
+        assert float(line.rsplit(" ", 1)[1]) > 0
+    text = page.read_text()
+    assert "## Stacked seeds" in text and "rows" in text  # the CPU section is kept
+    assert "| sfac |" in text and "2 seeds fp32" in text
+
+
+@pytest.mark.slow
+def test_cpu_kernel_facts_write_their_section(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_cpu_kernels.py"), "--min-time", "0.01",
+         "--write", str(page)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = page.read_text()
+    assert "## CPU kernels behind the choices" in text
+    assert "bf16 GFLOP/s" in text and "(x + |x|) / 2" in text and "packed" in text

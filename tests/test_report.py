@@ -1287,3 +1287,15 @@ def test_curve_bands_follow_the_tables_interval_rule(tree, report):
     np.testing.assert_allclose(mean, evals.mean(axis=0), atol=1e-9)
     np.testing.assert_allclose(ci, np.stack([mean - half, mean + half]), atol=1e-9)
     assert list(steps) == list(STEPS)
+
+
+def test_a_stacked_seed_counts_its_share_of_the_wall_time(tmp_path):
+    from torchrl_sym.report import load_run
+
+    run_dir = tmp_path / "iql" / "seed_0"
+    write_run(run_dir, "iql", HOPPER, 0)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert load_run(run_dir).wall_seconds == 3600.0
+    summary["stacked"] = {"seeds": 3, "index": 0, "seed": 0}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert load_run(run_dir).wall_seconds == 1200.0

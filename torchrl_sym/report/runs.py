@@ -101,11 +101,17 @@ class Run:
 
     @property
     def wall_seconds(self) -> float | None:
-        """Training wall time over every segment of the run (summary ``total_seconds``)."""
+        """Training wall time of this run over every segment (summary ``total_seconds``); for
+        a seed of a stacked run (``summary["stacked"]["seeds"] = K``, K seeds trained in one
+        process) its share, the process's wall time divided by K."""
         if not self.summary_fresh:
             return None
         value = self.summary.get("total_seconds", self.summary.get("seconds"))
-        return float(value) if isinstance(value, (int, float)) else None
+        if not isinstance(value, (int, float)):
+            return None
+        stacked = self.summary.get("stacked")
+        seeds = stacked.get("seeds") if isinstance(stacked, dict) else None
+        return float(value) / seeds if isinstance(seeds, int) and seeds > 1 else float(value)
 
     @property
     def stage_start(self) -> int:

@@ -9,6 +9,11 @@
 #   EXTRA="precision=bf16" TAG=bf16 scripts/results_cpu.sh hopper-medium   # a variant row
 #   ALGOS=srpo EXTRA="hparams=tuned" TAG=tuned scripts/results_cpu.sh halfcheetah-medium
 #   DRY_RUN=1 scripts/results_cpu.sh                             # print what it would run, run nothing
+#   OUT=results/bf16 VARIANTS=sfac.divergence=js ALGOS=sfac TAG=bf16 EXTRA=precision=bf16 \
+#     scripts/results_cpu.sh hopper-medium                        # one variant, logs kept apart
+#
+# OUT (default results/cpu) is where finished logs are mirrored and where finished cells are looked
+# up; VARIANTS (one override per variant, space-separated) replaces the algorithm's variant axis.
 #
 # One process per cell (algorithm, variant, task), all its seeds stacked: run several cells at once
 # by starting the script once per core (pin each with taskset and OMP_NUM_THREADS=1). A cell's run
@@ -27,6 +32,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-runs/results}
+OUT=${OUT:-results/cpu}
 ALGOS=${ALGOS:-"iql sfac awac sql xql td3bc srpo"}
 SEEDS=${SEEDS:-3}
 EXTRA=${EXTRA:-}
@@ -39,6 +45,7 @@ launch() {  # a recipe run, or with DRY_RUN=1 only its command line
 }
 
 variants() {  # the algorithm's variant axis (one override per variant): Sf-AC runs both divergences
+  if [ -n "${VARIANTS:-}" ]; then echo "$VARIANTS"; return; fi
   case "$1" in
     sfac) echo "sfac.divergence=jeffreys sfac.divergence=js" ;;
     *) echo "-" ;;
@@ -64,7 +71,7 @@ finished_seeds() {  # finished_seeds <dir> <override or -> <tag>: seeds with a s
 
 for task in "${TASKS[@]}"; do
   for algo in $ALGOS; do
-    committed="results/cpu/$task/$algo"
+    committed="$OUT/$task/$algo"
     for variant in $(variants "$algo"); do
       name="${variant##*=}"; [ "$variant" = "-" ] && name=run
       [ -n "$TAG" ] && name="${name}_$TAG"

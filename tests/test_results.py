@@ -190,7 +190,7 @@ case "$1" in
   scripts/eval_behavior.py) echo "{}" > "$2/behavior_eval.json"; exit 0 ;;
 esac
 algo=$(basename "$1" .py); shift
-run=""; seed=0; div=""; k=1
+run=""; seed=0; div=""; k=1; prec=""
 for arg in "$@"; do
   case "$arg" in
     hydra.run.dir=*) run=${arg#*=} ;;
@@ -200,12 +200,14 @@ for arg in "$@"; do
     seed=*) seed=${arg#*=} ;;
     stack_seeds=*) k=${arg#*=} ;;
     sfac.divergence=*) div=${arg#*=} ;;
+    precision=*) prec=${arg#*=} ;;
   esac
 done
 write() {  # write <dir> <seed> <divergence>
   mkdir -p "$1"
   printf 'algo: %s\ndataset: d-v0\nseed: %s\nstack_seeds: %s\n' "$algo" "$2" "$k" > "$1/config.yaml"
   [ -n "$3" ] && printf 'sfac:\n  divergence: %s\n' "$3" >> "$1/config.yaml"
+  [ -n "$prec" ] && printf 'precision: %s\n' "$prec" >> "$1/config.yaml"
   echo "{}" > "$1/summary.json"
 }
 mkdir -p "$run"
@@ -300,6 +302,34 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
     assert plan.stdout.splitlines() == [f"python {c}" for c in again]
     assert again == [first[0], first[2]]  # the two incomplete cells, all their seeds stacked
     assert len(list(committed.glob("sfac/js_stack3/seed_*/summary.json"))) == 3
+
+
+def test_results_script_keeps_a_tagged_row_apart_with_out_and_variants(tmp_path):
+    repo, env, run_all = _fake_results_repo(tmp_path, "sfac")
+    runs = tmp_path / "runs" / "cpu" / "hopper-medium" / "sfac"
+    env.update(OUT="results/bf16", VARIANTS="sfac.divergence=js")
+
+    def run(tag: str) -> list[str]:
+        env.update(TAG=tag, EXTRA=f"precision={tag}")
+        return [c for c in run_all() if c.startswith("recipes/")]
+
+    # one variant only, the tag in the directory's name, the logs under OUT
+    assert run("bf16") == [
+        "recipes/sfac.py experiment=cpu task=hopper-medium seed=0 stack_seeds=3 "
+        f"sfac.divergence=js precision=bf16 hydra.run.dir={runs}/js_bf16_stack3"
+    ]
+    out = repo / "results" / "bf16" / "hopper-medium" / "sfac"
+    assert len(list(out.glob("js_bf16_stack3/seed_*/summary.json"))) == 3
+    assert not (repo / "results" / "cpu").exists()
+    # the fp32 row beside it is its own cell: the bf16 seeds do not count for it
+    assert run("fp32") == [
+        "recipes/sfac.py experiment=cpu task=hopper-medium seed=0 stack_seeds=3 "
+        f"sfac.divergence=js precision=fp32 hydra.run.dir={runs}/js_fp32_stack3"
+    ]
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")  # a new machine: both rows are found finished under OUT
+    assert run("bf16") == [] and run("fp32") == []
 
 
 def test_results_script_evaluates_each_finished_srpo_behavior_model_once(tmp_path):

@@ -367,7 +367,10 @@ def test_sampling_state_keeps_an_offline_buffer_state_as_it_is():
     rb = make_offline_replay_buffer(ted_dataset(), BATCH, seed=0)
     rb.sample()
     state = SamplingState(rb).state_dict()
-    assert state.keys() == rb.state_dict().keys() == {"sampler", "generator", "num_transitions"}
+    # The packed sampler's state (docs/design.md, "Batch sampling"): its format tag, the epoch's
+    # permutation and the position in it, the generator and the dataset size.
+    assert state.keys() == rb.state_dict().keys()
+    assert set(state) == {"format", "permutation", "position", "generator", "num_transitions"}
     fresh = make_offline_replay_buffer(ted_dataset(), BATCH, seed=5)
     SamplingState(fresh).load_state_dict(state)
     torch.testing.assert_close(fresh.sample(), rb.sample(), rtol=0, atol=0)

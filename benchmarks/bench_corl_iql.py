@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -401,7 +401,7 @@ def corl_child(args) -> None:
     returns = info.episode_returns
     result = {
         "train_seconds": seconds,
-        "eval_seconds": sum(eval_seconds),
+        "eval_seconds": eval_seconds,
         "scores": env.normalized_scores,  # their `evaluations`: one per evaluation
         "transitions": int(info.num_transitions),
         "reward_scale": their_scale,
@@ -425,9 +425,7 @@ class Run:
     scores: list[float]  # final normalized score of each seed
     compile_s: float = math.nan  # ours: time/compile_seconds
     inner_s: float = math.nan  # CORL: train(config); ours: summary.json's "seconds" (the loop)
-    eval_s: float = (
-        math.nan
-    )  # time in evaluations (CORL: their eval_actor; ours: time/eval_seconds)
+    eval_s: float = math.nan  # seconds per evaluation (CORL: their eval_actor; ours: the loop's)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -500,9 +498,23 @@ def run_corl(args, seed: int, work: Path) -> Run:
         wall,
         scores,
         inner_s=result["train_seconds"],
-        eval_s=result["eval_seconds"],
+        eval_s=statistics.fmean(result["eval_seconds"]) if result["eval_seconds"] else math.nan,
         extra=result,
     )
+
+
+def _seconds_per_evaluation(path: Path, interval: int) -> float:
+    """Our loop's ``time/eval_seconds`` at its last log, per evaluation: logged at step ``L``
+    before that step's evaluation, it sums the evaluations at the multiples of ``interval``
+    below ``L``."""
+    if not path.is_file():
+        return math.nan
+    rows = [row for row in csv.reader(path.open()) if row]
+    if not rows:
+        return math.nan
+    step, seconds = int(float(rows[-1][0])), float(rows[-1][1])
+    count = (step - 1) // interval
+    return seconds / count if count > 0 else math.nan
 
 
 def _last_csv_value(path: Path) -> float:
@@ -510,13 +522,6 @@ def _last_csv_value(path: Path) -> float:
         return math.nan
     rows = [row for row in csv.reader(path.open()) if row]
     return float(rows[-1][1]) if rows else math.nan
-
-
-def _csv_dir(run_dir: Path) -> Path:
-    for candidate in (run_dir / "csv", run_dir / "seed_0" / "csv"):
-        if candidate.is_dir():
-            return candidate
-    return run_dir / "csv"
 
 
 def ours_command(args, seed: int, run_dir: Path, stack: int = 1) -> list[str]:
@@ -538,6 +543,8 @@ def ours_command(args, seed: int, run_dir: Path, stack: int = 1) -> list[str]:
         cmd.append(f"eval.max_steps={args.eval_max_steps}")
     if stack > 1:
         cmd.append(f"stack_seeds={stack}")
+        if getattr(args, "stack_precision", "fp32") != "fp32":
+            cmd.append(f"precision={args.stack_precision}")
     return cmd + list(args.override)
 
 
@@ -547,14 +554,13 @@ def run_ours(args, seed: int, work: Path, stack: int = 1) -> Run:
     wall, _ = _timed(
         ours_command(args, seed, run_dir, stack), work / f"{name}.log", _child_env(args)
     )
-    if stack == 1:
-        summaries = [json.loads((run_dir / "summary.json").read_text())]
-    else:
-        summaries = [
-            json.loads((run_dir / f"seed_{k}" / "summary.json").read_text()) for k in range(stack)
-        ]
+    # a stacked run keeps each seed's summary and logs in seed_<s>/ (s = seed .. seed + K - 1)
+    seed_dirs = (
+        [run_dir] if stack == 1 else [run_dir / f"seed_{s}" for s in range(seed, seed + stack)]
+    )
+    summaries = [json.loads((d / "summary.json").read_text()) for d in seed_dirs]
     scores = [s["eval/normalized_score"] for s in summaries if "eval/normalized_score" in s]
-    time_dir = _csv_dir(run_dir) / "scalars" / "time"
+    time_dir = seed_dirs[0] / "csv" / "scalars" / "time"
     return Run(
         "ours" if stack == 1 else "stacked",
         list(range(seed, seed + stack)),
@@ -563,7 +569,7 @@ def run_ours(args, seed: int, work: Path, stack: int = 1) -> Run:
         scores,
         compile_s=_last_csv_value(time_dir / "compile_seconds.csv"),
         inner_s=float(summaries[0].get("seconds", math.nan)),
-        eval_s=_last_csv_value(time_dir / "eval_seconds.csv"),
+        eval_s=_seconds_per_evaluation(time_dir / "eval_seconds.csv", args.eval_interval),
         extra={"run_dir": str(run_dir)},
     )
 
@@ -584,8 +590,14 @@ def _fmt(x: float, spec: str = ".1f") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def describe(run: Run, stack: int) -> str:
-    label = LABELS[run.side] + (f" K={stack}" if run.side == "stacked" else "")
+def _stack_label(args) -> str:
+    """``K=3`` or ``K=3, bf16``: the stacked run's size and precision."""
+    precision = getattr(args, "stack_precision", "fp32")
+    return f"K={args.stack}" + ("" if precision == "fp32" else f", {precision}")
+
+
+def describe(run: Run, stack: str) -> str:
+    label = LABELS[run.side] + (f" {stack}" if run.side == "stacked" else "")
     seeds = (
         f"seed {run.seeds[0]}" if len(run.seeds) == 1 else f"seeds {run.seeds[0]}-{run.seeds[-1]}"
     )
@@ -594,24 +606,65 @@ def describe(run: Run, stack: int) -> str:
         f"{run.seed_updates_per_s:6.1f} seed-updates/s  score {_fmt(run.score)}"
     )
     if run.side == "corl":
-        text += f"  (train() {run.inner_s:.1f} s, of which eval {_fmt(run.eval_s)} s)"
+        text += f"  (train() {run.inner_s:.1f} s; {_fmt(run.eval_s)} s per evaluation)"
     else:
         text += (
             f"  (loop {_fmt(run.inner_s)} s, of which compile {_fmt(run.compile_s)} s, "
-            f"eval {_fmt(run.eval_s)} s)"
+            f"{_fmt(run.eval_s)} s per evaluation)"
         )
     return text
 
 
-def run(args) -> tuple[list[str], dict]:
+PAGE_ARGS = (
+    "argv",
+    "task",
+    "dataset_id",
+    "steps",
+    "rounds",
+    "stack",
+    "stack_precision",
+    "seed",
+    "eval_interval",
+    "eval_episodes",
+    "eval_max_steps",
+    "threads",
+)
+
+
+def save_results(path: Path, args, rounds: list[dict[str, Run]], meta: dict) -> None:
+    """Everything the page is made of, as JSON (rewritten after every run; ``--from-results``
+    renders the page again from it)."""
+    payload = {
+        "args": {k: getattr(args, k, None) for k in PAGE_ARGS},
+        "rounds": [{side: asdict(x) for side, x in rnd.items()} for rnd in rounds],
+        **meta,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def load_results(path: Path) -> tuple[argparse.Namespace, list[dict[str, Run]], dict]:
+    payload = json.loads(Path(path).read_text())
+    args = argparse.Namespace(**payload.pop("args"))
+    if getattr(args, "stack_precision", None) is None:  # results written before the option
+        args.stack_precision = "fp32"
+    rounds = [{side: Run(**x) for side, x in rnd.items()} for rnd in payload.pop("rounds")]
+    return args, rounds, payload
+
+
+def run(args) -> tuple[list[dict[str, Run]], dict]:
+    """The timed runs, round by round; their results and what the page says about the machine."""
     work = Path(tempfile.mkdtemp(prefix="bench_corl_iql_", dir=args.workdir))
-    print(f"runs and logs in {work}", flush=True)
-    load_before = _load()
+    results = work / "results.json"
+    print(f"runs and logs in {work} (results: {results})", flush=True)
+    meta = {"load": [_load()], "commit": corl_commit(Path(args.corl)), "work": str(work)}
     rounds: list[dict[str, Run]] = []
     for r in range(args.rounds):
         order = SIDES[r % len(SIDES) :] + SIDES[: r % len(SIDES)]
         seed = args.seed + r
         done: dict[str, Run] = {}
+        rounds.append(done)
         print(f"round {r + 1}/{args.rounds} (order: {', '.join(order)})", flush=True)
         for side in order:
             if side == "corl":
@@ -621,9 +674,15 @@ def run(args) -> tuple[list[str], dict]:
             else:
                 result = run_ours(args, args.seed + r * args.stack, work, stack=args.stack)
             done[side] = result
-            print("  " + describe(result, args.stack), flush=True)
-        rounds.append(done)
-    load_after = _load()
+            print("  " + describe(result, _stack_label(args)), flush=True)
+            save_results(results, args, rounds, meta)
+    meta["load"].append(_load())
+    save_results(results, args, rounds, meta)
+    return rounds, meta
+
+
+def report(args, rounds: list[dict[str, Run]], meta: dict) -> tuple[list[str], dict]:
+    """Print the medians and the two summary lines; the page's lines and what it was made of."""
     summary = summarize(rounds)
     print(flush=True)
     for side in SIDES:
@@ -641,7 +700,7 @@ def run(args) -> tuple[list[str], dict]:
         flush=True,
     )
     print(
-        f"SUMMARY stacked K={args.stack}: torchrl_sym {summary['stacked']['seed_updates']:.1f} "
+        f"SUMMARY stacked {_stack_label(args)}: torchrl_sym {summary['stacked']['seed_updates']:.1f} "
         f"seed-updates/s vs CORL {summary['corl']['seed_updates']:.1f}: "
         f"{summary['stacked']['ratio']:.2f}x (median wall {summary['stacked']['wall']:.0f} s for "
         f"{args.stack} seeds; final normalized score {_fmt(summary['stacked']['score'])} mean over "
@@ -652,9 +711,9 @@ def run(args) -> tuple[list[str], dict]:
     info = {
         "rounds": rounds,
         "summary": summary,
-        "load": (load_before, load_after),
-        "commit": corl_commit(Path(args.corl)),
-        "work": str(work),
+        "load": tuple(meta["load"]),
+        "commit": meta["commit"],
+        "work": meta.get("work"),
         "reward_scale": first_corl.get("reward_scale", math.nan),
         "reward_scale_episodes": first_corl.get("reward_scale_episodes", math.nan),
         "transitions": first_corl.get("transitions"),
@@ -711,9 +770,12 @@ def render(args, info) -> list[str]:
     summary = info["summary"]
     rounds = info["rounds"]
     k = args.stack
+    stack_label = _stack_label(args)
+    precision = getattr(args, "stack_precision", "fp32")
+    bf16 = precision != "fp32"
     rows = [
         "| round | run | seeds | wall s | updates/s | seed-updates/s | vs CORL | compile s | "
-        "eval s | final normalized score |",
+        "s / evaluation | final normalized score |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, rnd in enumerate(rounds):
@@ -729,12 +791,12 @@ def render(args, info) -> list[str]:
             )
     medians = [
         "| run | wall s | updates/s | seed-updates/s | vs CORL (median of per-round ratios) | "
-        "compile s | eval s | final normalized score |",
+        "compile s | s / evaluation | final normalized score |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for side in SIDES:
         s = summary[side]
-        label = LABELS[side] + (f" (K={k})" if side == "stacked" else "")
+        label = LABELS[side] + (f" ({stack_label})" if side == "stacked" else "")
         medians.append(
             f"| {label} | {s['wall']:.1f} | {s['updates']:.1f} | {s['seed_updates']:.1f} | "
             f"{s['ratio']:.2f}× | {_fmt(s['compile'])} | {_fmt(s['eval'])} | {_fmt(s['score'])} |"
@@ -782,7 +844,9 @@ def render(args, info) -> list[str]:
         "  after another in one env.",
         f"- **torchrl_sym**: {ours_cmd} (the cpu preset compiles the update), the same evaluation",
         "  cadence and episodes (vectorized: one policy call per step for all episodes); and the same",
-        f"  with `stack_seeds={k}` (seeds trained together in one process), counted in seed-updates/s",
+        f"  with `stack_seeds={k}`"
+        + (f" `precision={precision}`" if bf16 else "")
+        + " (seeds trained together in one process), counted in seed-updates/s",
         f"  = {k} · steps / wall seconds. CORL trains one seed per process: its seed-updates/s is its",
         "  updates/s.",
         "",
@@ -794,7 +858,7 @@ def render(args, info) -> list[str]:
         "log σ is clipped to [-20, 2] there and [-5, 2] here; our buffer's actions are clipped to",
         "±(1 - 1e-5) (for the log-likelihood), theirs are not.",
         "",
-        f"Command: `python benchmarks/bench_corl_iql.py {shlex.join(sys.argv[1:])}`",
+        f"Command: `python benchmarks/bench_corl_iql.py {shlex.join(args.argv)}`",
         "",
         f"Machine: {cpu_model()}, {_cores()}; torch {torch.__version__}, {args.threads} thread(s) "
         f"per process (`OMP_NUM_THREADS`). CORL commit {info['commit']}. {where}; {args.steps:,} "
@@ -815,7 +879,12 @@ def render(args, info) -> list[str]:
         *medians,
         "",
         f"One seed: torchrl_sym / CORL = **{summary['ours']['ratio']:.2f}×** end to end. "
-        f"Stacked (K={k}): **{summary['stacked']['ratio']:.2f}×** CORL's seed-updates/s.",
+        f"Stacked ({stack_label}): **{summary['stacked']['ratio']:.2f}×** CORL's seed-updates/s.",
+        "",
+        "Compile s: our loop's `time/compile_seconds` (the first calls of the compiled update),",
+        "part of the wall time. s / evaluation: one evaluation's seconds (CORL: their `eval_actor`,",
+        "episodes one after another; ours: the loop's `time/eval_seconds`, all episodes in one",
+        "vectorized env, every stacked seed's in a stacked run).",
         "",
         "Every run:",
         "",
@@ -833,7 +902,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--corl",
-        required=True,
+        default=None,
         help=f"root of a CORL checkout, the folder holding {CORL_FILE} ({CLONE_HINT})",
     )
     where = parser.add_mutually_exclusive_group()
@@ -848,6 +917,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="updates per seed")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--stack", type=int, default=3, help="K of the stack_seeds=K run")
+    parser.add_argument(
+        "--stack-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="precision of the stacked run (bf16: autocast, docs/training.md)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-interval", type=int, default=10_000)
     parser.add_argument("--eval-episodes", type=int, default=10)
@@ -863,8 +938,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--workdir", default=None, help="where run folders go (default: $TMPDIR)")
     parser.add_argument("--write", default=None, help="write the page (markdown) to this file")
+    parser.add_argument(
+        "--from-results",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="run nothing: print (and --write) the page of an earlier run's results.json",
+    )
     parser.add_argument("--corl-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.from_results:
+        saved, rounds, meta = load_results(Path(args.from_results))
+        lines, _ = report(saved, rounds, meta)
+        print()
+        print("\n".join(lines), flush=True)
+        if args.write:
+            Path(args.write).write_text("\n".join(lines))
+        return
+    if args.corl is None:
+        parser.error("--corl is required (the root of a CORL checkout: " + CLONE_HINT + ")")
     try:
         args.corl = str(corl_dir(args.corl))
     except CorlCodeError as err:
@@ -875,10 +966,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataset is None and args.task is None:
         args.task = DEFAULT_TASK
     args.dataset_id = args.dataset if args.dataset else task_dataset(args.task)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.corl_child:
         corl_child(args)
         return
-    lines, _ = run(args)
+    rounds, meta = run(args)
+    lines, _ = report(args, rounds, meta)
     print()
     print("\n".join(lines), flush=True)
     if args.write:

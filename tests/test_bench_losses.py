@@ -222,7 +222,7 @@ def test_stacked_seeds_print_the_ratio_line_and_write_their_section(tmp_path):
         [
             sys.executable,
             str(ROOT / "benchmarks" / "bench_losses.py"),
-            *("--losses", "iql", "sfac", "--stack-seeds", "2", "--no-compile"),
+            *("--losses", "iql", "sfac", "--stack-seeds", "2", "--no-compile", "--rounds", "2"),
             *("--min-time", "0.05", "--batch", "32", "--hidden", "32", "--write", str(page)),
         ],
         capture_output=True,
@@ -237,6 +237,7 @@ def test_stacked_seeds_print_the_ratio_line_and_write_their_section(tmp_path):
     text = page.read_text()
     assert "## Stacked seeds" in text and "rows" in text  # the CPU section is kept
     assert "| sfac |" in text and "2 seeds fp32" in text
+    assert "best of 2 interleaved timing rounds" in text
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_sym.models import (
+    Mish,
     ReLU,
     TanhMeanGaussian,
     _CatSequential,
@@ -232,3 +233,51 @@ def test_tanh_gaussian_actor_with_clamped_log_scale():
     loc, scale = net(torch.randn(3, 4))
     torch.testing.assert_close(scale, torch.tensor([[2.0, -5.0]]).exp().expand(3, 2))
     torch.testing.assert_close(loc, torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("module", [Mish(), ReLU()], ids=["mish", "relu"])
+def test_compiled_activation_form_matches_torchs_values_and_gradients(module):
+    """models.Mish and models.ReLU take another form under torch.compile (one exponential;
+    ``(x + |x|) / 2``): same values and gradients as torch's own, extremes included."""
+    reference = nn.functional.mish if isinstance(module, Mish) else torch.relu
+    x = torch.cat(
+        [
+            torch.linspace(-120.0, 120.0, 20001, dtype=torch.float64),
+            torch.tensor([-1e30, -88.0, -20.0, 19.999, 20.0, 20.001, 88.0, 1e30]),
+        ]
+    )
+    x = x[x != 0]  # ReLU's compiled gradient at exactly 0 is 1/2, another valid subgradient
+    compiled = torch.compile(module, backend="eager", fullgraph=True)
+    for dtype in (torch.float32, torch.float64):
+        a = x.to(dtype).requires_grad_()
+        b = x.to(dtype).requires_grad_()
+        out, ref = compiled(a), reference(b)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, ref, rtol=2e-6, atol=1e-6)
+        (g_out,) = torch.autograd.grad(out.sum(), a)
+        (g_ref,) = torch.autograd.grad(ref.sum(), b)
+        assert torch.isfinite(g_out).all()
+        torch.testing.assert_close(g_out, g_ref, rtol=2e-5, atol=1e-6)
+    bf16 = compiled(x.to(torch.bfloat16))  # under autocast the activations are bf16
+    assert torch.isfinite(bf16).all()
+    torch.testing.assert_close(bf16.float(), reference(x.float()), rtol=2e-2, atol=1e-2)
+    # eager mode is torch's own function, bit for bit
+    assert torch.equal(module(x.float()), reference(x.float()))
+
+
+def test_the_diffusion_networks_and_bdpo_critics_use_the_fast_mish():
+    from torchrl_sym.diffusion.networks import (
+        MLPNoisePredictor,
+        NoiseConditionedCritic,
+        ResidualMLPNoisePredictor,
+    )
+    from torchrl_sym.objectives.bdpo import make_bdpo_qvalue
+
+    for net in (
+        ResidualMLPNoisePredictor(3, 2, hidden_dim=8, num_blocks=1),
+        MLPNoisePredictor(3, 2),
+        NoiseConditionedCritic(3, 2, num_members=2, hidden=[8]),
+        make_bdpo_qvalue(3, 2, hidden=[8]),
+    ):
+        assert any(isinstance(m, Mish) for m in net.modules()), type(net).__name__
+        assert not any(type(m) is nn.Mish for m in net.modules()), type(net).__name__

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchrl_sym.models import Mish
+
 __all__ = [
     "EnsembleLinear",
     "GaussianFourierTimeEmbedding",
@@ -172,7 +174,7 @@ class ResidualMLPNoisePredictor(nn.Module):
         expansion: int = 4,
         dropout: float = 0.1,
         layer_norm: bool = True,
-        activation: type[nn.Module] = nn.Mish,
+        activation: type[nn.Module] = Mish,
         time_embedding: str = "fourier",
         time_dim: int = 64,
         time_hidden: int = 128,
@@ -230,7 +232,7 @@ class MLPNoisePredictor(nn.Module):
         action_dim: int,
         *,
         hidden: Sequence[int] = (256, 256, 256, 256),
-        activation: type[nn.Module] = nn.Mish,
+        activation: type[nn.Module] = Mish,
         layer_norm: bool = False,
         dropout: float = 0.0,
         time_embedding: str = "sinusoidal",
@@ -336,7 +338,7 @@ class NoiseConditionedCritic(nn.Module):
         num_members: int = 10,
         hidden: Sequence[int] = (256, 256, 256),
         layer_norm: bool = True,
-        activation: type[nn.Module] = nn.Mish,
+        activation: type[nn.Module] = Mish,
         time_dim: int = 64,
         time_hidden: Sequence[int] = (128, 64),
     ):

@@ -29,7 +29,7 @@ from torchrl.objectives.utils import _vmap_func
 
 from torchrl_sym.diffusion.actor import DiffusionBehaviorActor
 from torchrl_sym.diffusion.schedules import DiscreteSchedule
-from torchrl_sym.models import _CatSequential
+from torchrl_sym.models import Mish, _CatSequential
 from torchrl_sym.objectives._ensemble import ensemble_call
 
 __all__ = [
@@ -95,7 +95,7 @@ def make_bdpo_qvalue(
     hidden: tuple[int, ...] | list[int] = (256, 256, 256),
     *,
     layer_norm: bool = False,
-    activation: type[nn.Module] = nn.Mish,
+    activation: type[nn.Module] = Mish,
 ) -> ValueOperator:
     """One BDPO Q member ``(observation, action) -> state_action_value`` (spec §5).
 

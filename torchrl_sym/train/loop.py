@@ -351,7 +351,10 @@ class OfflineLoop:
         log_interval: log loss terms and timings every this many steps.
         checkpoint_dir: where ``ckpt_*.pt`` go; ``None`` disables checkpoints.
         checkpoint_interval: save every this many global steps, and at the end of each stage.
-        compile: ``torch.compile`` the update step (``True`` or a dict of ``torch.compile`` kwargs).
+        compile: ``torch.compile`` the update step (``True`` or a dict of ``torch.compile`` kwargs;
+            ``dynamic=False`` unless the dict says otherwise: every batch shape of a stage is
+            static, and a later stage with another batch size, or a second loop in the same
+            process, gets a graph of its own static shapes instead of a dynamic-shape recompile).
         cudagraphs: capture the update step (compiled or not) in CUDA graphs with
             :class:`tensordict.nn.CudaGraphModule`, one graph per cadence pattern, after
             ``cudagraph_warmup`` eager calls of that pattern. Needs the networks and the batch on a
@@ -620,7 +623,7 @@ class OfflineLoop:
             return outputs
 
         if self.compile:
-            kwargs = self.compile if isinstance(self.compile, dict) else {}
+            kwargs = {"dynamic": False, **(self.compile if isinstance(self.compile, dict) else {})}
             update = torch.compile(update, **kwargs)
         if self.cudagraphs:
             update = _GraphPerPattern(update, warmup=self.cudagraph_warmup)

@@ -11,7 +11,11 @@ Prints:
    eager, compiled, and compiled in the form :class:`torchrl_sym.models.ReLU` uses when
    compiling (``(x + |x|) / 2``): inductor saves a boolean mask for ReLU's backward whose
    vectorized store and load are slow on some x86 CPUs.
-3. **Batch sampling**: one 256-transition batch from a Hopper-sized dataset (1M transitions)
+3. **Mish under torch.compile**: forward + backward of ``mish`` on ``256×1024`` (SRPO's
+   behavior network's widest activations), eager, compiled, and compiled in the one-exponential
+   form :class:`torchrl_sym.models.Mish` uses when compiling (``x · n / (n + 2)``,
+   ``n = e^x (e^x + 2)``): torch's ``tanh(softplus(x))`` costs several SiLUs.
+4. **Batch sampling**: one 256-transition batch from a Hopper-sized dataset (1M transitions)
    with TorchRL's storage indexing (the ``TensorDictReplayBuffer``'s own ``sample``) against
    the packed sampler of :class:`torchrl_sym.data.OfflineReplayBuffer`.
 """
@@ -84,6 +88,33 @@ def relu(min_time: float) -> list[str]:
     return lines
 
 
+def mish(min_time: float) -> list[str]:
+    from torchrl_sym.models import Mish
+
+    x = torch.randn(256, 1024, requires_grad=True)
+    fast = Mish()
+
+    def plain():
+        torch.nn.functional.mish(x * 2 + 1).sum().backward()
+
+    def one_exp():
+        fast(x * 2 + 1).sum().backward()
+
+    def silu():
+        torch.nn.functional.silu(x * 2 + 1).sum().backward()
+
+    rows = [
+        ("eager, torch's mish", plain),
+        ("compiled, torch's mish", torch.compile(plain)),
+        ("compiled, one exponential (`models.Mish`)", torch.compile(one_exp)),
+        ("compiled, silu (for scale)", torch.compile(silu)),
+    ]
+    lines = ["| 256×1024 Mish, forward + backward | ms |", "|---|---|"]
+    for label, fn in rows:
+        lines.append(f"| {label} | {_rate(fn, min_time) * 1e3:.2f} |")
+    return lines
+
+
 def sampling(min_time: float) -> list[str]:
     from tensordict import TensorDict
 
@@ -132,7 +163,7 @@ def main() -> None:
     print(head)
     body = ["", f"Command: `python benchmarks/bench_cpu_kernels.py {' '.join(sys.argv[1:])}`", ""]
     body += [f"{head}; one thread.", ""]
-    for section in (matmuls, relu, sampling):
+    for section in (matmuls, relu, mish, sampling):
         lines = section(args.min_time)
         print()
         print("\n".join(lines), flush=True)

@@ -6,8 +6,8 @@
 
 Reads each run's per-phase seconds: ``summary.json``'s ``timings`` (runs since 2026-12-07), else
 the last ``time/<phase>_seconds`` scalars of its TensorBoard events; and its wall time
-(``summary.json``'s ``total_seconds``). A stacked run (``stack.yaml``) is read from its first
-seed's directory (the seeds share one loop) and counts its seeds' updates. "other" is the wall
+(``summary.json``'s ``total_seconds``). A stacked run (``stack.yaml``, or the ``seed_<s>/``
+folders results/ keeps of one) is read from its first seed's directory (the seeds share one loop) and counts its seeds' updates. "other" is the wall
 time no phase accounts for (the loop's own Python, progress bar, and a launch's setup).
 """
 
@@ -40,7 +40,9 @@ def breakdown(run: Path) -> dict:
     run = Path(run)
     seeds = 1
     target = run
-    if (run / "stack.yaml").is_file():
+    if (run / "stack.yaml").is_file() or (
+        not (run / "summary.json").is_file() and any(run.glob("seed_*/summary.json"))
+    ):  # a stacked run, or its seeds as scripts/collect_results.py mirrors them (no stack.yaml)
         dirs = sorted(run.glob("seed_*"))
         if not dirs:
             raise FileNotFoundError(f"{run}: a stacked run without seed directories")

@@ -252,3 +252,4 @@ def test_cpu_kernel_facts_write_their_section(tmp_path):
     text = page.read_text()
     assert "## CPU kernels behind the choices" in text
     assert "bf16 GFLOP/s" in text and "(x + |x|) / 2" in text and "packed" in text
+    assert "256×1024 Mish, forward + backward" in text and "one exponential" in text

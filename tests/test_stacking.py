@@ -292,3 +292,34 @@ def test_precision_must_be_fp32_or_bf16():
     stage = Stage("train", 1, [Objective("x", lambda b: b, [])])
     with pytest.raises(ValueError, match="precision='fp16' is not a precision"):
         OfflineLoop([stage], None, modules={}, precision="fp16")
+
+
+@pytest.mark.parametrize("algo", ["sfac", "bdpo"])
+def test_weight_gradients_arrive_in_their_parameters_layout(algo, recipe_dataset, tmp_path):
+    """Stacked weights are laid out as their gradients come (docs/design.md "Stacked seeds"):
+    autograd then hands each gradient over without a copy. Checked on the gradient as it reaches
+    the parameter, before accumulation, for every parameter of two or more dims (Linear weights,
+    TorchRL's Q ensembles, BDPO's EnsembleLinear)."""
+    cfg = _compose(algo, recipe_dataset)
+    loop, _ = _build(algo, _run(cfg, tmp_path), stacked=True)
+    stage = loop.stages[-1]
+    objective = stage.objectives[0]
+    params = [p for p in objective._params if p.dim() >= 3]
+    assert params
+    arrived = {}
+    handles = [
+        p.register_hook(lambda g, i=i: arrived.__setitem__(i, g.stride()))
+        for i, p in enumerate(params)
+    ]
+    batch = loop.buffer.sample()
+    out = loop.stack.call(objective.loss, batch)
+    sum(v.sum() for k, v in out.items() if k.startswith("loss_")).backward()
+    for h in handles:
+        h.remove()
+    assert arrived
+    for i, strides in arrived.items():
+        p = params[i]
+        # autograd's layout contract compares the strides of the dims of size > 1
+        mine = [st for st, n in zip(p.stride(), p.shape) if n > 1]
+        theirs = [st for st, n in zip(strides, p.shape) if n > 1]
+        assert mine == theirs, (tuple(p.shape), p.stride(), strides)

@@ -40,6 +40,9 @@ def test_breakdown_of_a_stacked_run_counts_its_seeds(tmp_path):
     assert row["other"] == pytest.approx(4.0)
     table = script.markdown([row])
     assert "| 60% |" in table[-1] and table[-1].endswith("| 20.0 |")  # 2 x 1000 / 100 s
+    # the seeds of a stacked run as results/ keeps them (no stack.yaml): still stacked
+    (run / "stack.yaml").unlink()
+    assert script.breakdown(run)["seeds"] == 2
     one = tmp_path / "single"
     _summary(one, {"update": 1.0}, wall=2.0, steps=10)
     assert script.breakdown(one)["seeds"] == 1

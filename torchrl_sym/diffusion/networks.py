@@ -283,6 +283,9 @@ class EnsembleLinear(nn.Module):
             out_features,
         )
         self.weight = nn.Parameter(torch.empty(num_members, in_features, out_features))
+        # used as x @ W, its gradient comes contiguous: stacked seeds keep this layout
+        # (torchrl_sym.train.stacking)
+        self.weight._stack_contiguous = True
         self.bias = nn.Parameter(torch.zeros(num_members, out_features))
         for w in self.weight.data:
             nn.init.orthogonal_(w, gain)

@@ -36,14 +36,13 @@ def test_quickstart_runs(tmp_path):
 
 
 def test_ci_runs_the_readme_test_commands():
-    """The README's test block holds the one test command; CI ends with exactly that command (the
-    slow and reproduction sets are named in the text, run by hand)."""
+    """The README's test block holds the default run and the slow tests, one command a line; CI
+    ends with exactly those commands, in that order."""
     commands = re.findall(r"```bash\n(.*?)```", README, re.S)
     test_commands = commands[1].strip().splitlines()
-    assert test_commands == ["python -m pytest"]
+    assert test_commands == ["python -m pytest -n auto", "python -m pytest -n auto -m slow"]
     ci = (ROOT / ".ci" / "run").read_text()
-    assert ci.strip().splitlines()[-1:] == test_commands
-    assert "-m slow" not in "".join(line for line in ci.splitlines() if not line.startswith("#"))
-    assert "`python -m pytest -m slow`" in README and "`python -m pytest -m reproduction`" in README
+    assert ci.strip().splitlines()[-2:] == test_commands
+    assert "`python -m pytest -m reproduction`" in README
     assert "pip install -q torch==2.13.0" in ci and 'pip install -q -e ".[dev]"' in ci
     assert "torch==2.13.0" in commands[0] and 'pip install -e ".[dev]"' in commands[0]

@@ -281,3 +281,20 @@ def test_the_diffusion_networks_and_bdpo_critics_use_the_fast_mish():
     ):
         assert any(isinstance(m, Mish) for m in net.modules()), type(net).__name__
         assert not any(type(m) is nn.Mish for m in net.modules()), type(net).__name__
+
+
+def test_compiled_mish_under_vmap_matches_torchs_gradients_and_skips_the_slope_without_grad():
+    """Stacked seeds call the networks under torch.func.vmap: the compiled form's gradient (the
+    slope computed off the graph) is torch's there too; with gradients off it is the value."""
+    x = torch.randn(3, 64, dtype=torch.float64) * 8
+    x[0, :4] = torch.tensor([-1e30, 1e30, 20.0, -88.0], dtype=torch.float64)
+    compiled = torch.compile(torch.vmap(Mish(), randomness="different"), backend="eager")
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = compiled(a), torch.vmap(nn.functional.mish)(b)
+    torch.testing.assert_close(out, ref)
+    (g_out,) = torch.autograd.grad((out * torch.arange(64.0, dtype=x.dtype)).sum(), a)
+    (g_ref,) = torch.autograd.grad((ref * torch.arange(64.0, dtype=x.dtype)).sum(), b)
+    assert torch.isfinite(g_out).all()
+    torch.testing.assert_close(g_out, g_ref)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), ref.detach())

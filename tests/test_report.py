@@ -320,6 +320,52 @@ def test_aggregates_are_rliables_mean_and_iqm(report, page):
     assert "the rows cover different datasets, so they are not comparable" in aggregates
 
 
+def test_per_kind_aggregates_use_only_their_kinds_datasets(report, page, tmp_path):
+    """hopper-medium (medium) and walker2d-medium-replay (medium-replay): one view per kind, each
+    aggregate over that kind's datasets alone, with its own runs per dataset."""
+    assert [kind for kind, _ in report.kind_aggregates] == ["medium", "medium-replay"]
+    by_kind = {kind: {a.label: a for a in aggs} for kind, aggs in report.kind_aggregates}
+    iql_medium, iql_replay = by_kind["medium"]["iql"], by_kind["medium-replay"]["iql"]
+    assert iql_medium.datasets == [HOPPER] and iql_medium.runs_per_dataset == 3
+    assert iql_replay.datasets == [WALKER] and iql_replay.runs_per_dataset == 2
+    hopper, _ = expected_final_and_best("iql", HOPPER, "", range(3))
+    assert iql_medium.mean == pytest.approx(hopper.mean())
+    assert "bdpo" in by_kind["medium"] and "bdpo" not in by_kind["medium-replay"]
+    text = page.read_text().split("### Per data kind", 1)[1].split("Performance profile", 1)[0]
+    medium, replay = text.split("**medium**", 1)[1].split("**medium-replay**", 1)
+    line = next(x for x in medium.splitlines() if x.startswith("| iql |"))
+    assert f"| 1 | 3 | {iql_medium.mean:.1f} |" in line
+    line = next(x for x in replay.splitlines() if x.startswith("| iql |"))
+    assert f"| 1 | 2 | {iql_replay.mean:.1f} |" in line
+    # one kind only: no per-kind view
+    single = tmp_path / "single"
+    for seed in range(2):
+        write_run(single / f"iql_s{seed}", "iql", HOPPER, seed)
+    alone = rp.build_report([single], out=tmp_path / "r.md", reps=REPS)
+    assert alone.kind_aggregates == []
+    assert "### Per data kind" not in rp.render_markdown(alone)
+
+
+def test_replay_and_medium_expert_tables_say_what_their_data_is(report, page, tmp_path):
+    text = page.read_text()
+    walker = text.split(f"(`{WALKER}`)", 1)[1].split("\n### ", 1)[0]
+    hopper = text.split(f"(`{HOPPER}`)", 1)[1].split("\n### ", 1)[0]
+    assert (
+        "What this data is: the replay buffer of our CrossQ learner from its start up to the "
+        "medium snapshot (the policy of the medium dataset), 1,000 transitions in 3 episodes; "
+        "D4RL's medium-replay holds 200k-400k transitions from SAC's" in walker
+    )
+    assert "What this data is" not in hopper
+    expert = "torchrl_sym/hopper/medium-expert-v1"
+    for seed in range(2):
+        write_run(tmp_path / "me" / f"iql_s{seed}", "iql", expert, seed)
+    me = rp.render_markdown(rp.build_report([tmp_path / "me"], out=tmp_path / "r.md", reps=REPS))
+    assert (
+        "What this data is: `torchrl_sym/hopper/medium-v1` followed by "
+        "`torchrl_sym/hopper/expert-v1`" in me
+    )
+
+
 # ---------------------------------------------------------------------------------- grouping
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["task_name"]
+__all__ = ["dataset_kind", "task_name"]
+
+# D4RL's locomotion data kinds, longest first (medium-replay before medium)
+KINDS = ("medium-replay", "medium-expert", "full-replay", "medium", "expert", "random")
 
 
 def task_name(dataset: str) -> str:
@@ -26,3 +29,17 @@ def task_name(dataset: str) -> str:
         parts = name.split("/")
         stem = "-".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
     return re.sub(r"-v\d+$", "", stem)
+
+
+def dataset_kind(dataset: str) -> str | None:
+    """The D4RL data kind of a dataset id or path (``medium``, ``medium-replay``,
+    ``medium-expert``, ``expert``, ``random``, ``full-replay``), or ``None`` for other data.
+
+    >>> dataset_kind("torchrl_sym/hopper/medium-replay-v1"), dataset_kind("toy2d/moons")
+    ('medium-replay', None)
+    """
+    name = task_name(dataset)
+    for kind in KINDS:
+        if name.endswith("-" + kind):
+            return kind
+    return None

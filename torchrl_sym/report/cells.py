@@ -33,7 +33,7 @@ from torchrl_sym.report.stats import (
     interval_kind,
     mean_ci,
 )
-from torchrl_sym.tasks import task_name
+from torchrl_sym.tasks import dataset_kind, task_name
 
 if TYPE_CHECKING:
     from torchrl_sym.report.claims import ClaimRow
@@ -173,6 +173,8 @@ class Report:
     forced_variant_keys: bool
     preamble: str = ""  # markdown placed before the tables (--preamble FILE): protocol, commands
     claims: list[ClaimRow] = field(default_factory=list)
+    # (data kind, its aggregates) where the page spans more than one kind (medium, medium-replay…)
+    kind_aggregates: list[tuple[str | None, list[Aggregate]]] = field(default_factory=list)
     claim_seeds: int = DEFAULT_CLAIM_SEEDS
     data_stats: dict[str, DataStat] = field(default_factory=dict)
 
@@ -359,7 +361,6 @@ def build_report(
             f"claim_seeds must be >= 2 (a confidence interval needs 2 runs per cell), got {claim_seeds}"
         )
     stats = load_data_stats(data_stats) if data_stats is not None else {}  # fail before the work
-    import numpy as np
 
     out = Path(out)
     figures_dir = Path(figures_dir) if figures_dir is not None else out.parent / out.stem
@@ -389,40 +390,20 @@ def build_report(
             cell.best_ci = mean_ci(cell.bests, reps=reps, seed=seed)
         cells.append(cell)
 
-    aggregates = []
-    by_group: dict[tuple[str, str], list[Cell]] = {}
-    for cell in cells:
-        if cell.valid:
-            by_group.setdefault((cell.algo, cell.variant), []).append(cell)
-    for (algo, variant), group_cells in sorted(by_group.items()):
-        n = min(len(c.valid) for c in group_cells)
-        columns, trimmed = [], []
-        for c in group_cells:
-            columns.append([r.final for r in sorted(c.valid, key=_run_order)[:n]])
-            if len(c.valid) > n:
-                trimmed.append((c.dataset, len(c.valid)))
-        matrix = np.asarray(columns, dtype=np.float64).T  # [runs, datasets]
-        (mean, iqm), (agg_mean_ci, agg_iqm_ci) = _aggregate_estimates(matrix, reps=reps, seed=seed)
-        aggregates.append(
-            Aggregate(
-                algo,
-                variant,
-                [c.dataset for c in group_cells],
-                n,
-                matrix,
-                mean,
-                iqm,
-                agg_mean_ci if n >= 2 else None,
-                agg_iqm_ci if n >= 2 else None,
-                trimmed,
-            )
-        )
+    aggregates = _aggregates(cells, reps=reps, seed=seed)
+    kinds = sorted({dataset_kind(c.dataset) for c in cells if c.valid}, key=_kind_order)
+    kind_aggregates = []
+    if len(kinds) > 1:  # a view per data kind only where the page spans more than one
+        for kind in kinds:
+            group = [c for c in cells if dataset_kind(c.dataset) == kind]
+            kind_aggregates.append((kind, _aggregates(group, reps=reps, seed=seed)))
     return Report(
         data_stats=stats,
         claims=claim_rows(cells, claim_seeds=claim_seeds),
         claim_seeds=claim_seeds,
         cells=cells,
         aggregates=aggregates,
+        kind_aggregates=kind_aggregates,
         skipped=sorted(skipped),
         sources=sorted({Path(d).resolve() for d in dirs}),
         out=out,
@@ -476,3 +457,44 @@ def _read_preamble(path: str | Path | None, *, page_dir: Path | None = None) -> 
     if page_dir is not None:
         text = _rebase_links(text, path.parent, page_dir)
     return text
+
+
+def _kind_order(kind: str | None) -> tuple[int, str]:
+    order = ("medium", "medium-replay", "medium-expert")
+    return (order.index(kind) if kind in order else len(order), kind or "~")
+
+
+def _aggregates(cells: Sequence[Cell], *, reps: int, seed: int) -> list[Aggregate]:
+    """One :class:`Aggregate` per algorithm/variant over the datasets of ``cells`` where it has
+    valid runs: each dataset contributes the same number of runs (its lowest seeds)."""
+    import numpy as np
+
+    aggregates = []
+    by_group: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        if cell.valid:
+            by_group.setdefault((cell.algo, cell.variant), []).append(cell)
+    for (algo, variant), group_cells in sorted(by_group.items()):
+        n = min(len(c.valid) for c in group_cells)
+        columns, trimmed = [], []
+        for c in group_cells:
+            columns.append([r.final for r in sorted(c.valid, key=_run_order)[:n]])
+            if len(c.valid) > n:
+                trimmed.append((c.dataset, len(c.valid)))
+        matrix = np.asarray(columns, dtype=np.float64).T  # [runs, datasets]
+        (mean, iqm), (agg_mean_ci, agg_iqm_ci) = _aggregate_estimates(matrix, reps=reps, seed=seed)
+        aggregates.append(
+            Aggregate(
+                algo,
+                variant,
+                [c.dataset for c in group_cells],
+                n,
+                matrix,
+                mean,
+                iqm,
+                agg_mean_ci if n >= 2 else None,
+                agg_iqm_ci if n >= 2 else None,
+                trimmed,
+            )
+        )
+    return aggregates

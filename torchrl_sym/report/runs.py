@@ -144,6 +144,15 @@ class Run:
         dataset = (self.summary or {}).get("dataset") or {}
         return dataset.get("sha256") if isinstance(dataset, dict) else None
 
+    @property
+    def data_size(self) -> tuple[int, int] | None:
+        """``(transitions, episodes)`` of the dataset the run trained on (``summary.json``)."""
+        dataset = (self.summary or {}).get("dataset") or {}
+        try:
+            return int(dataset["transitions"]), int(dataset["episodes"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
 
 def _freeze(value: Any) -> Any:
     """A hashable copy of a YAML value (lists -> tuples, mappings -> sorted item tuples)."""

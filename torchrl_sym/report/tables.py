@@ -10,11 +10,11 @@ from pathlib import Path
 
 from torchrl_sym.published import NOT_PUBLISHED, PUBLISHED, published_for
 from torchrl_sym.report._text import _fmt, _fmt_ci, _fmt_seconds, _mean_std, _Notes, _rel
-from torchrl_sym.report.cells import Cell, Report
+from torchrl_sym.report.cells import Aggregate, Cell, Report
 from torchrl_sym.report.claims import _claims_section
 from torchrl_sym.report.runs import DEFAULT_LAST_K, Run, _run_order
 from torchrl_sym.report.stats import T_INTERVAL_BELOW
-from torchrl_sym.tasks import task_name
+from torchrl_sym.tasks import dataset_kind, task_name
 
 __all__ = ["render_markdown"]
 
@@ -27,6 +27,33 @@ def _data_source(dataset: str) -> str:
     if dataset.startswith("toy2d/"):
         return "a 2-D toy bandit"
     return "a Minari dataset"
+
+
+def _kind_lines(dataset: str, runs: Sequence[Run]) -> list[str]:
+    """What a generated medium-replay or medium-expert dataset is, beside D4RL's."""
+    kind = dataset_kind(dataset)
+    if not dataset.startswith("torchrl_sym/") or kind not in ("medium-replay", "medium-expert"):
+        return []
+    sizes = sorted({r.data_size for r in runs if r.data_size})
+    size = " and ".join(f"{t:,} transitions in {e:,} episodes" for t, e in sizes) if sizes else None
+    if kind == "medium-replay":
+        text = (
+            "What this data is: the replay buffer of our CrossQ learner from its start up to the "
+            "medium snapshot (the policy of the medium dataset)"
+            + (f", {size}" if size else "")
+            + "; D4RL's medium-replay holds 200k-400k transitions from SAC's, so ours is "
+            "smaller and from another learner."
+        )
+    else:
+        family, version = dataset.split("/")[1], dataset.rsplit("-", 1)[-1]
+        text = (
+            f"What this data is: `torchrl_sym/{family}/medium-{version}` followed by "
+            f"`torchrl_sym/{family}/expert-{version}` (the same number of transitions each, "
+            "collected with the same seed)"
+            + (f", {size}" if size else "")
+            + ", as D4RL's medium-expert joins its medium and expert datasets."
+        )
+    return [text, ""]
 
 
 def _d4rl_version(task: str) -> str:
@@ -110,6 +137,7 @@ def _dataset_section(report: Report, dataset: str, start: Path) -> list[str]:
         f"{_data_source(dataset)}. {published}{_ci_sentence(cells)}",
         "",
         *_data_stat_lines(report, dataset, runs, start),
+        *_kind_lines(dataset, runs),
         f"| algorithm | variant | seeds | steps | final ({_last_k_text(report, runs)}): "
         "mean ± std | final: 95% CI | best evaluation: mean ± std | best: 95% CI "
         f"| wall time / run | published (paper, D4RL -{version}) |",
@@ -299,32 +327,19 @@ def _few_runs_text(report: Report) -> str:
     )
 
 
-def _aggregate_section(report: Report, start: Path) -> list[str]:
-    lines = [
-        "## Aggregates across datasets",
-        "",
-        "Final scores per algorithm/variant over the datasets it has valid runs on: mean of the "
-        "per-dataset means (rliable `aggregate_mean`) and interquartile mean of all runs × "
-        "datasets (`aggregate_iqm`), with 95% stratified-bootstrap CIs over runs. Each dataset "
-        "contributes the same number of runs (its valid runs with the lowest seeds). The "
-        "published column averages the papers' numbers over the same datasets (D4RL's data)."
-        + _few_runs_text(report),
-        "",
-        "| algorithm | variant | datasets | runs per dataset | mean | mean: 95% CI | IQM "
-        "| IQM: 95% CI | published mean over the same datasets |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    notes = _Notes("a", start)
+def _aggregate_rows(aggregates: Sequence[Aggregate], notes: _Notes) -> list[str]:
+    """The table rows of ``aggregates`` (their notes go to ``notes``)."""
+    lines: list[str] = []
     coverage_mark = ""
-    if len({tuple(a.datasets) for a in report.aggregates}) > 1:
+    if len({tuple(a.datasets) for a in aggregates}) > 1:
         coverage_mark = " " + notes.add(
             "the rows cover different datasets, so they are not comparable with each other: "
             + "; ".join(
                 f"{a.label}: " + ", ".join(f"`{task_name(d)}`" for d in a.datasets)
-                for a in report.aggregates
+                for a in aggregates
             )
         )
-    for agg in report.aggregates:
+    for agg in aggregates:
         marks = []
         for dataset, count in agg.trimmed:
             marks.append(
@@ -353,9 +368,30 @@ def _aggregate_section(report: Report, start: Path) -> list[str]:
             f"| {ci_text or _fmt_ci(agg.mean_ci, n)} | {_fmt(agg.iqm)} "
             f"| {ci_text or _fmt_ci(agg.iqm_ci, n)} | {'; '.join(published)} |"
         )
+    return lines
+
+
+def _aggregate_section(report: Report, start: Path) -> list[str]:
+    lines = [
+        "## Aggregates across datasets",
+        "",
+        "Final scores per algorithm/variant over the datasets it has valid runs on: mean of the "
+        "per-dataset means (rliable `aggregate_mean`) and interquartile mean of all runs × "
+        "datasets (`aggregate_iqm`), with 95% stratified-bootstrap CIs over runs. Each dataset "
+        "contributes the same number of runs (its valid runs with the lowest seeds). The "
+        "published column averages the papers' numbers over the same datasets (D4RL's data)."
+        + _few_runs_text(report),
+        "",
+        "| algorithm | variant | datasets | runs per dataset | mean | mean: 95% CI | IQM "
+        "| IQM: 95% CI | published mean over the same datasets |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = _Notes("a", start)
+    lines += _aggregate_rows(report.aggregates, notes)
     lines.append("")
     if notes.items:
         lines += ["Notes:", "", *notes.lines(), ""]
+    lines += _kind_section(report, start)
     lines += [
         "Performance profile: the fraction of all runs × datasets whose final score exceeds τ, "
         "with 95% CI bands (rliable `create_performance_profile`).",
@@ -363,6 +399,34 @@ def _aggregate_section(report: Report, start: Path) -> list[str]:
         f"![performance profile]({_rel(report.profile_figure, start)})",
         "",
     ]
+    return lines
+
+
+def _kind_section(report: Report, start: Path) -> list[str]:
+    """The aggregates again per D4RL data kind (medium, medium-replay, medium-expert), where the
+    page spans more than one kind."""
+    if not report.kind_aggregates:
+        return []
+    lines = [
+        "### Per data kind",
+        "",
+        "The same aggregates over the datasets of one kind at a time (the kind is read from the "
+        "dataset's name; other data under `other`).",
+        "",
+    ]
+    for kind, aggregates in report.kind_aggregates:
+        notes = _Notes(f"{kind or 'other'} ", start)
+        lines += [
+            f"**{kind or 'other'}**",
+            "",
+            "| algorithm | variant | datasets | runs per dataset | mean | mean: 95% CI | IQM "
+            "| IQM: 95% CI | published mean over the same datasets |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *_aggregate_rows(aggregates, notes),
+            "",
+        ]
+        if notes.items:
+            lines += ["Notes:", "", *notes.lines(), ""]
     return lines
 
 

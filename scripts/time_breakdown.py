@@ -97,7 +97,10 @@ def write_section(path: Path, rows: list[dict], argv: list[str]) -> None:
         "",
         f"Machine: {cpu_model()}. Each row is one finished run (one process, one core, "
         "`experiment=cpu`, compiled update); columns are shares of its wall time; a stacked "
-        "run trains its seeds in one loop, so its seed-updates/s counts every seed.",
+        "run trains its seeds in one loop, so its seed-updates/s counts every seed. A row with "
+        "fewer steps than its recipe's `experiment=cpu` budget ran a shortened one (its "
+        "directory names it): compiling costs the same at any length, so its compile share is "
+        "larger than a full run's.",
         "",
         *markdown(rows),
         "",

@@ -67,6 +67,14 @@ def matmuls(min_time: float) -> list[str]:
     return lines
 
 
+def _ms_table(title: str, rows, min_time: float) -> list[str]:
+    """A markdown table of milliseconds per call, one row per ``(label, fn)``."""
+    lines = [f"| {title} | ms |", "|---|---|"]
+    for label, fn in rows:
+        lines.append(f"| {label} | {_rate(fn, min_time) * 1e3:.2f} |")
+    return lines
+
+
 def relu(min_time: float) -> list[str]:
     x = torch.randn(5, 256, 256, requires_grad=True)
 
@@ -82,10 +90,7 @@ def relu(min_time: float) -> list[str]:
         ("compiled, torch.relu", torch.compile(plain)),
         ("compiled, (x + |x|) / 2", torch.compile(abs_form)),
     ]
-    lines = ["| 5×256×256 ReLU, forward + backward | ms |", "|---|---|"]
-    for label, fn in rows:
-        lines.append(f"| {label} | {_rate(fn, min_time) * 1e3:.2f} |")
-    return lines
+    return _ms_table("5×256×256 ReLU, forward + backward", rows, min_time)
 
 
 def mish(min_time: float) -> list[str]:
@@ -109,10 +114,7 @@ def mish(min_time: float) -> list[str]:
         ("compiled, one exponential (`models.Mish`)", torch.compile(one_exp)),
         ("compiled, silu (for scale)", torch.compile(silu)),
     ]
-    lines = ["| 256×1024 Mish, forward + backward | ms |", "|---|---|"]
-    for label, fn in rows:
-        lines.append(f"| {label} | {_rate(fn, min_time) * 1e3:.2f} |")
-    return lines
+    return _ms_table("256×1024 Mish, forward + backward", rows, min_time)
 
 
 def sampling(min_time: float) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from minari_reference import minari_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -121,21 +122,6 @@ def test_gym_wrappers_transform_and_forward(bench, hopper_minari_id):
     assert env.normalized_scores == pytest.approx([100.0])
 
 
-def _minari_arrays(dataset_id):
-    """Every transition of a Minari dataset, read with minari itself."""
-    import minari
-
-    parts = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc")}
-    for ep in minari.load_dataset(dataset_id).iterate_episodes():
-        parts["obs"].append(ep.observations[:-1])
-        parts["next"].append(ep.observations[1:])
-        parts["act"].append(ep.actions)
-        parts["rew"].append(ep.rewards)
-        parts["term"].append(ep.terminations)
-        parts["trunc"].append(ep.truncations)
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
 @pytest.mark.parametrize("which", ["terminations", "timeouts"])
 def test_d4rl_stand_in_gives_the_datasets_arrays(bench, hopper_minari_id, timeouts_dataset, which):
     dataset_id = hopper_minari_id if which == "terminations" else timeouts_dataset
@@ -145,7 +131,7 @@ def test_d4rl_stand_in_gives_the_datasets_arrays(bench, hopper_minari_id, timeou
     )
     data = stand_ins["d4rl"].qlearning_dataset(env)
     assert set(data) == {"observations", "actions", "next_observations", "rewards", "terminals"}
-    ref = _minari_arrays(dataset_id)
+    ref, _ = minari_reference(dataset_id)
     n = len(ref["act"])
     obs_dim = 11 if which == "terminations" else 17
     act_dim = 3 if which == "terminations" else 6
@@ -156,7 +142,7 @@ def test_d4rl_stand_in_gives_the_datasets_arrays(bench, hopper_minari_id, timeou
         assert data[key].dtype == np.float32, key
     assert data["terminals"].dtype == np.bool_
     np.testing.assert_allclose(data["observations"], ref["obs"], rtol=1e-6)
-    np.testing.assert_allclose(data["next_observations"], ref["next"], rtol=1e-6)
+    np.testing.assert_allclose(data["next_observations"], ref["next_obs"], rtol=1e-6)
     np.testing.assert_allclose(data["actions"], ref["act"], rtol=1e-6)  # not clipped
     np.testing.assert_allclose(data["rewards"], ref["rew"], rtol=1e-6)  # not transformed
     # terminals are the terminations; a time-limit truncation is not a terminal

@@ -11,31 +11,16 @@ import minari
 import numpy as np
 import pytest
 import torch
+from minari_reference import minari_reference
 from tensordict import TensorDict
 
 from torchrl_sym.data import ACTION_CLIP, load_offline_dataset, make_offline_replay_buffer
 from torchrl_sym.data import offline as offline_mod
 
 
-def _minari_reference(dataset_id):
-    """The transitions of a Minari dataset, concatenated episode by episode, straight from minari."""
-    ds = minari.load_dataset(dataset_id)
-    cols = {k: [] for k in ("obs", "next_obs", "act", "rew", "term", "trunc")}
-    returns = []
-    for ep in ds.iterate_episodes():
-        cols["obs"].append(ep.observations[:-1])
-        cols["next_obs"].append(ep.observations[1:])
-        cols["act"].append(ep.actions)
-        cols["rew"].append(ep.rewards)
-        cols["term"].append(ep.terminations)
-        cols["trunc"].append(ep.truncations)
-        returns.append(float(np.sum(ep.rewards)))
-    return {k: np.concatenate(v) for k, v in cols.items()}, np.asarray(returns)
-
-
 def test_minari_load_equals_episodes_exactly(hopper_minari_id):
     data, info = load_offline_dataset(hopper_minari_id, action_clip=None)
-    ref, returns = _minari_reference(hopper_minari_id)
+    ref, returns = minari_reference(hopper_minari_id)
     assert data.shape[0] == ref["act"].shape[0] == info.num_transitions
     assert data["observation"].dtype == torch.float32
     np.testing.assert_array_equal(data["observation"].numpy(), ref["obs"].astype(np.float32))
@@ -104,7 +89,7 @@ def test_killed_conversion_leaves_no_cache(hopper_minari_id, tmp_path, monkeypat
     leftovers = [p for p in tmp_path.rglob("*") if p.is_dir() and not p.name.startswith(".tmp-")]
     assert not any((p / "dataset.json").exists() for p in leftovers)
     data, _ = load_offline_dataset(hopper_minari_id, root=tmp_path)
-    ref, _ = _minari_reference(hopper_minari_id)
+    ref, _ = minari_reference(hopper_minari_id)
     np.testing.assert_array_equal(
         data["next", "observation"].numpy(), ref["next_obs"].astype(np.float32)
     )
@@ -362,7 +347,7 @@ def test_remote_id_is_downloaded_then_loaded(hopper_minari_id, monkeypatch):
     monkeypatch.setattr(minari, "download_dataset", fake_download)
     try:
         data, info = load_offline_dataset(remote_id)
-        ref, _ = _minari_reference(hopper_minari_id)
+        ref, _ = minari_reference(hopper_minari_id)
         np.testing.assert_array_equal(data["observation"].numpy(), ref["obs"].astype(np.float32))
         assert info.dataset_id == remote_id
     finally:
@@ -453,7 +438,7 @@ def test_missing_torchrl_sym_dataset_is_generated_on_first_use_then_reused(monke
     assert dataset_id not in minari.list_local_datasets()
     rb = make_offline_replay_buffer(dataset_id, 16, generate_transitions=120, seed=0)
     assert rb.info.num_transitions == 120 and rb.info.env_id == "Walker2d-v5"
-    ref, _ = _minari_reference(dataset_id)
+    ref, _ = minari_reference(dataset_id)
     data, _ = load_offline_dataset(dataset_id, action_clip=None)
     np.testing.assert_array_equal(data["observation"].numpy(), ref["obs"].astype(np.float32))
 

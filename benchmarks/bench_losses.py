@@ -506,7 +506,9 @@ HEADER = [
     "dataset (`OfflineReplayBuffer`), not by TorchRL's per-key storage indexing.",
     "",
     "IQL end to end against CORL's single-file iql.py (same data, steps and evaluations, wall",
-    "clock from process start to exit): see [benchmarks_corl_iql.md](benchmarks_corl_iql.md).",
+    "clock from process start to exit): see [benchmarks_corl_iql.md](benchmarks_corl_iql.md)",
+    "(20k updates, 2 rounds) and [benchmarks_corl_iql_100k.md](benchmarks_corl_iql_100k.md)",
+    "(the `experiment=cpu` budget of 100k updates, 1 round).",
     "",
     "Diffusion behavior model (BC updates/s, sampled actions/s): see [diffusion.md](diffusion.md).",
     "SRPO's policy update beside the official thu-ml/SRPO code: see "

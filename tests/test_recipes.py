@@ -270,6 +270,23 @@ def test_task_name(dataset, task):
     assert task_name(dataset) == task
 
 
+@pytest.mark.parametrize(
+    ("dataset", "kind"),
+    [
+        ("torchrl_sym/hopper/medium-replay-v1", "medium-replay"),
+        ("mujoco/walker2d/medium-v0", "medium"),
+        ("/data/halfcheetah-medium-expert-v2.hdf5", "medium-expert"),
+        ("torchrl_sym/hopper/expert-v1", "expert"),
+        ("D4RL/antmaze/umaze-v1", None),
+        ("toy2d/moons", None),
+    ],
+)
+def test_dataset_kind(dataset, kind):
+    from torchrl_sym.tasks import dataset_kind
+
+    assert dataset_kind(dataset) == kind
+
+
 TASKS = [
     f"{env}-{kind}"
     for env in ("halfcheetah", "hopper", "walker2d")

@@ -1,5 +1,7 @@
 """OfflineLoop: stages, cadence, evaluation cadence, logging tags, exact resume, compile."""
 
+import math
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -324,6 +326,40 @@ def test_compiled_update_matches_eager_and_does_not_recompile(tmp_path):
     eager, compiled = results
     for key in eager:
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_scheduled_learning_rate_does_not_recompile_the_compiled_update():
+    """A cosine LR schedule changes the actor's rate at every step: compiled, the optimizer's
+    step must not be recompiled for each new value (dynamo guards a float rate's value; after 8
+    recompiles the step ran eagerly for the rest of a run), and the rates follow the schedule;
+    checkpoints keep float rates."""
+    from torch._dynamo.utils import counters
+
+    rates = []
+    for compile_flag in (False, {"backend": "eager"}):
+        torch.manual_seed(0)
+        buffer = make_offline_replay_buffer(_dataset(n=256), 32, seed=0)
+        loss, opts, sched = _tiny_iql(hidden=(8,))
+        stage = Stage("train", 4, objectives=[Objective("iql", loss, opts, schedulers=[sched])])
+        loop = OfflineLoop(
+            [stage], buffer, modules={"loss": loss}, compile=compile_flag, progress=False
+        )
+        torch._dynamo.reset()
+        counters.clear()
+        loop.run()
+        graphs = counters["stats"]["unique_graphs"]
+        stage.steps, loop.stage_index = 16, 0
+        loop.run()
+        assert counters["stats"]["unique_graphs"] == graphs  # new rates, no new graph
+        assert sched.last_epoch > 4
+        expected = 1e-3 * (1 + math.cos(math.pi * sched.last_epoch / 100)) / 2
+        rates.append(float(opts[1].param_groups[0]["lr"]))
+        assert rates[-1] == pytest.approx(expected, rel=1e-12)
+        saved = loop.state_dict()["optimizers"]
+        assert all(
+            isinstance(g["lr"], float) for state in saved.values() for g in state["param_groups"]
+        )
+    assert rates[0] == rates[1]
 
 
 def test_learning_rate_tags_name_the_networks(tmp_path):

@@ -248,7 +248,9 @@ def _on_cuda(batch) -> bool:
     return batch.device is not None and batch.device.type == "cuda"
 
 
-def prepare_optimizers(optimizers: Sequence[torch.optim.Optimizer], *, graphs: bool) -> None:
+def prepare_optimizers(
+    optimizers: Sequence[torch.optim.Optimizer], *, graphs: bool, compiled: bool = False
+) -> None:
     """Make ``optimizers`` safe to step inside a CUDA graph (``graphs=True``), or undo it.
 
     For a parameter group on a CUDA device and ``graphs=True``: ``capturable=True`` (the step
@@ -259,6 +261,14 @@ def prepare_optimizers(optimizers: Sequence[torch.optim.Optimizer], *, graphs: b
     PyTorch defaults back, a float learning rate, ``capturable=False`` and ``step`` on the CPU;
     so a checkpoint of either kind resumes in the other. Values (learning rate, moments, step
     count) are unchanged either way.
+
+    ``compiled=True`` (the update runs under ``torch.compile``, no CUDA graphs): the learning
+    rate becomes a 0-d float64 CPU tensor (where the group does not ask for ``foreach``, which
+    refuses a tensor rate without ``capturable``). Why: dynamo guards on a float rate's value, so
+    an LR schedule that changes it every step recompiled the optimizer's step at every update
+    until ``recompile_limit`` (8), after which that optimizer stepped eagerly for the rest of the
+    run; a tensor rate is guarded on its type and shape only, and the scheduler fills it in
+    place. A float64 rate gives the same eager steps, bit for bit, as the float.
     """
     for opt in optimizers:
         for group in opt.param_groups:
@@ -272,6 +282,9 @@ def prepare_optimizers(optimizers: Sequence[torch.optim.Optimizer], *, graphs: b
             if capturable:
                 if not (isinstance(lr, torch.Tensor) and lr.device == device):
                     group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
+            elif compiled and not group.get("foreach"):
+                if not (isinstance(lr, torch.Tensor) and lr.dtype == torch.float64):
+                    group["lr"] = torch.tensor(float(lr), dtype=torch.float64)
             elif isinstance(lr, torch.Tensor):
                 group["lr"] = float(lr)
             step_device = device if capturable or group.get("fused") else torch.device("cpu")
@@ -697,7 +710,9 @@ class OfflineLoop:
         buffer = stage.buffer if stage.buffer is not None else self.buffer
         # after any resume (a checkpoint holds portable optimizer states: float lr, not capturable)
         prepare_optimizers(
-            [opt for o in stage.objectives for opt in o.optimizers], graphs=self.uses_cuda_graphs
+            [opt for o in stage.objectives for opt in o.optimizers],
+            graphs=self.uses_cuda_graphs,
+            compiled=bool(self.compile),
         )
         update = stage._compiled.get(bool(self.compile))
         if update is None:

@@ -72,6 +72,7 @@ def test_iql_smoke_profile(tmp_path, recipe_dataset):
         "expectile: 0.7" in cfg
         and "max_steps_per_stage: 50" in cfg
         and "reward_transform: return_range" in cfg
+        and "flush_denormal: true" in cfg
     )
     rows = _eval_rows(run_dir)
     assert [(r["step"], r["episode"]) for r in rows] == [("50", "0")]
@@ -586,3 +587,19 @@ def test_make_dataset_env_normalizes_as_the_buffer_and_refuses_an_env_less_datas
         ValueError, match=r"'my/hopper-v0' names no environment.*env=<gymnasium id>"
     ):
         make_dataset_env(dataclasses.replace(info, env_id=None))
+
+
+def test_flush_denormal_reads_subnormals_as_zero_and_can_be_turned_off():
+    from omegaconf import OmegaConf
+
+    from torchrl_sym.train.recipe import apply_flush_denormal
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 subnormal
+    try:
+        if not apply_flush_denormal(OmegaConf.create({})):  # default: on
+            pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+        assert (tiny * 1.0).item() == 0.0
+        apply_flush_denormal(OmegaConf.create({"flush_denormal": False}))
+        assert (tiny * 1.0).item() > 0.0
+    finally:
+        torch.set_flush_denormal(False)

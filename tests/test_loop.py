@@ -277,6 +277,19 @@ def test_checkpoint_from_other_stages_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+def _run_counting_graphs(stage, buffer, loss, compile_flag):
+    """A loop over ``stage`` run once from a fresh dynamo: the loop and the graphs it built."""
+    from torch._dynamo.utils import counters
+
+    loop = OfflineLoop(
+        [stage], buffer, modules={"loss": loss}, compile=compile_flag, progress=False
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    loop.run()
+    return loop, counters["stats"]["unique_graphs"]
+
+
 def test_compiled_update_matches_eager_and_does_not_recompile(tmp_path):
     from torch._dynamo.utils import counters
 
@@ -299,13 +312,7 @@ def test_compiled_update_matches_eager_and_does_not_recompile(tmp_path):
             ],
             targets=[TargetUpdate(SoftUpdate(loss, tau=0.1))],
         )
-        loop = OfflineLoop(
-            [stage], buffer, modules={"loss": loss}, compile=compile_flag, progress=False
-        )
-        torch._dynamo.reset()
-        counters.clear()
-        loop.run()
-        graphs = counters["stats"]["unique_graphs"]
+        loop, graphs = _run_counting_graphs(stage, buffer, loss, compile_flag)
         compile_seconds = loop.timings.get("compile", 0.0)
         # 12 more steps repeat the cadence patterns already seen: nothing new may be compiled
         stage.steps, loop.stage_index = 24, 0
@@ -341,13 +348,7 @@ def test_a_scheduled_learning_rate_does_not_recompile_the_compiled_update():
         buffer = make_offline_replay_buffer(_dataset(n=256), 32, seed=0)
         loss, opts, sched = _tiny_iql(hidden=(8,))
         stage = Stage("train", 4, objectives=[Objective("iql", loss, opts, schedulers=[sched])])
-        loop = OfflineLoop(
-            [stage], buffer, modules={"loss": loss}, compile=compile_flag, progress=False
-        )
-        torch._dynamo.reset()
-        counters.clear()
-        loop.run()
-        graphs = counters["stats"]["unique_graphs"]
+        loop, graphs = _run_counting_graphs(stage, buffer, loss, compile_flag)
         stage.steps, loop.stage_index = 16, 0
         loop.run()
         assert counters["stats"]["unique_graphs"] == graphs  # new rates, no new graph

@@ -601,5 +601,7 @@ def test_flush_denormal_reads_subnormals_as_zero_and_can_be_turned_off():
         assert (tiny * 1.0).item() == 0.0
         apply_flush_denormal(OmegaConf.create({"flush_denormal": False}))
         assert (tiny * 1.0).item() > 0.0
+        with pytest.raises(ValueError, match="flush_denormal='yes' is not a boolean"):
+            apply_flush_denormal(OmegaConf.create({"flush_denormal": "yes"}))
     finally:
         torch.set_flush_denormal(False)

@@ -833,8 +833,13 @@ def apply_flush_denormal(cfg) -> bool:
     updates/s between its 2k and 4k steps, against a steady 13.7 with the flush (one core shared
     by both runs), and 3 stacked AWAC seeds on walker2d-medium slowed from 7.7 to 3.2 updates/s
     between 4k and 8k steps; the values they carry are below anything the losses resolve. Returns
-    whether the CPU supports it (then it is on)."""
-    return torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
+    torch's answer: whether this CPU supports the setting."""
+    value = cfg.get("flush_denormal", True)
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"flush_denormal={value!r} is not a boolean; pass flush_denormal=true or false."
+        )
+    return torch.set_flush_denormal(value)
 
 
 def setup_run(cfg) -> Run:

@@ -478,6 +478,7 @@ SECTIONS = {
     "cpu": "## Loss updates",
     "cuda": "## Loss updates on a GPU",
     "stacked": "## Stacked seeds",
+    "stacked-cuda": "## Stacked seeds on a GPU",
     "profile": "## Where a run's wall time goes",
     "kernels": "## CPU kernels behind the choices",
 }
@@ -543,7 +544,7 @@ def write_page(path: str | Path, kind: str, body: list[str]) -> None:
     sections = _sections(path.read_text()) if path.exists() else {}
     sections[kind] = body
     page = list(HEADER)
-    for name in ("cpu", "cuda", "stacked", "profile", "kernels"):
+    for name in ("cpu", "cuda", "stacked", "stacked-cuda", "profile", "kernels"):
         if name in sections:
             page += [SECTIONS[name], f"<!-- section {name} -->", *sections[name]]
             page += [f"<!-- end section {name} -->", ""]
@@ -607,9 +608,12 @@ def _seed_case(name: str, obs_dim: int, act_dim: int, hidden: list[int], device)
     return {"loss": loss}, stage
 
 
-def stacked_update(name: str, num_seeds: int, precision: str, compiled: bool, args, device):
+def stacked_update(
+    name: str, num_seeds: int, precision: str, compiled: bool, args, device, graphs: bool = False
+):
     """``(update(batch), batch)``: the training loop's update step for ``num_seeds`` seeds of
-    ``name`` (one seed: the ordinary unstacked update), eager or compiled, in ``precision``."""
+    ``name`` (one seed: the ordinary unstacked update), eager or compiled, in ``precision``;
+    ``graphs``: compiled and captured in CUDA graphs (the loop's ``cudagraphs=true``)."""
     from torchrl_sym.train.loop import OfflineLoop
     from torchrl_sym.train.precision import keep_outputs_fp32
     from torchrl_sym.train.stacking import SeedStack
@@ -625,7 +629,13 @@ def stacked_update(name: str, num_seeds: int, precision: str, compiled: bool, ar
     if precision == "bf16":
         keep_outputs_fp32(modules.values())
     loop = OfflineLoop(
-        [stage], None, modules=modules, stack=stack, precision=precision, compile=compiled
+        [stage],
+        None,
+        modules=modules,
+        stack=stack,
+        precision=precision,
+        compile=compiled,
+        cudagraphs=graphs,
     )
     update = loop._update_fn(stage)
     active = tuple(True for _ in stage.objectives)
@@ -647,7 +657,13 @@ def measure_stacked(args, min_time: float) -> list[str]:
     loss, eager and compiled; prints the ratio line of each loss; returns the markdown table."""
     device = torch.device(args.device)
     k, precision = args.stack_seeds, args.precision
-    rows = []
+    # (column, compiled, CUDA graphs): on a GPU also the compiled update in CUDA graphs
+    modes = [("eager", False, False)]
+    if not args.no_compile:
+        modes.append(("compiled", True, False))
+        if device.type == "cuda":
+            modes.append(("CUDA graph", True, True))
+    rows, failures = [], []
     for name in args.losses:
         if name not in STACKABLE:
             print(f"{name}: not a stackable case (choose from {', '.join(STACKABLE)}); skipped")
@@ -660,52 +676,75 @@ def measure_stacked(args, min_time: float) -> list[str]:
             ("one fp32 seed", 1, "fp32"),
             (f"{k} seeds {precision}", k, precision),
         ):
-            for compiled in [False] if args.no_compile else [False, True]:
-                step, batch = stacked_update(name, seeds, prec, compiled, args, device)
-                step(batch)  # the first call compiles
-                steps[(label, compiled)] = (step, batch, seeds)
+            for mode, compiled, graphs in modes:
+                try:
+                    step, batch = stacked_update(
+                        name, seeds, prec, compiled, args, device, graphs=graphs
+                    )
+                    for _ in range(8 if graphs else 1):  # compile; the graph's warm-up, capture
+                        step(batch)
+                except Exception as err:  # a failing column is recorded, the run goes on
+                    failures.append(f"{name}, {label}, {mode}: {type(err).__name__}: {err}"[:300])
+                    print(f"{name} {label} {mode}: failed ({failures[-1]})", flush=True)
+                    continue
+                steps[(label, mode)] = (step, batch, seeds)
         speeds: dict = {}
         for _ in range(args.rounds):
-            for (label, compiled), (step, batch, seeds) in steps.items():
+            for key, (step, batch, seeds) in steps.items():
                 per_s = rate(lambda s=step, b=batch: s(b), min_time, warmup=3, device=device)
-                speeds[(label, compiled)] = max(speeds.get((label, compiled), 0.0), per_s * seeds)
-        for (label, compiled), (_, _, seeds) in steps.items():
-            per_s = speeds[(label, compiled)] / seeds
+                speeds[key] = max(speeds.get(key, 0.0), per_s * seeds)
+        for (label, mode), (_, _, seeds) in steps.items():
+            per_s = speeds[(label, mode)] / seeds
             print(
-                f"{name:14s} {label:16s} {'compiled' if compiled else 'eager   '} "
+                f"{name:14s} {label:16s} {mode:10s} "
                 f"{per_s:8.1f} updates/s = {per_s * seeds:8.1f} seed-updates/s",
                 flush=True,
             )
         del steps
         torch._dynamo.reset()
-        single = max(v for (label, _), v in speeds.items() if label == "one fp32 seed")
-        stacked = max(v for (label, _), v in speeds.items() if label != "one fp32 seed")
+        single = max((v for (lb, _), v in speeds.items() if lb == "one fp32 seed"), default=0.0)
+        stacked = max((v for (lb, _), v in speeds.items() if lb != "one fp32 seed"), default=0.0)
+        if not (single and stacked):
+            print(f"{name}: no ratio (a side failed to run)", flush=True)
+            continue
         ratio = stacked / single
         print(f"{name}: seed-updates/s ratio vs one fp32 seed: {ratio:.2f}", flush=True)
         rows.append((name, speeds, ratio))
-    compiled_cols = not args.no_compile
+    cols = [m for m, _, _ in modes] if len(modes) > 1 else ["eager", "compiled"]  # — if skipped
     lines = [
         f"**{torch.get_num_threads()} thread(s), {k} stacked seeds in {precision}** "
         "(seed-updates/s = seeds × updates/s, each update's best of "
         f"{args.rounds} interleaved timing rounds; ratio: best stacked over best single fp32 "
         "seed).",
         "",
-        "| loss | 1 fp32 seed eager | 1 fp32 seed compiled | "
-        f"{k} seeds {precision} eager | {k} seeds {precision} compiled | ratio |",
-        "|---|---|---|---|---|---|",
+        "| loss | "
+        + " | ".join(f"{h} {c}" for h in ("1 fp32 seed", f"{k} seeds {precision}") for c in cols)
+        + " | ratio |",
+        "|---|" + "---|" * (2 * len(cols) + 1),
     ]
     for name, speeds, ratio in rows:
         cells = []
         for label in ("one fp32 seed", f"{k} seeds {precision}"):
-            for compiled in (False, True):
-                value = speeds.get((label, compiled)) if (compiled_cols or not compiled) else None
+            for mode in cols:
+                value = speeds.get((label, mode))
                 cells.append("—" if value is None else f"{value:.1f}")
         lines.append(f"| {LABELS.get(name, name)} | {' | '.join(cells)} | {ratio:.2f} |")
+    if failures:
+        lines += ["", "Columns that failed (—):", *(f"- {f}" for f in failures)]
     return lines
 
 
-def write_stacked(path: str | Path, lines: list[str]) -> None:
-    """``lines`` as the stacked-seeds section of the page at ``path`` (the other sections kept)."""
+def write_stacked(path: str | Path, lines: list[str], device: str = "cpu") -> None:
+    """``lines`` as the stacked-seeds section of the page at ``path`` (``stacked-cuda`` for a CUDA
+    ``device``; the other sections kept)."""
+    if torch.device(device).type == "cuda":
+        machine = (
+            f"Machine: {torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}."
+        )
+        write_page(path, "stacked-cuda", ["", f"Command: `python benchmarks/bench_losses.py "
+                   f"{' '.join(sys.argv[1:])}`", "", machine, "", *lines, ""])  # fmt: skip
+        return
     machine = (
         f"Machine: {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}; "
         f"bf16 matmuls {'in hardware (AMX or AVX512-BF16)' if _has_bf16() else 'emulated (no AMX or AVX512-BF16 on this CPU)'}."
@@ -788,7 +827,7 @@ def main() -> None:
         lines = measure_stacked(args, min_time)
         print("\n".join(["", *lines]), flush=True)
         if args.write:
-            write_stacked(args.write, lines)
+            write_stacked(args.write, lines, args.device)
         return
     if args.write:
         kind = "cuda" if device.type == "cuda" else "cpu"

@@ -3,7 +3,9 @@
 #   1. the tests that need CUDA (tests/test_gpu_path.py: CUDA graphs and reduce-overhead train
 #      like eager, no synchronizing call in a compiled step; the buffer and SAC/CrossQ on CUDA),
 #   2. benchmarks/bench_losses.py --device cuda, which rewrites the GPU section of
-#      docs/benchmarks.md (the CPU section is kept).
+#      docs/benchmarks.md (the CPU section is kept),
+#   3. the same with --stack-seeds 10: ten IQL-sized seeds in one vmapped update, eager, compiled
+#      and in a CUDA graph (the section "Stacked seeds on a GPU").
 #
 #   scripts/gpu_check.sh                # both
 #   MIN_TIME=1 LOSSES="iql iql_hand bdpo" scripts/gpu_check.sh
@@ -22,3 +24,5 @@ LOSSES=${LOSSES:-"iql iql_hand awac sql xql sfac srpo bdpo"}
 # shellcheck disable=SC2086
 python benchmarks/bench_losses.py --device cuda --losses $LOSSES --min-time "$MIN_TIME" \
   --write docs/benchmarks.md
+python benchmarks/bench_losses.py --device cuda --losses iql sfac --stack-seeds "${STACK:-10}" \
+  --min-time "$MIN_TIME" --write docs/benchmarks.md

@@ -253,3 +253,34 @@ def test_cpu_kernel_facts_write_their_section(tmp_path):
     assert "## CPU kernels behind the choices" in text
     assert "bf16 GFLOP/s" in text and "(x + |x|) / 2" in text and "packed" in text
     assert "256×1024 Mish, forward + backward" in text and "one exponential" in text
+
+
+def test_a_stacked_column_that_fails_shows_a_dash_and_is_named(monkeypatch):
+    """A stacked update that fails to build or run (say a CUDA-graph capture of the vmapped update
+    on a new GPU stack) costs its column only: "—" in the table, the error named under it, the
+    ratio from the columns that ran."""
+    import argparse
+
+    bench = _bench()
+    real = bench.stacked_update
+
+    def failing(name, seeds, prec, compiled, args, device, graphs=False):
+        if compiled:
+            raise RuntimeError("capture refused")
+        return real(name, seeds, prec, compiled, args, device, graphs=graphs)
+
+    monkeypatch.setattr(bench, "stacked_update", failing)
+    args = argparse.Namespace(
+        device="cpu", stack_seeds=2, precision="fp32", losses=["iql"], no_compile=False,
+        rounds=1, obs_dim=11, action_dim=3, hidden=[16], batch=8,
+    )  # fmt: skip
+    lines = bench.measure_stacked(args, 0.02)
+    header = next(x for x in lines if x.startswith("| loss |"))
+    assert header.split(" | ")[1:5] == [
+        "1 fp32 seed eager", "1 fp32 seed compiled", "2 seeds fp32 eager", "2 seeds fp32 compiled"
+    ]  # fmt: skip
+    row = next(x for x in lines if x.startswith("| TorchRL IQLLoss |") or x.startswith("| iql |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "—" and cells[4] == "—" and float(cells[1]) > 0 and float(cells[5]) > 0
+    assert "Columns that failed (—):" in lines
+    assert any("iql, one fp32 seed, compiled: RuntimeError: capture refused" in x for x in lines)

@@ -684,7 +684,9 @@ def measure_stacked(args, min_time: float) -> list[str]:
                     step, batch = stacked_update(
                         name, seeds, prec, compiled, args, device, graphs=graphs
                     )
-                    for _ in range(8 if graphs else 1):  # compile; the graph's warm-up, capture
+                    # the first call compiles; with graphs, the loop's cudagraph_warmup (5) eager
+                    # calls and the capture come first, then replays
+                    for _ in range(8 if graphs else 1):
                         step(batch)
                 except Exception as err:  # a failing column is recorded, the run goes on
                     failures.append(f"{name}, {label}, {mode}: {type(err).__name__}: {err}"[:300])
@@ -740,18 +742,17 @@ def measure_stacked(args, min_time: float) -> list[str]:
 def write_stacked(path: str | Path, lines: list[str], device: str = "cpu") -> None:
     """``lines`` as the stacked-seeds section of the page at ``path`` (``stacked-cuda`` for a CUDA
     ``device``; the other sections kept)."""
-    if torch.device(device).type == "cuda":
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
         machine = (
             f"Machine: {torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores, "
             f"torch {torch.__version__}, CUDA {torch.version.cuda}."
         )
-        write_page(path, "stacked-cuda", ["", f"Command: `python benchmarks/bench_losses.py "
-                   f"{' '.join(sys.argv[1:])}`", "", machine, "", *lines, ""])  # fmt: skip
-        return
-    machine = (
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-        f"bf16 matmuls {'in hardware (AMX or AVX512-BF16)' if _has_bf16() else 'emulated (no AMX or AVX512-BF16 on this CPU)'}."
-    )
+    else:
+        machine = (
+            f"Machine: {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+            f"bf16 matmuls {'in hardware (AMX or AVX512-BF16)' if _has_bf16() else 'emulated (no AMX or AVX512-BF16 on this CPU)'}."
+        )
     body = [
         "",
         f"Command: `python benchmarks/bench_losses.py {' '.join(sys.argv[1:])}`",
@@ -761,7 +762,7 @@ def write_stacked(path: str | Path, lines: list[str], device: str = "cpu") -> No
         *lines,
         "",
     ]
-    write_page(path, "stacked", body)
+    write_page(path, "stacked-cuda" if on_gpu else "stacked", body)
 
 
 def _cpu_model() -> str:

@@ -163,14 +163,11 @@ def run(args) -> int:
 
     if args.dataset is None:
         family, _, kind = args.task.partition("-")
-        gen = [sys.executable, "-m", "torchrl_sym.data.generate", family, kind]
-        have = (  # exit status 0: the dataset is there
-            f"import minari, sys; sys.exit(0 if 'torchrl_sym/{family}/{kind}-v1' in "
-            "minari.list_local_datasets() else 1)"
+        gen = (  # the task's dataset at the newest version, kept where it exists
+            "from torchrl_sym.data.generate import generate_dataset; "
+            f"print(generate_dataset({family!r}, {kind!r}, exist_ok=True, progress=False))"
         )
-        if subprocess.run([sys.executable, "-c", have], env=env, check=False).returncode:
-            print(f"generating {args.task} ...", flush=True)
-            subprocess.run(gen, env=env, check=True, timeout=max(left(), 1))
+        subprocess.run([sys.executable, "-c", gen], env=env, check=True, timeout=max(left(), 1))
     for row in args.rows:
         algo, override, run_dir = _row_dir(runs, args.task, row, args.stack)
         if left() < 30:
@@ -221,8 +218,7 @@ def run(args) -> int:
         for name in ("env.txt", "logs", "staged"):
             if (out / name).exists():
                 tar.add(out / name, arcname=name)
-    shutil.rmtree(staged, ignore_errors=True)
-    shutil.rmtree(logs, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)  # the logs stay: a second call appends to them
     print(f"packed {out / ARCHIVE} after {time.monotonic() - start:.0f} s", flush=True)
     return 0
 

@@ -123,3 +123,6 @@ def test_a_row_stopped_at_the_deadline_is_in_flight_and_the_next_call_resumes_it
 
     second = subprocess.run([*cmd, "50", *tail], capture_output=True, text=True, timeout=300)
     assert f"iql: {ROOT / 'recipes' / 'iql.py'} resume={run_dir}" in second.stdout
+    with tarfile.open(out / "paper_rows.tar.gz") as tar:  # the second archive: both segments
+        log = tar.extractfile("logs/hopper-medium_iql_run_stack2.log").read().decode()
+    assert "Run directory" in log and "Resum" in log

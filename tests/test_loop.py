@@ -276,7 +276,6 @@ def test_checkpoint_from_other_stages_is_refused(tmp_path):
         other.resume()
 
 
-@pytest.mark.slow
 def _run_counting_graphs(stage, buffer, loss, compile_flag):
     """A loop over ``stage`` run once from a fresh dynamo: the loop and the graphs it built."""
     from torch._dynamo.utils import counters
@@ -290,6 +289,7 @@ def _run_counting_graphs(stage, buffer, loss, compile_flag):
     return loop, counters["stats"]["unique_graphs"]
 
 
+@pytest.mark.slow
 def test_compiled_update_matches_eager_and_does_not_recompile(tmp_path):
     from torch._dynamo.utils import counters
 

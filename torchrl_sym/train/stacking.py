@@ -4,7 +4,9 @@ A recipe builds its modules (losses with their networks, target and EMA paramete
 seed. :meth:`SeedStack.stack` then turns the first seed's modules into the stack of all K:
 every parameter and buffer ``x`` (``[*shape]``) of the first seed becomes, *in place*, the
 tensor ``stack(x_0, ..., x_{K-1})`` (``[K, *shape]``) with the same Python identity, so
-everything built on the first seed's modules keeps working on the stack unchanged:
+everything built on the first seed's modules keeps working on the stack unchanged (a
+non-persistent buffer equal in every seed, such as a diffusion schedule's tables, is a constant
+and stays one shared tensor):
 
 - one optimizer over stacked tensors is K independent optimizers: Adam, AdamW and SGD are
   elementwise, so seed ``k``'s slice of every moment and update depends only on seed ``k``'s
@@ -283,7 +285,7 @@ def _walk(
             if tensor is None:
                 continue
             others = [getattr(m, where)[pname] for m in per_seed]
-            if held:
+            if held or (where == "_buffers" and _shared_constant(first, pname, others)):
                 continue
             _stack_into(f"{name}.{pname}", tensor, others, stacked)
             slots.add_loose(first, where, pname)
@@ -309,6 +311,22 @@ def _walk(
                 seen,
                 True,
             )
+
+
+def _shared_constant(module: nn.Module, name: str, per_seed: list) -> bool:
+    """A non-persistent buffer with the same value in every seed (a diffusion schedule's
+    tables, a loss's KL weights): a constant, not state, so it stays one tensor that every seed
+    reads, with no slot to swap. Swapping such a buffer in a module that a TorchRL functional
+    call also swaps (a schedule held both by a network and by its loss) leaked a vmapped tensor
+    out of ``torch.compile``'s trace ("Cannot access storage of BatchedTensorImpl"); nothing is
+    saved of it either way (non-persistent: not in ``state_dict()``)."""
+    if name not in module._non_persistent_buffers_set:
+        return False
+    first = per_seed[0]
+    return all(
+        t.shape == first.shape and t.dtype == first.dtype and torch.equal(t, first)
+        for t in per_seed[1:]
+    )
 
 
 def _stack_into(where: str, tensor: torch.Tensor, per_seed: list, stacked: set[int]) -> None:

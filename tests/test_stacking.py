@@ -16,7 +16,7 @@ import torch
 from tensordict import TensorDict
 
 from torchrl_sym.data import make_offline_replay_buffer
-from torchrl_sym.train.loop import OfflineLoop
+from torchrl_sym.train.loop import OfflineLoop, prepare_optimizers
 from torchrl_sym.train.recipe import Run, StackedBuffer
 from torchrl_sym.train.rundir import seed_everything
 from torchrl_sym.train.stacking import SeedStack, clip_grad_norm_per_seed
@@ -323,3 +323,63 @@ def test_weight_gradients_arrive_in_their_parameters_layout(algo, recipe_dataset
         mine = [st for st, n in zip(p.stride(), p.shape) if n > 1]
         theirs = [st for st, n in zip(strides, p.shape) if n > 1]
         assert mine == theirs, (tuple(p.shape), p.stride(), strides)
+
+
+def test_constant_buffers_stay_shared_and_state_is_stacked():
+    """A non-persistent buffer equal in every seed (a schedule's tables) stays one tensor with no
+    slot; a persistent buffer, or a non-persistent one that differs by seed, is stacked."""
+
+    class Net(torch.nn.Module):
+        def __init__(self, seed: int):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.register_buffer("table", torch.arange(4.0), persistent=False)
+            self.register_buffer("noise", torch.full((3,), float(seed)), persistent=False)
+            self.register_buffer("count", torch.zeros(()))
+
+    nets = [Net(k) for k in range(K)]
+    table = nets[0].table
+    stack = SeedStack.stack([{"net": n} for n in nets])
+    net = stack.modules["net"]
+    assert net.table is table and net.table.shape == (4,)
+    assert net.noise.shape == (K, 3) and net.noise[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert net.count.shape == (K,)
+    assert net.lin.weight.shape == (K, 2, 2)
+    swapped = {(name, where) for _, where, name in stack._slots.loose}
+    assert ("table", "_buffers") not in swapped and ("noise", "_buffers") in swapped
+    out = stack.call(
+        lambda td: TensorDict({"y": net.lin(td["x"]) + net.table[:2] + net.noise[:2]}, []),
+        TensorDict({"x": torch.ones(K, 5, 2)}, [K, 5]),
+    )
+    assert out["y"].shape == (K, 5, 2)
+    with torch.no_grad():
+        for k in range(K):
+            expected = torch.ones(5, 2) @ net.lin.weight[k].T + net.lin.bias[k]
+            expected = expected + torch.arange(2.0) + k
+            torch.testing.assert_close(out["y"][k].detach(), expected)
+
+
+@pytest.mark.slow
+def test_a_stacked_bdpo_update_compiles(recipe_dataset, tmp_path):
+    """Regression: with the diffusion schedules' tables swapped as per-seed slots, compiling a
+    stacked BDPO update failed (BackendCompilerFailed: Cannot access storage of
+    BatchedTensorImpl): the schedule the loss holds is the one its network's functional call
+    swaps too."""
+    cfg = _compose("bdpo", recipe_dataset)
+    loop, streams = _build("bdpo", _run(cfg, tmp_path), stacked=True, randomness="different")
+    loop.compile = True
+    for i, stage in enumerate(loop.stages):
+        if stage.steps == 0:
+            continue
+        prepare_optimizers(
+            [o for obj in stage.objectives for o in obj.optimizers], graphs=False, compiled=True
+        )
+        update = loop._update_fn(stage)
+        for step in range(2):
+            loop.stage_step = step
+            batch = torch.stack([stream.sample() for stream in streams[i]])
+            out, _ = loop._step(stage, update, batch)
+            for _, td in out:
+                for key, value in td.items():
+                    if isinstance(key, str) and key.startswith("loss_"):
+                        assert value.shape[:1] == (K,) and torch.isfinite(value).all(), key

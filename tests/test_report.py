@@ -1345,3 +1345,113 @@ def test_a_stacked_seed_counts_its_share_of_the_wall_time(tmp_path):
     summary["stacked"] = {"seeds": 3, "index": 0, "seed": 0}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     assert load_run(run_dir).wall_seconds == 1200.0
+
+
+def _sweep(tmp_path: Path, *, recorded_offset: float = 0.0, unfinished: bool = False) -> Path:
+    """results/{cpu,tuning} as scripts/tune.py leaves them: a reporting run of SRPO under cpu/,
+    and a beta sweep (0.2 published, 0.02) on tuning seeds 100-102 under tuning/."""
+    root = tmp_path / "results"
+    write_run(
+        root / "cpu" / "hopper-medium" / "srpo" / "0_seed0",
+        "srpo",
+        HOPPER,
+        0,
+        scores=episode_scores("iql", HOPPER, "", 0),
+    )
+    sweep = root / "tuning" / "hopper-medium" / "srpo"
+    values = []
+    for beta, shift in ((0.2, 0.0), (0.02, 12.0)):
+        finals = {}
+        for seed in (100, 101, 102):
+            scores = episode_scores("iql", HOPPER, "", seed - 100) + shift
+            run = write_run(
+                sweep / f"srpo.beta_{beta}" / f"seed_{seed}",
+                "srpo",
+                HOPPER,
+                seed,
+                scores=scores,
+                summary=not (unfinished and beta == 0.02 and seed == 102),
+                config={"srpo.beta": beta},
+            )
+            finals[run.name] = float(scores[-LAST_K:].mean())
+        values.append(
+            {
+                "value": beta,
+                "seeds": finals,
+                "mean_final": sum(finals.values()) / 3 + recorded_offset,
+            }
+        )
+    (sweep / "selection_srpo.beta.json").write_text(
+        json.dumps(
+            {
+                "protocol": "results/cpu/TUNING.md",
+                "algo": "srpo",
+                "task": "hopper-medium",
+                "key": "srpo.beta",
+                "fixed": [],
+                "published": 0.2,
+                "tuning_seeds": [100, 101, 102],
+                "tie": 1.0,
+                "values": values,
+                "chosen": 0.02,
+                "when": "2026-12-07 20:00 UTC",
+            }
+        )
+    )
+    return root
+
+
+def test_tuning_sweeps_get_a_section_of_their_own_read_from_their_logs(tmp_path):
+    root = _sweep(tmp_path)
+    page = tmp_path / "docs" / "results.md"
+    report = rp.build_report([root / "cpu"], out=page, reps=REPS)
+    # the sweep's runs are not rows of the tables (they live beside cpu/, not under it)
+    assert [len(c.runs) for c in report.cells] == [1]
+    (sweep,) = report.sweeps
+    assert (sweep.algo, sweep.task, sweep.key, sweep.chosen) == (
+        "srpo",
+        "hopper-medium",
+        "srpo.beta",
+        0.02,
+    )
+    expected = {
+        beta: np.mean(
+            [(episode_scores("iql", HOPPER, "", s) + shift)[-LAST_K:].mean() for s in range(3)]
+        )
+        for beta, shift in ((0.2, 0.0), (0.02, 12.0))
+    }
+    for v in sweep.values:
+        assert v.mean_final == pytest.approx(expected[v.value], abs=1e-9)
+    assert sweep.remarks == []
+    text = rp.render_markdown(report)
+    section = text[text.index("## Tuning sweeps") :]
+    assert "tuning seeds" in section
+    assert "### hopper-medium · srpo · `srpo.beta`" in section
+    assert "| 0.2 | " in section and "| published |" in section
+    row = next(line for line in section.splitlines() if line.startswith("| 0.02 |"))
+    assert row.endswith("| **chosen** |") and f"{expected[0.02]:.1f}" in row
+    assert "python scripts/tune.py srpo hopper-medium srpo.beta=0.2,0.02" in section
+    assert "`../results/tuning/hopper-medium/srpo`" in section
+    # --tuning names the folder; an empty one renders nothing
+    other = rp.build_report([root / "cpu"], out=page, reps=REPS, tuning=[tmp_path / "none"])
+    assert other.sweeps == [] and "## Tuning sweeps" not in rp.render_markdown(other)
+    assert any("no such tuning folder" in reason for _, reason in other.skipped)
+
+
+def test_a_sweep_whose_selection_disagrees_with_its_logs_is_flagged(tmp_path):
+    root = _sweep(tmp_path, recorded_offset=0.5, unfinished=True)
+    report = rp.build_report([root / "cpu"], out=tmp_path / "results.md", reps=REPS)
+    (sweep,) = report.sweeps
+    unfinished = next(v for v in sweep.values if v.value == 0.02)
+    assert unfinished.mean_final is None and unfinished.finals["seed_102"] is None
+    text = rp.render_markdown(report)
+    assert "the logs give a mean final of" in text  # beta 0.2: recorded 0.5 off
+    assert "do not hold every tuning seed finished" in text  # beta 0.02: seed 102 unfinished
+    bad = root / "tuning" / "walker2d-medium" / "srpo"
+    bad.mkdir(parents=True)
+    (bad / "selection_srpo.beta.json").write_text('{"algo": "srpo"}')
+    report = rp.build_report([root / "cpu"], out=tmp_path / "results.md", reps=REPS)
+    assert any(
+        path.name == "selection_srpo.beta.json" and "no 'task'" in reason
+        for path, reason in report.skipped
+    )

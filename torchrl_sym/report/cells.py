@@ -33,6 +33,7 @@ from torchrl_sym.report.stats import (
     interval_kind,
     mean_ci,
 )
+from torchrl_sym.report.tuning import Sweep, find_sweeps, sweep_dirs
 from torchrl_sym.tasks import dataset_kind, task_name
 
 if TYPE_CHECKING:
@@ -177,6 +178,7 @@ class Report:
     kind_aggregates: list[tuple[str | None, list[Aggregate]]] = field(default_factory=list)
     claim_seeds: int = DEFAULT_CLAIM_SEEDS
     data_stats: dict[str, DataStat] = field(default_factory=dict)
+    sweeps: list[Sweep] = field(default_factory=list)  # the tuning protocol's sweeps (tuning.py)
 
     @property
     def datasets(self) -> list[str]:
@@ -347,6 +349,7 @@ def build_report(
     preamble: str | Path | None = None,
     claim_seeds: int = DEFAULT_CLAIM_SEEDS,
     data_stats: str | Path | None = None,
+    tuning: Sequence[str | Path] | None = None,
 ) -> Report:
     """Finds and reads the runs under ``dirs``, groups them and computes every statistic the
     page shows (see the module docstring). ``preamble``: a markdown file whose text the page
@@ -355,6 +358,8 @@ def build_report(
     defaults to ``<out folder>/<out stem>/``. ``claim_seeds``: the valid runs both cells of a
     claim need before it gets a verdict (:func:`claim_rows`). ``data_stats``: a JSON file of the
     datasets' own returns (:func:`load_data_stats`), shown under each table and in its curves.
+    ``tuning``: folders of the tuning protocol's sweeps (``selection_*.json``); default, the
+    ``tuning`` folder beside each of ``dirs`` where there is one (:func:`sweep_dirs`).
     """
     if claim_seeds < 2:
         raise ValueError(
@@ -365,6 +370,8 @@ def build_report(
     out = Path(out)
     figures_dir = Path(figures_dir) if figures_dir is not None else out.parent / out.stem
     paths, skipped = find_run_dirs(dirs)
+    sweeps, unread = find_sweeps(sweep_dirs(dirs, tuning))
+    skipped += unread
     runs = []
     for path in paths:
         try:
@@ -398,6 +405,7 @@ def build_report(
             group = [c for c in cells if dataset_kind(c.dataset) == kind]
             kind_aggregates.append((kind, _aggregates(group, reps=reps, seed=seed)))
     return Report(
+        sweeps=sweeps,
         data_stats=stats,
         claims=claim_rows(cells, claim_seeds=claim_seeds),
         claim_seeds=claim_seeds,

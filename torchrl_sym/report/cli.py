@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         "the data's normalized score under each table and as a line in its curves",
     )
     parser.add_argument(
+        "--tuning",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a folder of tuning sweeps (scripts/tune.py: selection_*.json and their runs), "
+        "rendered in a section of their own; repeatable (default: the `tuning` folder beside "
+        "each DIR, e.g. results/tuning for results/cpu, where there is one)",
+    )
+    parser.add_argument(
         "--claim-seeds",
         type=int,
         default=DEFAULT_CLAIM_SEEDS,
@@ -107,6 +116,7 @@ def _regenerate_command(args: argparse.Namespace) -> str:
         ("--ignore-keys", args.ignore_keys or None),
         ("--preamble", args.preamble),
         ("--data-stats", args.data_stats),
+        *(("--tuning", t) for t in args.tuning or ()),
         ("--reps", None if args.reps == DEFAULT_REPS else args.reps),
         ("--seed", None if args.seed == DEFAULT_SEED else args.seed),
         ("--claim-seeds", None if args.claim_seeds == DEFAULT_CLAIM_SEEDS else args.claim_seeds),
@@ -158,6 +168,7 @@ def _generate(args: argparse.Namespace) -> int:
             preamble=args.preamble,
             claim_seeds=args.claim_seeds,
             data_stats=args.data_stats,
+            tuning=args.tuning,
         )
     except (FileNotFoundError, DataStatsError) as err:
         print(f"error: {err}", file=sys.stderr)

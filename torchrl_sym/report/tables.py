@@ -14,6 +14,7 @@ from torchrl_sym.report.cells import Aggregate, Cell, Report
 from torchrl_sym.report.claims import _claims_section
 from torchrl_sym.report.runs import DEFAULT_LAST_K, Run, _run_order
 from torchrl_sym.report.stats import T_INTERVAL_BELOW
+from torchrl_sym.report.tuning import tuning_section
 from torchrl_sym.tasks import dataset_kind, task_name
 
 __all__ = ["render_markdown"]
@@ -481,6 +482,7 @@ def render_markdown(report: Report) -> str:
     lines += ["## Per dataset", ""]
     for dataset in report.datasets:
         lines += _dataset_section(report, dataset, start)
+    lines += tuning_section(report.sweeps, start)
     if report.claims:
         lines += _claims_section(report, start)
     if report.aggregates:

@@ -1455,3 +1455,22 @@ def test_a_sweep_whose_selection_disagrees_with_its_logs_is_flagged(tmp_path):
         path.name == "selection_srpo.beta.json" and "no 'task'" in reason
         for path, reason in report.skipped
     )
+
+
+def test_a_bf16_or_tuned_cell_is_labelled_even_when_all_its_runs_agree(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(2):
+        write_run(root / f"bdpo_{seed}", "bdpo", HOPPER, seed, config={"precision": "bf16"})
+        write_run(root / f"iql_{seed}", "iql", HOPPER, seed, config={"precision": "fp32"})
+        write_run(root / f"sql_{seed}", "sql", HOPPER, seed, config={"hparams": "tuned"})
+        write_run(root / f"sql_p{seed}", "sql", WALKER, seed)  # predates the key: published
+    report = rp.build_report([root], out=tmp_path / "results.md", reps=REPS)
+    labels = {(c.algo, c.dataset): c.variant for c in report.cells}
+    assert labels[("bdpo", HOPPER)] == "precision=bf16"
+    assert labels[("iql", HOPPER)] == ""  # fp32: the plain row
+    assert labels[("sql", HOPPER)] == "hparams=tuned"
+    assert labels[("sql", WALKER)] == "hparams=published"  # older than the key
+    ignored = rp.build_report(
+        [root], out=tmp_path / "results.md", reps=REPS, ignore_keys=["precision"]
+    )
+    assert {c.variant for c in ignored.cells if c.algo == "bdpo"} == {""}

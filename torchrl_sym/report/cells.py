@@ -199,6 +199,12 @@ class Report:
         return self.figure("performance_profile.png")
 
 
+# Keys that make a variant whenever a run of the algorithm sets them off their default, even where
+# every run of a dataset agrees: a cell of bf16 runs, or of runs with the tuning protocol's
+# hyperparameters, is labelled so, never shown as the plain (fp32, published) row.
+LABELLED_UNLESS_DEFAULT = {"precision": "fp32", "hparams": "published"}
+
+
 def _variant_keys(
     runs: Sequence[Run], forced: Sequence[str] | None, ignore: Sequence[str]
 ) -> dict[str, list[str]]:
@@ -207,7 +213,8 @@ def _variant_keys(
     Detected: the keys whose values differ between runs of the algorithm on one dataset
     (union over datasets), other than the seed and :data:`IGNORED_KEYS`; a key that differs only
     between datasets (a per-task setting) is not a variant, nor is a key that some configs lack
-    while all that have it agree (a setting added to the recipes after the older runs). Forced:
+    while all that have it agree (a setting added to the recipes after the older runs). A key of
+    :data:`LABELLED_UNLESS_DEFAULT` that any run sets off its default is always one. Forced:
     the given keys that any run of the algorithm has.
     """
     by_algo: dict[str, list[Run]] = {}
@@ -230,12 +237,23 @@ def _variant_keys(
                 # variant only if the runs that have it disagree.
                 if len({repr(r.config[key]) for r in group if key in r.config}) > 1:
                     found.add(key)
+        for key, default in LABELLED_UNLESS_DEFAULT.items():  # a bf16 or tuned row says so
+            if not _ignored(key, ignore) and any(
+                r.config.get(key, default) != default for r in algo_runs
+            ):
+                found.add(key)
         keys[algo] = sorted(found)
     return keys
 
 
 def _variant_label(run: Run, keys: Sequence[str]) -> str:
-    return ", ".join(f"{k}={_show(run.config[k]) if k in run.config else '<unset>'}" for k in keys)
+    def value(key: str) -> str:
+        if key in run.config:
+            return _show(run.config[key])
+        # a run older than the key ran what is now its default
+        return LABELLED_UNLESS_DEFAULT.get(key, "<unset>")
+
+    return ", ".join(f"{k}={value(k)}" for k in keys)
 
 
 def _classify(cell: Cell) -> None:

@@ -1474,3 +1474,36 @@ def test_a_bf16_or_tuned_cell_is_labelled_even_when_all_its_runs_agree(tmp_path)
         [root], out=tmp_path / "results.md", reps=REPS, ignore_keys=["precision"]
     )
     assert {c.variant for c in ignored.cells if c.algo == "bdpo"} == {""}
+
+
+def test_a_table_whose_rows_trained_on_other_bits_names_the_rows(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(2):
+        write_run(root / f"iql_{seed}", "iql", HOPPER, seed, sha256="804fbd60aaaa")
+        write_run(
+            root / f"bdpo_{seed}",
+            "bdpo",
+            HOPPER,
+            seed,
+            sha256="81d92791bbbb",
+            config={"precision": "bf16"},
+        )
+    stats = tmp_path / "datasets.json"
+    stats.write_text(
+        json.dumps(
+            {
+                HOPPER: {
+                    "return_mean": 964.7,
+                    "ref_min_score": 19.8,
+                    "ref_max_score": 3303.7,
+                    "sha256": "804fbd60aaaa",
+                }
+            }
+        )
+    )
+    report = rp.build_report([root], out=tmp_path / "page.md", reps=REPS, data_stats=stats)
+    text = rp.render_markdown(report)
+    assert (
+        "Caution: the statistics describe the data with sha256 804fbd60aaaa, and the rows "
+        "trained on data with sha256 bdpo (precision=bf16): 81d92791bbbb; iql: 804fbd60aaaa"
+    ) in text

@@ -137,7 +137,7 @@ def _dataset_section(report: Report, dataset: str, start: Path) -> list[str]:
         f"Ours: D4RL normalized score (0 = random, 100 = expert) on `{dataset}`, "
         f"{_data_source(dataset)}. {published}{_ci_sentence(cells)}",
         "",
-        *_data_stat_lines(report, dataset, runs, start),
+        *_data_stat_lines(report, dataset, cells, start),
         *_kind_lines(dataset, runs),
         f"| algorithm | variant | seeds | steps | final ({_last_k_text(report, runs)}): "
         "mean ± std | final: 95% CI | best evaluation: mean ± std | best: 95% CI "
@@ -298,7 +298,7 @@ def _runs_details(cells: Sequence[Cell], start: Path) -> list[str]:
     ]
 
 
-def _data_stat_lines(report: Report, dataset: str, runs: Sequence[Run], start: Path) -> list[str]:
+def _data_stat_lines(report: Report, dataset: str, cells: Sequence[Cell], start: Path) -> list[str]:
     stat = report.data_stats.get(dataset)
     if stat is None:
         return []
@@ -307,12 +307,22 @@ def _data_stat_lines(report: Report, dataset: str, runs: Sequence[Run], start: P
         f"**{_fmt(stat.score)}** (`{_rel(stat.source, start)}`; the dashed line in the curves): "
         "a run above it does better than the behavior that collected the data."
     )
+    runs = [r for c in cells for r in c.runs]
     hashes = sorted({r.data_sha256 for r in runs if r.data_sha256})
     if stat.sha256 and hashes and hashes != [stat.sha256]:
-        text += (
-            f" Caution: the runs trained on data with sha256 {', '.join(h[:12] for h in hashes)}, "
-            f"the statistics describe {stat.sha256[:12]}."
-        )
+        if len(hashes) == 1:
+            text += (
+                f" Caution: the runs trained on data with sha256 {hashes[0][:12]}, the "
+                f"statistics describe {stat.sha256[:12]}."
+            )
+        else:  # a table whose rows trained on different bits of one dataset id: say which
+            text += (
+                f" Caution: the statistics describe the data with sha256 {stat.sha256[:12]}, and "
+                "the rows trained on data with sha256 "
+                + _by_rows(cells, lambda r: (r.data_sha256 or "not recorded")[:12])
+                + " (the same generator and policy on other processors: docs/datasets.md, "
+                '"What is reproducible").'
+            )
     return [text, ""]
 
 

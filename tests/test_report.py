@@ -1183,17 +1183,22 @@ def test_a_page_without_claim_pairs_has_no_claims_section(tmp_path):
 # ---------------------------------------------------------------------------------- data stats
 
 
+def _hopper_stats(sha256: str) -> dict:
+    """docs/datasets.json's entry for HOPPER (its data normalized: 28.8)."""
+    return {
+        "return_mean": 964.7,
+        "ref_min_score": 19.8,
+        "ref_max_score": 3303.7,
+        "sha256": sha256,
+    }
+
+
 def test_data_stats_show_the_datas_own_level(tree, tmp_path, capsys):
     stats = tmp_path / "datasets.json"
     stats.write_text(
         json.dumps(
             {
-                HOPPER: {
-                    "return_mean": 964.7,
-                    "ref_min_score": 19.8,
-                    "ref_max_score": 3303.7,
-                    "sha256": "abc123",  # the runs' (write_run's default)
-                },
+                HOPPER: _hopper_stats("abc123"),  # the runs' sha256 (write_run's default)
                 WALKER: {
                     "return_mean": 500.0,
                     "ref_min_score": 0.0,
@@ -1489,18 +1494,7 @@ def test_a_table_whose_rows_trained_on_other_bits_names_the_rows(tmp_path):
             config={"precision": "bf16"},
         )
     stats = tmp_path / "datasets.json"
-    stats.write_text(
-        json.dumps(
-            {
-                HOPPER: {
-                    "return_mean": 964.7,
-                    "ref_min_score": 19.8,
-                    "ref_max_score": 3303.7,
-                    "sha256": "804fbd60aaaa",
-                }
-            }
-        )
-    )
+    stats.write_text(json.dumps({HOPPER: _hopper_stats("804fbd60aaaa")}))
     report = rp.build_report([root], out=tmp_path / "page.md", reps=REPS, data_stats=stats)
     text = rp.render_markdown(report)
     assert (

@@ -38,8 +38,11 @@ TINY = {
         "srpo.critic.hidden=[32,32]",
         "srpo.policy.hidden=[32,32]",
     ],
-    "bdpo": ["profile=smoke", "bdpo.size_caps.hidden=32"],
+    "bdpo": ["profile=smoke", "bdpo.size_caps.hidden=32", "train.steps=6"],
 }
+# updates compared per stage: enough for every objective to run at least once (BDPO's actor and
+# its behavior updates run every update_ratio = 5 steps of its train stage, first at step 4)
+CHECKED_STEPS = {"bdpo": 6}
 
 
 def _compose(algo: str, dataset: str, *overrides: str):
@@ -157,13 +160,13 @@ def test_seed_k_of_a_stacked_run_is_a_single_run_of_seed_k(
         for k in range(K):
             _assert_close(f"init {key}", single_tensors[k][key], value, k, rtol=0, atol=0)
 
-    checked = 0
+    checked, ran = 0, set()
     for i, stage in enumerate(stacked.stages):
         if stage.steps == 0:
             continue
         update = stacked._update_fn(stage)
         single_updates = [loop._update_fn(loop.stages[i]) for loop in singles]
-        for step in range(min(stage.steps, 3)):
+        for step in range(min(stage.steps, CHECKED_STEPS.get(algo, 3))):
             batches = [stream.sample() for stream in streams[i]]
             stacked.stage_step = step
             torch.manual_seed(1000 + step)
@@ -173,6 +176,7 @@ def test_seed_k_of_a_stacked_run_is_a_single_run_of_seed_k(
                 torch.manual_seed(1000 + step)
                 single_out, _ = loop._step(loop.stages[i], single_updates[k], batches[k])
                 assert len(single_out) == len(out)
+                ran.update(objective.name for objective, _ in out)
                 for (objective, td), (_, td_k) in zip(out, single_out):
                     for key in td_k.keys():
                         if key.startswith("loss_"):
@@ -187,6 +191,8 @@ def test_seed_k_of_a_stacked_run_is_a_single_run_of_seed_k(
                     )
                     _assert_close(f"{stage.name} step {step} {key}", single_now[key], value, k)
     assert checked > 0
+    every = {o.name for stage in stacked.stages if stage.steps for o in stage.objectives}
+    assert ran == every, f"objectives never compared: {sorted(every - ran)}"
 
 
 def test_randomness_differs_across_seeds_by_default(recipe_dataset, tmp_path, shared_draws):

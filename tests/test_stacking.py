@@ -389,3 +389,32 @@ def test_a_stacked_bdpo_update_compiles(recipe_dataset, tmp_path):
                 for key, value in td.items():
                     if isinstance(key, str) and key.startswith("loss_"):
                         assert value.shape[:1] == (K,) and torch.isfinite(value).all(), key
+
+
+def test_compiling_an_update_raises_dynamos_recompile_limit(monkeypatch):
+    """Each objective's loss is a variant of the frames a stacked update shares (SeedStack.call,
+    the per-seed clipping, an optimizer's step): at torch's default of 8 variants per frame a
+    stacked BDPO run's train stage fell back to eager steps (0.23 -> 0.68 s a step)."""
+    import torch._dynamo
+
+    from torchrl_sym.train.loop import RECOMPILE_LIMIT, Stage
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setattr(torch._dynamo.config, "accumulated_recompile_limit", 256)
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(net.parameters())
+    from torchrl_sym.train.loop import Objective
+
+    stage = Stage(
+        "s",
+        1,
+        [Objective("o", lambda td: TensorDict({"loss_o": net(td["x"]).sum()}, []), [opt])],
+    )
+    buffer = None  # never sampled: only the update is built
+    eager = OfflineLoop([stage], buffer, modules={"net": net})
+    eager._update_fn(stage)
+    assert torch._dynamo.config.recompile_limit == 8  # nothing compiled, nothing raised
+    compiled = OfflineLoop([stage], buffer, modules={"net": net}, compile=True)
+    compiled._update_fn(stage)
+    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT >= 32
+    assert torch._dynamo.config.accumulated_recompile_limit >= RECOMPILE_LIMIT

@@ -105,10 +105,10 @@ def select(scores: dict, published, tie: float = 1.0):
 
 
 def _label(key: str, value) -> str:
-    """A run directory's name for ``key=value`` (no ``=``: hydra reads the directory from an
-    override)."""
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return f"{key}_{text}"
+    """A run directory's name for ``key=value`` (the report reads the sweep by the same name)."""
+    from torchrl_sym.report.tuning import sweep_run_name
+
+    return sweep_run_name(key, value)
 
 
 def _launch(cmd: list[str], dry_run: bool) -> None:

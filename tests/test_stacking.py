@@ -397,14 +397,12 @@ def test_compiling_an_update_raises_dynamos_recompile_limit(monkeypatch):
     stacked BDPO run's train stage fell back to eager steps (0.23 -> 0.68 s a step)."""
     import torch._dynamo
 
-    from torchrl_sym.train.loop import RECOMPILE_LIMIT, Stage
+    from torchrl_sym.train.loop import RECOMPILE_LIMIT, Objective, Stage
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     monkeypatch.setattr(torch._dynamo.config, "accumulated_recompile_limit", 256)
     net = torch.nn.Linear(2, 1)
     opt = torch.optim.Adam(net.parameters())
-    from torchrl_sym.train.loop import Objective
-
     stage = Stage(
         "s",
         1,

@@ -22,10 +22,20 @@ from typing import Any
 
 from torchrl_sym.report.runs import load_run
 
-__all__ = ["Sweep", "SweepValue", "find_sweeps", "sweep_dirs"]
+__all__ = ["Sweep", "SweepValue", "find_sweeps", "sweep_dirs", "sweep_run_name", "value_text"]
 
-# scripts/tune.py: a sweep's run for ``key=value`` is the folder ``<key>_<value as JSON>``
 TOLERANCE = 1e-6
+
+
+def value_text(value: Any) -> str:
+    """A swept value as the command line and the run folders write it (JSON; a string as is)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def sweep_run_name(key: str, value: Any) -> str:
+    """The folder of a sweep's run for ``key=value`` (``scripts/tune.py``): ``<key>_<value>``
+    (no ``=``: hydra reads a run directory from an override)."""
+    return f"{key}_{value_text(value)}"
 
 
 @dataclass
@@ -36,7 +46,7 @@ class SweepValue:
 
     @property
     def label(self) -> str:
-        return json.dumps(self.value) if not isinstance(self.value, str) else self.value
+        return value_text(self.value)
 
 
 @dataclass
@@ -112,8 +122,8 @@ def _read(path: Path) -> Sweep:
     )
     for row in data["values"]:
         value = row["value"]
-        label = json.dumps(value) if not isinstance(value, str) else value
-        run = path.parent / f"{sweep.key}_{label}"
+        label = value_text(value)
+        run = path.parent / sweep_run_name(sweep.key, value)
         finals: dict[str, float | None] = {}
         for seed in sweep.tuning_seeds:
             seed_dir = run / f"seed_{seed}"

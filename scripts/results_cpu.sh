@@ -26,6 +26,10 @@
 # is still there is continued with resume=<its directory>; a cell whose seeds results/ already
 # holds finished is skipped (so a new machine, whose $RUNS is empty, runs only what the committed
 # logs lack).
+# Before a new cell starts, scripts/check_data.py compares the local dataset's sha256 with the one
+# the committed runs of that cell (else of that task) recorded and stops the script on a mismatch
+# (the bits depend on the processor that generated them: docs/datasets.md); DATA_MISMATCH_OK=1
+# goes on anyway.
 # Put RUNS outside the checkout (for example RUNS=~/runs/results) where the checkout can be
 # replaced between sessions: the checkpoints a resume needs live there and are never committed.
 set -euo pipefail
@@ -87,6 +91,11 @@ for task in "${TASKS[@]}"; do
       elif [ "$(finished_seeds "$committed" "$variant" "$TAG")" -ge "$SEEDS" ]; then
         continue  # the committed logs hold this cell's seeds finished
       else
+        # a new cell trains on the bits of the task's data that the cell's committed runs (else
+        # the table's) trained on: another processor's bits would mix two datasets in one table
+        check=(scripts/check_data.py "$task" "$committed" "$OUT/$task")
+        [ -n "${DRY_RUN:-}" ] && check+=(--no-generate)
+        python "${check[@]}"
         launch "recipes/$algo.py" experiment=cpu "task=$task" seed=0 "stack_seeds=$SEEDS" \
           "${extra[@]}" "hydra.run.dir=$run"
       fi

@@ -21,6 +21,10 @@ is read from the task's settings (``torchrl_sym/configs/tasks/<algo>/<task>.yaml
 recipe's default). The runs' logs are mirrored into ``results/tuning/<task>/<algo>/`` with
 ``selection.json``; ``--apply`` writes the chosen value into the task file's ``tuned:`` block
 (with a comment naming the sweep), which ``hparams=tuned`` runs.
+
+Before any run starts, scripts/check_data.py compares the local dataset's sha256 with the one the
+sweep's committed runs (else the task's reporting runs, ``results/cpu/<task>``) recorded, and
+stops on a mismatch (``DATA_MISMATCH_OK=1`` goes on).
 """
 
 from __future__ import annotations
@@ -166,6 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         *args.extra,
     ]
     if not args.select_only:
+        # the sweep trains on the bits of the task's data its earlier runs (else the reporting
+        # table's) trained on: scripts/check_data.py
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "check_data", Path(__file__).with_name("check_data.py")
+        )
+        check_data = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(check_data)
+        ok, message = check_data.check(
+            args.task,
+            [args.results / args.task / args.algo, args.results.parent / "cpu" / args.task],
+            generate=not args.dry_run,
+        )
+        print(message, file=sys.stderr)
+        if not ok and os.environ.get("DATA_MISMATCH_OK") != "1":
+            return check_data.MISMATCH
         if args.algo == "srpo":  # the stages that do not depend on the swept key, once
             shared = base / "shared_stages"
             run_one(shared, [*common, "train.steps=0"], args.algo, args.dry_run, TUNING_SEEDS)

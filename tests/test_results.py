@@ -186,7 +186,7 @@ FAKE_PYTHON = r"""#!/usr/bin/env bash
 # a stand-in for python: records each recipe call; a recipe call writes a finished stacked run
 echo "$*" >> "$CALLS"
 case "$1" in
-  scripts/collect_results.py) exec "$REAL_PYTHON" "$@" ;;
+  scripts/collect_results.py|scripts/check_data.py) exec "$REAL_PYTHON" "$@" ;;
   scripts/eval_behavior.py) echo "{}" > "$2/behavior_eval.json"; exit 0 ;;
 esac
 algo=$(basename "$1" .py); shift
@@ -228,7 +228,7 @@ def _fake_results_repo(tmp_path: Path, algos: str):
 
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
-    for name in ("results_cpu.sh", "collect_results.py"):
+    for name in ("results_cpu.sh", "collect_results.py", "check_data.py"):
         shutil.copy(ROOT / "scripts" / name, repo / "scripts" / name)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -345,3 +345,116 @@ def test_results_script_evaluates_each_finished_srpo_behavior_model_once(tmp_pat
     committed = repo / "results" / "cpu" / "hopper-medium" / "srpo" / "run_stack3"
     assert len(list(committed.glob("seed_*/behavior_eval.json"))) == 3  # collected with the logs
     assert run() == []  # evaluated once
+
+
+def _check_data_module():
+    spec = importlib.util.spec_from_file_location("check_data", ROOT / "scripts" / "check_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(folder: Path, sha: str, dataset: str = "torchrl_sym/hopper/medium-v1") -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps({"dataset": {"id": dataset, "sha256": sha}}))
+
+
+def _local_data(root: Path, sha: str, dataset: str = "torchrl_sym/hopper/medium-v1") -> None:
+    import json
+
+    (root / dataset).mkdir(parents=True, exist_ok=True)
+    (root / dataset / "provenance.json").write_text(json.dumps({"sha256": sha}))
+
+
+def test_results_script_refuses_a_new_cell_on_other_bits_of_the_data(tmp_path):
+    import subprocess
+
+    repo, env, _ = _fake_results_repo(tmp_path, "iql sfac")
+    minari = tmp_path / "minari"
+    env["MINARI_DATASETS_PATH"] = str(minari)
+    table = repo / "results" / "cpu" / "hopper-medium"
+    for s in range(3):  # the committed IQL cell (finished) trained on bits "a..."
+        _summary(table / "iql" / "run_stack3" / f"seed_{s}", "a" * 64)
+        (table / "iql" / "run_stack3" / f"seed_{s}" / "config.yaml").write_text(f"seed: {s}\n")
+    _local_data(minari, "b" * 64)  # this machine generates other bits
+
+    def run() -> subprocess.CompletedProcess:
+        (tmp_path / "calls.txt").write_text("")
+        return subprocess.run(
+            ["bash", str(repo / "scripts" / "results_cpu.sh"), "hopper-medium"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    def recipes() -> list[str]:
+        calls = (tmp_path / "calls.txt").read_text().splitlines()
+        return [c for c in calls if c.startswith("recipes/")]
+
+    refused = run()  # the new Sf-AC cell would join a table of other bits: nothing runs
+    assert refused.returncode == 3 and recipes() == []
+    assert "bbbbbbbbbbbb" in refused.stderr and "aaaaaaaaaaaa (3 runs)" in refused.stderr
+    assert "DATA_MISMATCH_OK=1" in refused.stderr and "docs/datasets.md" in refused.stderr
+    assert not (table / "sfac").exists()
+
+    env["DRY_RUN"] = "1"  # the plan refuses the same way, and never generates
+    assert run().returncode == 3
+    del env["DRY_RUN"]
+
+    env["DATA_MISMATCH_OK"] = "1"  # asked for: it runs, with a warning
+    mixed = run()
+    assert mixed.returncode == 0 and len(recipes()) == 2 and "going on" in mixed.stderr
+    del env["DATA_MISMATCH_OK"]
+
+    # the same bits as the committed runs: a new cell runs; a cell follows its own runs first
+    import shutil
+
+    shutil.rmtree(table / "sfac")
+    shutil.rmtree(tmp_path / "runs")
+    _local_data(minari, "a" * 64)
+    assert run().returncode == 0 and len(recipes()) == 2
+    shutil.rmtree(table / "sfac")
+    shutil.rmtree(tmp_path / "runs")
+    _summary(table / "sfac" / "js_stack3" / "seed_0", "c" * 64)  # an unfinished cell on "c..."
+    (table / "sfac" / "js_stack3" / "seed_0" / "config.yaml").write_text("seed: 0\n")
+    refused = run()
+    assert refused.returncode == 3 and "cccccccccccc (1 runs)" in refused.stderr
+
+
+def test_check_data_compares_the_first_folder_that_records_bits(tmp_path, monkeypatch):
+    check_data = _check_data_module()
+    from torchrl_sym.data import generate
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    cell, table = tmp_path / "table" / "iql", tmp_path / "table"
+    assert check_data.task_dataset("walker2d-medium") == "torchrl_sym/walker2d/medium-v1"
+    with pytest.raises(SystemExit, match="unknown task 'walker3d-medium'"):
+        check_data.task_dataset("walker3d-medium")
+
+    # no run records its data (or only another dataset's): nothing to match, nothing generated
+    _summary(table / "sql" / "seed_0", "a" * 64, dataset="torchrl_sym/hopper/expert-v1")
+    calls = []
+    monkeypatch.setattr(generate, "generate_dataset", lambda *a, **k: calls.append((a, k)))
+    ok, message = check_data.check("hopper-medium", [cell, table])
+    assert ok and "nothing to match" in message and calls == []
+
+    # the table's runs record "a...": a missing local copy is generated first, then compared
+    _summary(table / "sql" / "seed_1", "a" * 64)
+
+    def make(family, kind, **kwargs):
+        calls.append((family, kind, kwargs["version"]))
+        _local_data(tmp_path / "minari", "a" * 64)
+
+    monkeypatch.setattr(generate, "generate_dataset", make)
+    ok, _ = check_data.check("hopper-medium", [cell, table], generate=False)
+    assert ok and calls == []  # not generated when told not to: reported, not refused
+    ok, message = check_data.check("hopper-medium", [cell, table])
+    assert ok and calls == [("hopper", "medium", 1)] and "aaaaaaaaaaaa" in message
+
+    # the cell's own runs decide before the table's
+    _summary(cell / "seed_0", "b" * 64)
+    ok, message = check_data.check("hopper-medium", [cell, table])
+    assert not ok and "bbbbbbbbbbbb (1 runs)" in message
+    assert check_data.main(["hopper-medium", str(cell), str(table)]) == 3
+    monkeypatch.setenv("DATA_MISMATCH_OK", "1")
+    assert check_data.main(["hopper-medium", str(cell), str(table)]) == 0

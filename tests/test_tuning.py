@@ -129,3 +129,32 @@ def test_a_small_srpo_sweep_shares_its_stages_and_selects(tmp_path, recipe_datas
     for value in ("0.05", "0.5"):
         run = tmp_path / "results" / "hopper-medium" / "srpo" / f"srpo.beta_{value}"
         assert len(list(run.glob("seed_*/eval_returns.csv"))) == 3
+
+
+def test_a_sweep_refuses_to_start_on_other_bits_of_the_data(tmp_path, monkeypatch, capsys):
+    def record(folder: Path, sha: str) -> None:
+        folder.mkdir(parents=True)
+        dataset = {"id": "torchrl_sym/hopper/medium-v1", "sha256": sha}
+        (folder / "summary.json").write_text(json.dumps({"dataset": dataset}))
+
+    minari = tmp_path / "minari"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari))
+    (minari / "torchrl_sym/hopper/medium-v1").mkdir(parents=True)
+    (minari / "torchrl_sym/hopper/medium-v1/provenance.json").write_text('{"sha256": "bbbb"}')
+    # the reporting table (results/cpu/<task>, beside the sweeps' folder) trained on "aaaa"
+    record(tmp_path / "results" / "cpu" / "hopper-medium" / "iql" / "seed_0", "aaaa")
+    args = [
+        "iql", "hopper-medium", "iql.expectile=0.7,0.9", "--dry-run",
+        "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results" / "tuning"),
+    ]  # fmt: skip
+    tune = _tune()
+    assert tune.main(args) == 3
+    out = capsys.readouterr()
+    assert "bbbb" in out.err and "aaaa (1 runs)" in out.err and "python" not in out.out
+    # the sweep's own earlier runs decide before the table: they trained on "bbbb"
+    record(tmp_path / "results" / "tuning" / "hopper-medium" / "iql" / "x" / "seed_100", "bbbb")
+    assert tune.main(args) == 0
+    assert capsys.readouterr().out.count("recipes/iql.py") == 2
+    monkeypatch.setenv("DATA_MISMATCH_OK", "1")  # asked for: goes on
+    (minari / "torchrl_sym/hopper/medium-v1/provenance.json").write_text('{"sha256": "cccc"}')
+    assert tune.main(args) == 0

@@ -10,7 +10,9 @@ stack_seeds=3``: seeds 100, 101, 102) at ``experiment=cpu``, in ``$RUNS/tuning/<
 <key>=<value>/`` (resumed when it is there and unfinished). Further ``key=value`` arguments with a
 single value are fixed for every run of the sweep. For SRPO the behavior model and the critic do
 not depend on the swept key: they are trained once per tuning seed (``train.steps=0``, in
-``.../shared_stages/``) and every value starts from them (``srpo.init_from``).
+``.../shared_stages/``) and every value starts from them (``srpo.init_from``); likewise BDPO's
+behavior model (``bdpo.warmup_steps=0 train.steps=0``, then ``bdpo.init_from``: every value of
+``bdpo.eta`` runs its own critic warm-up, whose targets carry the η-weighted penalty).
 
 Then the selection rule, fixed in advance: each run's final score is the mean of its last
 ``eval.last_k`` evaluations (mean normalized score over the evaluation's episodes), a value's
@@ -42,6 +44,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "torchrl_sym" / "configs"
 TUNING_SEED, TUNING_SEEDS = 100, 3
+# algorithms whose first stages do not depend on the swept key (SRPO's behavior model and critic,
+# BDPO's behavior model): the overrides that stop a run after them, and the option that loads them
+SHARED_STAGES = {
+    "srpo": (["train.steps=0"], "srpo.init_from"),
+    "bdpo": (["bdpo.warmup_steps=0", "train.steps=0"], "bdpo.init_from"),
+}
 
 
 def parse_value(text: str):
@@ -187,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr)
         if not ok and os.environ.get("DATA_MISMATCH_OK") != "1":
             return check_data.MISMATCH
-        if args.algo == "srpo":  # the stages that do not depend on the swept key, once
+        if args.algo in SHARED_STAGES:  # the stages that do not depend on the swept key, once
+            stop, option = SHARED_STAGES[args.algo]
             shared = base / "shared_stages"
-            run_one(shared, [*common, "train.steps=0"], args.algo, args.dry_run, TUNING_SEEDS)
-            common.append(f"srpo.init_from={shared}")
+            run_one(shared, [*common, *stop], args.algo, args.dry_run, TUNING_SEEDS)
+            common.append(f"{option}={shared}")
         for value in values:
             run_one(
                 base / _label(key, value),

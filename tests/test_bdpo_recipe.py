@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "torchrl_sym" / "configs"
@@ -296,3 +297,62 @@ def test_task_files_hold_the_published_settings(env, kind):
     assert (cfg.bdpo.rho, cfg.bdpo.eta) == (rho, eta)
     assert cfg.bdpo.ensemble_size == (20 if (env, kind) == ("hopper", "medium") else 10)
     assert cfg.dataset == dataset
+
+
+def test_init_from_an_earlier_run_loads_its_behavior_model_and_skips_the_behavior_stage(
+    tmp_path, recipe_dataset
+):
+    """``bdpo.init_from``: ν and ν̄ come from an earlier run whose behavior stage finished, π = π̄
+    = ν̄ when training starts, the critics keep their own initialization, and the run has no
+    behavior stage; a source that is unfinished, of another algorithm or of other widths is
+    refused before any step, naming the option."""
+    small = ["profile=smoke", f"dataset={recipe_dataset}", "logger.backend=none"]
+    short = ["eval.episodes=1", "eval.max_steps=10", "checkpoint.keep=10"]
+    first = tmp_path / "first"  # the behavior stage only (as scripts/tune.py's shared stage)
+    _run(*small, *short, "bdpo.warmup_steps=0", "train.steps=0", "checkpoint.interval=20",
+         f"hydra.run.dir={first}")  # fmt: skip
+    source = torch.load(first / "checkpoints" / "ckpt_000000050.pt", weights_only=False)
+    source = source["modules"]["loss"]
+
+    second = tmp_path / "second"
+    _run(*small, *short, f"bdpo.init_from={first}", "bdpo.eta=0.5", "bdpo.warmup_steps=0",
+         "train.steps=5", "checkpoint.interval=4", f"hydra.run.dir={second}")  # fmt: skip
+    assert json.loads((second / "summary.json").read_text())["global_step"] == 5  # no behavior
+    model = torch.load(second / "checkpoints" / "ckpt_000000004.pt", weights_only=False)
+    model = model["modules"]["loss"]
+    # after 4 critic steps (no actor or behavior step yet): ν, ν̄ as the source left them ...
+    for group in ("behavior_network_params", "target_behavior_network_params"):
+        loaded, expected = _group(model, group), _group(source, group)
+        assert loaded and loaded.keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    # ... π = π̄ = ν̄ ...
+    target_behavior = _group(source, "target_behavior_network_params")
+    for group in ("actor_network_params", "target_actor_network_params"):
+        for key, value in _group(model, group).items():
+            torch.testing.assert_close(value, target_behavior[key], rtol=0, atol=0)
+    # ... and the critics are this run's own (trained 4 steps from their init, not the source's)
+    value_now, value_then = (_group(m, "value_network_params") for m in (model, source))
+    assert any(not torch.equal(value_now[k], value_then[k]) for k in value_now)
+
+    # refused, naming the option: a source stopped inside its behavior stage ...
+    recipe = _recipe()
+    hp = recipe.capped_sizes(_compose("profile=smoke").bdpo)
+
+    def refusal(path, **sizes) -> str:
+        loss = recipe.make_loss(17, 6, OmegaConf.merge(hp, sizes))  # walker2d's sizes
+        with pytest.raises(ValueError, match=r"bdpo\.init_from=") as err:
+            recipe.load_behavior(str(path), loss, "cpu")
+        return str(err.value)
+
+    assert "behavior stage is not finished" in refusal(first / "checkpoints" / "ckpt_000000020.pt")
+    # ... a checkpoint of another algorithm ...
+    other = tmp_path / "other.pt"
+    torch.save({"modules": {"behavior": {}, "critic": {}}, "stage_index": 3}, other)
+    message = refusal(other)
+    assert "is not a bdpo checkpoint" in message and "'behavior', 'critic'" in message
+    # ... and a behavior model of other widths
+    message = refusal(first, actor_hidden=[32, 32, 32, 32])
+    assert "does not match this configuration" in message and "bdpo.actor_hidden" in message
+    with pytest.raises(FileNotFoundError, match=r"bdpo\.init_from=.* holds no checkpoint"):
+        recipe.load_behavior(str(tmp_path), recipe.make_loss(17, 6, hp), "cpu")

@@ -158,3 +158,20 @@ def test_a_sweep_refuses_to_start_on_other_bits_of_the_data(tmp_path, monkeypatc
     monkeypatch.setenv("DATA_MISMATCH_OK", "1")  # asked for: goes on
     (minari / "torchrl_sym/hopper/medium-v1/provenance.json").write_text('{"sha256": "cccc"}')
     assert tune.main(args) == 0
+
+
+def test_a_bdpo_sweep_trains_the_behavior_model_once_and_every_eta_from_it(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["bdpo", "hopper-medium", "bdpo.eta=0.2,0.02", "--dry-run", "--runs", str(runs),
+            "--results", str(tmp_path / "results" / "tuning")]  # fmt: skip
+    assert _tune().main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    base = runs / "tuning" / "hopper-medium" / "bdpo"
+    common = "experiment=cpu task=hopper-medium seed=100 stack_seeds=3"
+    assert [line.split("bdpo.py ", 1)[1] for line in lines] == [
+        f"{common} bdpo.warmup_steps=0 train.steps=0 hydra.run.dir={base}/shared_stages",
+        f"{common} bdpo.init_from={base}/shared_stages bdpo.eta=0.2 "
+        f"hydra.run.dir={base}/bdpo.eta_0.2",
+        f"{common} bdpo.init_from={base}/shared_stages bdpo.eta=0.02 "
+        f"hydra.run.dir={base}/bdpo.eta_0.02",
+    ]

@@ -4,6 +4,7 @@
     python recipes/bdpo.py profile=smoke                    # 50 steps of every stage, small model
     python recipes/bdpo.py task=walker2d-medium-replay      # a task's dataset and η, ρ, E
     python recipes/bdpo.py -m experiment=paper              # 2M + 2M steps, eval every 50k, five seeds
+    python recipes/bdpo.py bdpo.init_from=outputs/bdpo/<run> bdpo.eta=0.05  # reuse its behavior model
 
 Stages (``BDPOLoss``, docs/bdpo.md)::
 
@@ -46,7 +47,7 @@ from torchrl_sym.diffusion import (
 )
 from torchrl_sym.objectives.bdpo import BDPOLoss, BDPOPolicy, BDPOPrepareTraining, make_bdpo_qvalue
 from torchrl_sym.train.loop import Objective, Stage, TargetUpdate
-from torchrl_sym.train.recipe import Built, Run, run_recipe, stage_steps
+from torchrl_sym.train.recipe import Built, Run, load_earlier_run, run_recipe, stage_steps
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,71 @@ def make_diffusion(obs_dim: int, action_dim: int, hp) -> DiffusionBehaviorActor:
     )
 
 
+def make_loss(obs_dim: int, action_dim: int, hp) -> BDPOLoss:
+    """The BDPOLoss of the ``bdpo`` settings ``hp`` (sizes already capped: :func:`capped_sizes`):
+    actor and behavior diffusion models, an ensemble of ``hp.ensemble_size`` Q networks and the
+    diffusion value network V_n."""
+    S, A, E = obs_dim, action_dim, int(hp.ensemble_size)
+    return BDPOLoss(
+        make_diffusion(S, A, hp),
+        [
+            make_bdpo_qvalue(S, A, list(hp.critic_hidden), layer_norm=hp.q_layer_norm)
+            for _ in range(E)
+        ],
+        NoiseConditionedCritic(S, A, num_members=E, hidden=list(hp.critic_hidden)),
+        make_diffusion(S, A, hp),
+        eta=hp.eta,
+        rho=hp.rho,
+        gamma=hp.discount,
+        num_samples=int(hp.num_samples),
+        q_target_form=hp.q_target_form,
+        max_q_backup=hp.max_q_backup,
+        step_sampling=str(hp.get("step_sampling", "uniform")),  # runs from before the knob: uniform
+    )
+
+
+# the behavior model ν and its EMA ν̄ in BDPOLoss's state dict: what bdpo.init_from loads
+BEHAVIOR_KEYS = ("behavior_network_params.", "target_behavior_network_params.")
+
+
+def load_behavior(path: str, loss: BDPOLoss, device, *, seed: int | None = None) -> None:
+    """Load the behavior model ν and its EMA ν̄ of an earlier BDPO run (its run directory, one
+    of its checkpoints, or a stacked run: the slice of ``seed``) whose behavior stage finished;
+    everything else of ``loss`` keeps its own initialization. The networks must match this
+    configuration (dataset, N, ``actor_hidden``)."""
+    state = load_earlier_run(path, device, seed=seed, option="bdpo.init_from", algo="bdpo")
+    source = state.get("modules", {}).get("loss")
+    own = loss.state_dict()
+    wanted = [k for k in own if k.startswith(BEHAVIOR_KEYS)]
+    if not isinstance(source, dict) or not all(k in source for k in wanted):
+        held = sorted(state.get("modules", {}))
+        raise ValueError(
+            f"bdpo.init_from={str(path)!r} is not a bdpo checkpoint (it holds modules {held}; "
+            "expected 'loss' with the behavior model's parameters)."
+        )
+    if int(state["stage_index"]) < 1:
+        raise ValueError(
+            f"bdpo.init_from={str(path)!r} stopped in stage '{state['stage_name']}' at step "
+            f"{state['stage_step']}: its behavior stage is not finished. Resume that run first "
+            "(resume=<its directory>)."
+        )
+    wrong = [k for k in wanted if source[k].shape != own[k].shape]
+    if wrong:
+        raise ValueError(
+            f"bdpo.init_from={str(path)!r}: its behavior model does not match this configuration "
+            f"(dataset, bdpo.num_steps, bdpo.actor_hidden): {wrong[0]} is "
+            f"{tuple(source[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here."
+        )
+    loss.load_state_dict({**own, **{k: source[k] for k in wanted}})
+    log.info(
+        "Loaded the behavior model of %s (its checkpoint at stage '%s', step %d); the behavior "
+        "stage is skipped.",
+        path,
+        state["stage_name"],
+        int(state["stage_step"]),
+    )
+
+
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="bdpo", version_base="1.3")
 def main(cfg):
     return run_recipe(cfg, build)
@@ -130,23 +196,7 @@ def build(run: Run) -> Built:
             OmegaConf.to_container(run.cfg.bdpo.size_caps),
             ", ".join(f"{key}={sized[key]}" for key in keys),
         )
-    S, A, E = run.obs_dim, run.action_dim, int(hp.ensemble_size)
-    loss = BDPOLoss(
-        make_diffusion(S, A, hp),
-        [
-            make_bdpo_qvalue(S, A, list(hp.critic_hidden), layer_norm=hp.q_layer_norm)
-            for _ in range(E)
-        ],
-        NoiseConditionedCritic(S, A, num_members=E, hidden=list(hp.critic_hidden)),
-        make_diffusion(S, A, hp),
-        eta=hp.eta,
-        rho=hp.rho,
-        gamma=hp.discount,
-        num_samples=int(hp.num_samples),
-        q_target_form=hp.q_target_form,
-        max_q_backup=hp.max_q_backup,
-        step_sampling=str(hp.get("step_sampling", "uniform")),  # runs from before the knob: uniform
-    ).to(run.device)
+    loss = make_loss(run.obs_dim, run.action_dim, hp).to(run.device)
 
     def adam(name: str, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(getattr(loss, f"{name}_network_params").values(True, True), lr=lr)
@@ -158,6 +208,9 @@ def build(run: Run) -> Built:
         adam("actor", hp.actor_lr),
     )
     behavior_steps = stage_steps(run.cfg, hp.behavior_steps)
+    if hp.get("init_from"):  # an earlier run's ν, ν̄ (then π, π̄ ← ν̄ below): no behavior stage
+        load_behavior(str(hp.init_from), loss, run.device, seed=run.seed)
+        behavior_steps = 0
     warmup_steps = stage_steps(run.cfg, hp.warmup_steps)
     train_steps = stage_steps(run.cfg, run.cfg.train.steps)
     # cosine over the whole actor-critic budget (warm-up + train), as optax's schedule in the official

@@ -55,6 +55,7 @@ from torchrl_sym.train.checkpoint import CheckpointManager
 from torchrl_sym.train.recipe import (
     Built,
     Run,
+    load_earlier_run,
     make_dataset_env,
     network_optimizers,
     run_recipe,
@@ -107,59 +108,12 @@ def iql_critic(iql: IQLLoss):
     return critic
 
 
-def _stacked_source(path: Path, seed: int | None) -> tuple[Path, int] | None:
-    """``(stacked run directory, index of seed)`` when ``path`` is a stacked SRPO run (its
-    directory: the slice of ``seed``; or one of its ``seed_<s>/`` directories), else None."""
-    from omegaconf import OmegaConf
-
-    if (path / "stack.yaml").is_file():
-        root, wanted = path, seed
-    elif (path.parent / "stack.yaml").is_file() and path.name.startswith("seed_"):
-        root, wanted = path.parent, int(path.name[len("seed_") :])
-    else:
-        return None
-    cfg = OmegaConf.load(root / "stack.yaml")
-    first, count = int(cfg.seed), int(cfg.get("stack_seeds", 1))
-    if wanted is None or not first <= wanted < first + count:
-        raise ValueError(
-            f"srpo.init_from={str(path)!r} is a stacked run of seeds {first}..{first + count - 1}; "
-            f"it holds no seed {wanted}. Pass one of its seed_<s> directories, or run the seeds it "
-            "holds."
-        )
-    return root, wanted - first
-
-
 def load_earlier_stages(path: str, bc_loss, iql, device, *, seed: int | None = None) -> None:
     """Load the behavior model and critic of an earlier SRPO run (its run directory or one of
     its checkpoints), which must have finished both stages. From a stacked run (``stack_seeds``)
     the slice of ``seed`` is loaded (or of the seed whose ``seed_<s>/`` directory ``path`` is),
     so a stacked run can reuse the stages of a stacked run of the same seeds."""
-    from torchrl_sym.train.stacking import seed_checkpoint
-
-    path = Path(path).expanduser()
-    stacked = None if path.is_file() else _stacked_source(path, seed)
-    if stacked is not None:
-        root, index = stacked
-        state = CheckpointManager(root / "checkpoints").load_latest(map_location=device)
-        if state is None:
-            raise FileNotFoundError(
-                f"srpo.init_from={str(path)!r}: the stacked run {root} holds no checkpoint."
-            )
-        state = seed_checkpoint(state, index)
-    elif path.is_file():
-        state = torch.load(path, map_location=device, weights_only=False)
-    else:
-        directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        state = (
-            CheckpointManager(directory).load_latest(map_location=device)
-            if directory.is_dir()
-            else None
-        )
-        if state is None:
-            raise FileNotFoundError(
-                f"srpo.init_from={str(path)!r} holds no checkpoint; pass the directory of an earlier "
-                "srpo run (or one of its checkpoints/ckpt_*.pt files)."
-            )
+    state = load_earlier_run(path, device, seed=seed, option="srpo.init_from", algo="srpo")
     modules = state.get("modules", {})
     if "behavior" not in modules or "critic" not in modules:
         raise ValueError(

@@ -1035,3 +1035,59 @@ def cosine_schedule(optimizer, run: Run):
     """Cosine decay of ``optimizer``'s learning rate to 0 over the main stage (IQL's actor)."""
     steps = stage_steps(run.cfg, run.cfg.train.steps)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+
+
+def _stacked_source(path: Path, seed: int | None, option: str) -> tuple[Path, int] | None:
+    """``(stacked run directory, index of seed)`` when ``path`` is a stacked run (its directory:
+    the slice of ``seed``; or one of its ``seed_<s>/`` directories), else None."""
+    from omegaconf import OmegaConf
+
+    if (path / STACK_CONFIG).is_file():
+        root, wanted = path, seed
+    elif (path.parent / STACK_CONFIG).is_file() and path.name.startswith("seed_"):
+        root, wanted = path.parent, int(path.name[len("seed_") :])
+    else:
+        return None
+    cfg = OmegaConf.load(root / STACK_CONFIG)
+    first, count = int(cfg.seed), int(cfg.get("stack_seeds", 1))
+    if wanted is None or not first <= wanted < first + count:
+        raise ValueError(
+            f"{option}={str(path)!r} is a stacked run of seeds {first}..{first + count - 1}; "
+            f"it holds no seed {wanted}. Pass one of its seed_<s> directories, or run the seeds it "
+            "holds."
+        )
+    return root, wanted - first
+
+
+def load_earlier_run(path, device, *, seed: int | None, option: str, algo: str) -> dict[str, Any]:
+    """The latest checkpoint of an earlier run that ``option`` (``<algo>.init_from``) names: a run
+    directory, its ``checkpoints/`` folder, one ``ckpt_*.pt`` file, or a stacked run (its
+    directory: the slice of ``seed``; or one of its ``seed_<s>/`` directories: that seed's slice,
+    modules only). Raises ``FileNotFoundError`` naming ``option`` when there is none."""
+    from torchrl_sym.train.checkpoint import CheckpointManager
+    from torchrl_sym.train.stacking import seed_checkpoint
+
+    path = Path(path).expanduser()
+    stacked = None if path.is_file() else _stacked_source(path, seed, option)
+    if stacked is not None:
+        root, index = stacked
+        state = CheckpointManager(root / "checkpoints").load_latest(map_location=device)
+        if state is None:
+            raise FileNotFoundError(
+                f"{option}={str(path)!r}: the stacked run {root} holds no checkpoint."
+            )
+        return seed_checkpoint(state, index)
+    if path.is_file():
+        return torch.load(path, map_location=device, weights_only=False)
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    state = (
+        CheckpointManager(directory).load_latest(map_location=device)
+        if directory.is_dir()
+        else None
+    )
+    if state is None:
+        raise FileNotFoundError(
+            f"{option}={str(path)!r} holds no checkpoint; pass the directory of an earlier "
+            f"{algo} run (or one of its checkpoints/ckpt_*.pt files)."
+        )
+    return state

@@ -190,17 +190,18 @@ case "$1" in
   scripts/eval_behavior.py) echo "{}" > "$2/behavior_eval.json"; exit 0 ;;
 esac
 algo=$(basename "$1" .py); shift
-run=""; seed=0; div=""; k=1; prec=""
+run=""; seed=0; div=""; k=1; prec=""; starts=""
 for arg in "$@"; do
   case "$arg" in
     hydra.run.dir=*) run=${arg#*=} ;;
-    resume=*) run=${arg#*=}; seed=$(sed -n 's/^seed: //p' "$run/stack.yaml");
-              k=$(sed -n 's/^stack_seeds: //p' "$run/stack.yaml");
-              div=$(sed -n 's/^  divergence: //p' "$run/stack.yaml") ;;
+    resume=*) run=${arg#*=}; cfg="$run/stack.yaml"; [ -f "$cfg" ] || cfg="$run/config.yaml"
+              seed=$(sed -n 's/^seed: //p' "$cfg"); k=$(sed -n 's/^stack_seeds: //p' "$cfg");
+              div=$(sed -n 's/^  divergence: //p' "$cfg") ;;
     seed=*) seed=${arg#*=} ;;
     stack_seeds=*) k=${arg#*=} ;;
     sfac.divergence=*) div=${arg#*=} ;;
     precision=*) prec=${arg#*=} ;;
+    eval.start_states=*) starts=${arg#*=} ;;
   esac
 done
 write() {  # write <dir> <seed> <divergence>
@@ -208,9 +209,11 @@ write() {  # write <dir> <seed> <divergence>
   printf 'algo: %s\ndataset: d-v0\nseed: %s\nstack_seeds: %s\n' "$algo" "$2" "$k" > "$1/config.yaml"
   [ -n "$3" ] && printf 'sfac:\n  divergence: %s\n' "$3" >> "$1/config.yaml"
   [ -n "$prec" ] && printf 'precision: %s\n' "$prec" >> "$1/config.yaml"
+  printf 'eval:\n  start_states: %s\n' "${starts:-disjoint}" >> "$1/config.yaml"
   echo "{}" > "$1/summary.json"
 }
 mkdir -p "$run"
+if [ "$k" -eq 1 ]; then write "$run" "$seed" "$div"; exit 0; fi  # one seed: no stack.yaml
 printf 'algo: %s\nseed: %s\nstack_seeds: %s\n' "$algo" "$seed" "$k" > "$run/stack.yaml"
 [ -n "$div" ] && printf 'sfac:\n  divergence: %s\n' "$div" >> "$run/stack.yaml"
 for ((i = 0; i < k; i++)); do write "$run/seed_$((seed + i))" $((seed + i)) "$div"; done
@@ -284,7 +287,8 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
     (runs / "iql" / "run_stack3" / "seed_1" / "summary.json").unlink()
     assert run() == [f"recipes/iql.py resume={runs}/iql/run_stack3"]
 
-    # a new machine (no run directories) whose results lack iql seed 2 and sfac js seed 0
+    # a new machine (no run directories) whose results lack iql seed 2 (the last: topped up
+    # alone) and sfac js seed 0 (the first: the whole cell runs again)
     shutil.rmtree(tmp_path / "runs")
     shutil.rmtree(committed / "iql" / "run_stack3" / "seed_2")
     (committed / "sfac" / "js_stack3" / "seed_0" / "summary.json").unlink()  # unfinished
@@ -300,8 +304,64 @@ def test_results_script_runs_only_what_neither_the_runs_nor_results_hold(tmp_pat
     del env["DRY_RUN"]
     again = run()
     assert plan.stdout.splitlines() == [f"python {c}" for c in again]
-    assert again == [first[0], first[2]]  # the two incomplete cells, all their seeds stacked
+    assert again == [
+        "recipes/iql.py experiment=cpu task=hopper-medium seed=2 stack_seeds=1 "
+        f"hydra.run.dir={runs}/iql/run_seed2_stack1",
+        first[2],
+    ]
     assert len(list(committed.glob("sfac/js_stack3/seed_*/summary.json"))) == 3
+    assert (committed / "iql" / "run_seed2_stack1" / "summary.json").is_file()
+    assert run() == []  # complete again
+    # a top-up killed before it finished (so never mirrored into results/) resumes
+    shutil.rmtree(committed / "iql" / "run_seed2_stack1")
+    (runs / "iql" / "run_seed2_stack1" / "summary.json").unlink()
+    assert run() == [f"recipes/iql.py resume={runs}/iql/run_seed2_stack1"]
+
+
+def test_results_script_tops_up_a_cell_with_its_next_seeds_and_their_start_states(tmp_path):
+    repo, env, run_all = _fake_results_repo(tmp_path, "iql sfac")
+    runs = tmp_path / "runs" / "cpu" / "hopper-medium"
+    committed = repo / "results" / "cpu" / "hopper-medium"
+    # three seeds per cell, run one per process before start states were disjoint (no key)
+    sfac = [("sfac", d, f"sfac:\n  divergence: {d}\n") for d in ("jeffreys", "js")]
+    cells = [("iql", "run", ""), *sfac]
+    for s in range(3):
+        for algo, name, extra in cells:
+            seed_dir = committed / algo / f"{name}_seed{s}"
+            seed_dir.mkdir(parents=True)
+            (seed_dir / "config.yaml").write_text(f"algo: {algo}\nseed: {s}\n{extra}")
+            (seed_dir / "summary.json").write_text("{}")
+    env.update(SEEDS="5")
+
+    def run():
+        return [c for c in run_all() if c.startswith("recipes/")]
+
+    # seeds 3 and 4 of each cell, stacked, from the legacy start states the cell's seeds used
+    assert run() == [
+        "recipes/iql.py experiment=cpu task=hopper-medium seed=3 stack_seeds=2 "
+        f"eval.start_states=legacy hydra.run.dir={runs}/iql/run_seed3_stack2",
+        "recipes/sfac.py experiment=cpu task=hopper-medium seed=3 stack_seeds=2 "
+        "sfac.divergence=jeffreys eval.start_states=legacy "
+        f"hydra.run.dir={runs}/sfac/jeffreys_seed3_stack2",
+        "recipes/sfac.py experiment=cpu task=hopper-medium seed=3 stack_seeds=2 "
+        f"sfac.divergence=js eval.start_states=legacy hydra.run.dir={runs}/sfac/js_seed3_stack2",
+    ]
+    assert len(list(committed.glob("*/*/seed_*/summary.json"))) == 6
+    assert run() == []  # five finished seeds per cell
+    # a cell whose finished seeds used different start states cannot be topped up
+    import subprocess
+
+    bad = committed / "iql" / "run_seed2" / "config.yaml"
+    bad.write_text("algo: iql\nseed: 2\neval:\n  start_states: disjoint\n")
+    import shutil
+
+    shutil.rmtree(committed / "iql" / "run_seed3_stack2")
+    shutil.rmtree(runs / "iql")
+    proc = subprocess.run(
+        ["bash", str(repo / "scripts" / "results_cpu.sh"), "hopper-medium"],
+        env={**env, "ALGOS": "iql"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "different start states (disjoint legacy)" in proc.stderr
 
 
 def test_results_script_keeps_a_tagged_row_apart_with_out_and_variants(tmp_path):

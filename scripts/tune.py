@@ -24,6 +24,12 @@ recipe's default). The runs' logs are mirrored into ``results/tuning/<task>/<alg
 ``selection.json``; ``--apply`` writes the chosen value into the task file's ``tuned:`` block
 (with a comment naming the sweep), which ``hparams=tuned`` runs.
 
+A value whose tuning seeds the committed logs (``results/tuning/...``) hold finished is not trained
+again, so a sweep longer than a session goes on in the next; ``--train v1,v2`` names the values
+this call trains (split a sweep over cores once its shared stages have finished). The selection
+reads the committed logs; a grid with an unfinished value gives a provisional choice
+(``"complete": false`` in the selection file) that ``--apply`` refuses.
+
 Before any run starts, scripts/check_data.py compares the local dataset's sha256 with the one the
 sweep's committed runs (else the task's reporting runs, ``results/cpu/<task>``) recorded, and
 stops on a mismatch (``DATA_MISMATCH_OK=1`` goes on).
@@ -159,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extra", nargs="*", default=[], help="more overrides for every run (e.g. train.steps=...)"
     )
+    parser.add_argument(
+        "--train",
+        default=None,
+        help="the values (v1,v2,... of the grid) this call trains, the others only read: a sweep "
+        "split over cores or sessions (default: every value)",
+    )
     args = parser.parse_args(argv)
 
     swept = [s for s in args.settings if "," in s.partition("=")[2]]
@@ -167,8 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"name exactly one swept key (key=v1,v2,...), got {swept or 'none'}")
     key, _, values_text = swept[0].partition("=")
     values = [parse_value(v) for v in values_text.split(",")]
+    to_train = values if args.train is None else [parse_value(v) for v in args.train.split(",")]
+    unknown = [v for v in to_train if v not in values]
+    if unknown:
+        parser.error(f"--train {args.train}: {unknown} not in the grid {key}={values_text}")
     published = published_value(args.algo, args.task, key)
     base = args.runs / "tuning" / args.task / args.algo
+    out = args.results / args.task / args.algo
+    # a value whose tuning seeds the committed logs hold finished is not trained again (a sweep
+    # goes on in a later session, on a new machine, from what the last one committed)
+    to_train = [v for v in to_train if not _finished(out / _label(key, v), TUNING_SEEDS)]
     common = [
         f"experiment={args.experiment}",
         f"task={args.task}",
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         *fixed,
         *args.extra,
     ]
-    if not args.select_only:
+    if not args.select_only and to_train:
         # the sweep trains on the bits of the task's data its earlier runs (else the reporting
         # table's) trained on: scripts/check_data.py
         import importlib.util
@@ -200,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             shared = base / "shared_stages"
             run_one(shared, [*common, *stop], args.algo, args.dry_run, TUNING_SEEDS)
             common.append(f"{option}={shared}")
-        for value in values:
+        for value in to_train:
             run_one(
                 base / _label(key, value),
                 [*common, f"{key}={json.dumps(value)}"],
@@ -213,9 +233,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from omegaconf import OmegaConf
 
+    out.mkdir(parents=True, exist_ok=True)
+    for value in values:  # the finished runs' logs into results/; the selection reads them there
+        run = base / _label(key, value)
+        if run.is_dir():
+            subprocess.run(
+                [sys.executable, str(ROOT / "scripts" / "collect_results.py"), str(run),
+                 str(out / _label(key, value))],
+                cwd=ROOT,
+                check=True,
+            )  # fmt: skip
     table = {}
     for value in values:
-        run = base / _label(key, value)
+        run = out / _label(key, value)
         seeds = sorted(run.glob("seed_*/config.yaml"))
         finals = []
         for config in seeds:
@@ -227,20 +257,13 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": {c.parent.name: f for c, f in zip(seeds, finals)},
             "mean_final": sum(done) / len(done) if done else None,
         }
+    missing = [row["value"] for row in table.values() if row["mean_final"] is None]
+    if len(missing) == len(values):
+        print(f"tune: no value of {key} has finished yet; nothing to select.", file=sys.stderr)
+        return 0
     chosen = select(
         {row["value"]: row["mean_final"] for row in table.values()}, published, args.tie
     )
-    out = args.results / args.task / args.algo
-    out.mkdir(parents=True, exist_ok=True)
-    for value in values:
-        run = base / _label(key, value)
-        if run.is_dir():
-            subprocess.run(
-                [sys.executable, str(ROOT / "scripts" / "collect_results.py"), str(run),
-                 str(out / _label(key, value))],
-                cwd=ROOT,
-                check=True,
-            )  # fmt: skip
     selection = {
         "protocol": "results/cpu/TUNING.md",
         "algo": args.algo,
@@ -252,14 +275,28 @@ def main(argv: list[str] | None = None) -> int:
         "tie": args.tie,
         "values": list(table.values()),
         "chosen": chosen,
+        "complete": not missing,  # every value's tuning seeds finished: the choice is final
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     name = f"selection_{key}.json"
     (out / name).write_text(json.dumps(selection, indent=2) + "\n")
     for row in table.values():
         print(f"{key}={row['value']}: mean final score {row['mean_final']}", flush=True)
-    print(f"chosen {key}={chosen} (published {published}); written {out / name}")
+    if missing:
+        print(
+            f"provisional {key}={chosen} (published {published}): {key}={missing} not finished "
+            f"yet, so the choice is not final; written {out / name}"
+        )
+    else:
+        print(f"chosen {key}={chosen} (published {published}); written {out / name}")
     if args.apply:
+        if missing:
+            print(
+                f"tune: --apply refused: the sweep is incomplete ({key}={missing} has no finished "
+                "tuning seeds); train them first (--train).",
+                file=sys.stderr,
+            )
+            return 2
         apply_choice(args.algo, args.task, key, chosen, out / name)
     return 0
 

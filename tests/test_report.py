@@ -1452,6 +1452,8 @@ def test_a_sweep_whose_selection_disagrees_with_its_logs_is_flagged(tmp_path):
     text = rp.render_markdown(report)
     assert "the logs give a mean final of" in text  # beta 0.2: recorded 0.5 off
     assert "do not hold every tuning seed finished" in text  # beta 0.02: seed 102 unfinished
+    assert "the sweep is incomplete (srpo.beta=0.02 without every tuning seed" in text
+    assert "its choice is provisional" in text
     bad = root / "tuning" / "walker2d-medium" / "srpo"
     bad.mkdir(parents=True)
     (bad / "selection_srpo.beta.json").write_text('{"algo": "srpo"}')

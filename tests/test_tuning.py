@@ -175,3 +175,52 @@ def test_a_bdpo_sweep_trains_the_behavior_model_once_and_every_eta_from_it(tmp_p
         f"{common} bdpo.init_from={base}/shared_stages bdpo.eta=0.02 "
         f"hydra.run.dir={base}/bdpo.eta_0.02",
     ]
+
+
+def test_a_sweep_goes_on_from_its_committed_logs_and_applies_only_when_complete(
+    tmp_path, monkeypatch, capsys
+):
+    """A value whose tuning seeds the committed logs hold finished is not trained again; the
+    selection reads the committed logs, marks a sweep with unfinished values provisional and
+    refuses to --apply it; --train picks the values one call trains."""
+    tune = _tune()
+    results = tmp_path / "results" / "tuning"
+    out = results / "hopper-medium" / "iql"
+
+    def finished(value: str, score: float) -> None:  # a committed value, its 3 seeds finished
+        for seed in (100, 101, 102):
+            seed_dir = out / f"iql.expectile_{value}" / f"seed_{seed}"
+            seed_dir.mkdir(parents=True)
+            (seed_dir / "config.yaml").write_text("eval:\n  last_k: 1\n")
+            (seed_dir / "eval_returns.csv").write_text(
+                f"step,episode,return,normalized_score\n10,0,0.0,{score + seed - 101}\n"
+            )
+            (seed_dir / "summary.json").write_text("{}")
+
+    finished("0.7", 40.0)
+    args = ["iql", "hopper-medium", "iql.expectile=0.7,0.9", "--runs", str(tmp_path / "runs"),
+            "--results", str(results)]  # fmt: skip
+    assert tune.main([*args, "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "iql.expectile=0.9" in planned and "iql.expectile=0.7" not in planned  # 0.7 is done
+    assert tune.main([*args, "--dry-run", "--train", "0.7"]) == 0
+    assert "recipes/iql.py" not in capsys.readouterr().out  # nothing left to train of 0.7
+    with pytest.raises(SystemExit):
+        tune.main([*args, "--train", "0.8"])  # not in the grid
+    assert "not in the grid" in capsys.readouterr().err
+
+    # 0.9 unfinished: the selection is provisional and --apply refuses
+    monkeypatch.setattr(tune, "apply_choice", lambda *a: pytest.fail("applied an incomplete sweep"))
+    assert tune.main([*args, "--select-only", "--apply"]) == 2
+    text = capsys.readouterr()
+    assert "provisional iql.expectile=0.7" in text.out and "--apply refused" in text.err
+    selection = json.loads((out / "selection_iql.expectile.json").read_text())
+    assert selection["complete"] is False and selection["chosen"] == 0.7
+
+    finished("0.9", 50.0)  # now complete: chosen, and applied
+    applied = []
+    monkeypatch.setattr(tune, "apply_choice", lambda *a: applied.append(a[2:4]))
+    assert tune.main([*args, "--select-only", "--apply"]) == 0
+    assert applied == [("iql.expectile", 0.9)]
+    selection = json.loads((out / "selection_iql.expectile.json").read_text())
+    assert selection["complete"] is True and selection["values"][1]["mean_final"] == 50.0

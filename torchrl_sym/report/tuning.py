@@ -145,6 +145,13 @@ def _read(path: Path) -> Sweep:
         sweep.values.append(SweepValue(value, finals, mean))
     if sweep.chosen not in [v.value for v in sweep.values]:
         sweep.remarks.append(f"the chosen value {sweep.chosen!r} is not among the swept values")
+    unfinished = [value_text(v.value) for v in sweep.values if v.mean_final is None]
+    if unfinished:
+        sweep.remarks.append(
+            f"the sweep is incomplete ({sweep.key}={', '.join(unfinished)} without every tuning "
+            "seed finished in the committed logs): its choice is provisional, and no tuned row "
+            "may use it yet"
+        )
     return sweep
 
 

@@ -523,3 +523,23 @@ def test_sampled_evaluation_leaves_training_alone_and_repeats_after_resume(tmp_p
     resumed, _ = _noisy_run(tmp_path / "resumed", evaluate=True, seed=99)
     assert torch.equal(resumed.param.detach(), plain.param.detach())
     assert (tmp_path / "resumed" / "eval.csv").read_text() == straight
+
+
+def test_a_stacked_evaluation_logs_each_seed_by_its_number(caplog):
+    """Seed ``k`` of a stack that starts at ``first_seed`` is logged as seed ``first_seed + k``
+    (a top-up ``seed=3 stack_seeds=2`` logs seeds 3 and 4, not 0 and 1)."""
+    import logging
+
+    buffer = make_offline_replay_buffer(_dataset(), 16, seed=0)
+    stage = Stage("train", 1, objectives=[], evaluate=True)
+    evaluator = lambda step: [{"eval/return": 1.0}, {"eval/return": 2.0}]  # noqa: E731
+    loop = OfflineLoop(
+        [stage], buffer, modules={}, evaluator=evaluator, progress=False, first_seed=3
+    )
+    with caplog.at_level(logging.INFO, logger="torchrl_sym.train.loop"):
+        loop._evaluate(stage)
+    lines = [r.getMessage() for r in caplog.records if "(train), seed" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == [
+        "step 0 (train), seed 3",
+        "step 0 (train), seed 4",
+    ]

@@ -409,6 +409,8 @@ class OfflineLoop:
             parameters, gradients and optimizer states stay fp32; the networks' outputs are cast
             back to fp32 by :func:`torchrl_sym.train.precision.keep_outputs_fp32`, which the
             recipes install, so targets, log-probabilities and reductions are fp32).
+        first_seed: the seed of a stacked run's first seed: its log lines name seed
+            ``first_seed + k`` for stack index ``k`` (``seed=3 stack_seeds=2`` logs seeds 3, 4).
 
     Steps are counted globally across stages (the step axis of every log) and per stage (cadence).
     """
@@ -432,6 +434,7 @@ class OfflineLoop:
         progress: bool = True,
         stack=None,
         precision: str = "fp32",
+        first_seed: int = 0,
     ):
         if not stages:
             raise ValueError("OfflineLoop needs at least one stage.")
@@ -467,6 +470,7 @@ class OfflineLoop:
 
         self.precision = check_precision(precision)
         self.stack = stack
+        self.first_seed = int(first_seed)  # a stacked run logs seed first_seed + k
         if stack is not None and logger is not None and not isinstance(logger, (list, tuple)):
             raise ValueError("a stacked loop logs each seed to its own logger: pass a list")
         self.compile = compile
@@ -781,7 +785,11 @@ class OfflineLoop:
             for k, seed_metrics in enumerate(metrics):
                 self._log(seed_metrics, seed=k)
                 logger.info(
-                    "step %d (%s), seed %d: %s", self.global_step, stage.name, k, _fmt(seed_metrics)
+                    "step %d (%s), seed %d: %s",
+                    self.global_step,
+                    stage.name,
+                    self.first_seed + k,
+                    _fmt(seed_metrics),
                 )
         else:
             self._log(metrics)

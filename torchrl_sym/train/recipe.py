@@ -413,6 +413,7 @@ class Run:
             progress=bool(cfg.train.progress),
             stack=stack,
             precision=self.precision,
+            first_seed=self.seed,
         )
 
     def train(self, build: Callable[[Run], Built]):

@@ -5,7 +5,7 @@
 Every finished run directory under SRC (one holding ``config.yaml`` and the ``summary.json`` a run
 writes when it ends) is mirrored under DST with only what the report reads and what reproduces it:
 ``config.yaml``, ``eval_returns.csv``, ``summary.json``, ``.hydra/overrides.yaml`` (the command
-line) and, for SRPO runs, ``behavior_eval.json`` (scripts/eval_behavior.py). Unfinished runs stay behind (they are resumed from their own directory, or run again by
+line) and, for SRPO and BDPO runs, ``behavior_eval.json`` (scripts/eval_behavior.py). Unfinished runs stay behind (they are resumed from their own directory, or run again by
 scripts/results_cpu.sh on a machine that lost it), as do checkpoints, TensorBoard events and logs.
 Files are written to a temporary name and renamed, so a killed copy never leaves a half-written
 file.
@@ -37,7 +37,7 @@ KEPT = (
     "eval_returns.csv",
     "summary.json",
     ".hydra/overrides.yaml",
-    "behavior_eval.json",  # SRPO: scripts/eval_behavior.py
+    "behavior_eval.json",  # SRPO, BDPO: scripts/eval_behavior.py
 )
 KEPT_IN_FLIGHT = ("config.yaml", "eval_returns.csv", ".hydra/overrides.yaml")
 

@@ -20,8 +20,8 @@
 # by starting the script once per core (pin each with taskset and OMP_NUM_THREADS=1). A cell's run
 # goes to $RUNS/cpu/<task>/<algo>/<variant>_stack<K>/ (stack.yaml, checkpoints/ of all seeds, and
 # seed_<s>/ per seed); when it has finished, its seeds' logs are mirrored into
-# results/cpu/<task>/<algo>/ (scripts/collect_results.py; a finished SRPO seed first gets
-# scripts/eval_behavior.py's behavior_eval.json, 20 DDPM steps), and
+# results/cpu/<task>/<algo>/ (scripts/collect_results.py; a finished SRPO or BDPO seed first gets
+# scripts/eval_behavior.py's behavior_eval.json: SRPO's with 20 DDPM steps), and
 #   python -m torchrl_sym.report results/cpu --out docs/results.md ...
 # regenerates the page. Re-running the script after a kill resumes: a cell whose run directory
 # is still there is continued with resume=<its directory>; a cell whose seeds results/ already
@@ -137,11 +137,14 @@ for task in "${TASKS[@]}"; do
         launch "recipes/$algo.py" experiment=cpu "task=$task" "seed=$first" "stack_seeds=$count" \
           "${extra[@]}" "hydra.run.dir=$run"
       fi
-      if [ "$algo" = srpo ] && [ -d "$run" ]; then  # each finished seed: its behavior model alone
+      if { [ "$algo" = srpo ] || [ "$algo" = bdpo ]; } && [ -d "$run" ]; then
+        # each finished seed: its diffusion behavior model alone, and where its policy went
+        # (SRPO's μ with a 20-step DDPM chain; BDPO's ν̄ with its own N-step chain)
+        sampling=(); [ "$algo" = srpo ] && sampling=(--sampling-steps 20)
         while read -r seed_dir; do
           if [ -f "$seed_dir/summary.json" ] && [ ! -f "$seed_dir/behavior_eval.json" ]; then
-            if [ -n "${DRY_RUN:-}" ]; then echo "python scripts/eval_behavior.py $seed_dir --sampling-steps 20"
-            else python scripts/eval_behavior.py "$seed_dir" --sampling-steps 20; fi
+            if [ -n "${DRY_RUN:-}" ]; then echo "python scripts/eval_behavior.py $seed_dir ${sampling[*]}"
+            else python scripts/eval_behavior.py "$seed_dir" "${sampling[@]}"; fi
           fi
         done < <(seed_dirs "$run")
       fi

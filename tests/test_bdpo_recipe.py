@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tensordict import TensorDict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "torchrl_sym" / "configs"
@@ -356,3 +357,119 @@ def test_init_from_an_earlier_run_loads_its_behavior_model_and_skips_the_behavio
     assert "does not match this configuration" in message and "bdpo.actor_hidden" in message
     with pytest.raises(FileNotFoundError, match=r"bdpo\.init_from=.* holds no checkpoint"):
         recipe.load_behavior(str(tmp_path), recipe.make_loss(17, 6, hp), "cpu")
+
+
+def test_eval_behavior_scores_the_ema_behavior_and_diagnoses_the_policy(
+    tmp_path, recipe_dataset, capsys
+):
+    """scripts/eval_behavior.py on a BDPO run: the EMA behavior model ν̄ of the newest checkpoint,
+    rebuilt from config.yaml at the trained (capped) sizes, evaluated with the run's evaluation
+    seeds and N-step chain (the same returns as evaluating it directly), and the policy
+    diagnostics recomputed here from the checkpoint's networks; bad inputs refused by name."""
+    from torchrl.envs.utils import ExplorationType
+
+    from torchrl_sym.data.offline import make_offline_replay_buffer
+    from torchrl_sym.data.scores import normalized_score
+    from torchrl_sym.envs import make_env
+    from torchrl_sym.objectives.bdpo import BDPOPolicy
+    from torchrl_sym.train.evaluate import evaluate_policy, evaluation_seeds
+
+    spec = importlib.util.spec_from_file_location(
+        "eval_behavior", ROOT / "scripts" / "eval_behavior.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "run"
+    _run("profile=smoke", "task=walker2d-medium", f"dataset={recipe_dataset}", *SHORT,
+         f"hydra.run.dir={run}")  # fmt: skip
+    before = {p.name for p in run.iterdir()}
+    assert script.main([str(run), "--episodes", "2", "--num-states", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "behavior model" in out and "actor samples" in out
+    result = json.loads((run / "behavior_eval.json").read_text())
+    assert {p.name for p in run.iterdir()} == before | {"behavior_eval.json"}
+    assert result["checkpoint"] == "ckpt_000000150.pt" and result["global_step"] == 150
+    assert result["episodes"] == 2 and result["sampling_steps"] == 5  # N = bdpo.num_steps
+    # independently: ν̄ from the checkpoint's target_behavior entries, at the smoke sizes
+    cfg = OmegaConf.load(run / "config.yaml")
+    hp = _recipe().capped_sizes(cfg.bdpo)
+    assert hp.actor_hidden != cfg.bdpo.actor_hidden  # config.yaml keeps the uncapped widths
+    model = torch.load(run / "checkpoints" / "ckpt_000000150.pt", weights_only=False)["modules"][
+        "loss"
+    ]
+    behavior = _recipe().make_diffusion(17, 6, hp)
+    ema = _group(model, "target_behavior_network_params")
+    behavior.load_state_dict({k: ema[k] for k in behavior.state_dict()})
+    behavior.eval()
+    env = make_env("Walker2d-v5", num_envs=2)
+    seeds = evaluation_seeds(int(cfg.seed), 2, cfg.eval.get("start_states", "legacy"))
+    for name, mode in (
+        ("sample", ExplorationType.RANDOM),
+        ("deterministic", ExplorationType.DETERMINISTIC),
+    ):
+        returns = evaluate_policy(env, behavior, num_episodes=2, max_steps=30, seeds=seeds,
+                                  exploration_type=mode)  # fmt: skip
+        assert result[name]["return"] == pytest.approx(float(returns.mean()), rel=1e-9)
+        assert result[name]["normalized_score"] == pytest.approx(
+            float(normalized_score("Walker2d-v5", returns.mean().item())), rel=1e-9
+        )
+    env.close()
+    # the diagnostics: the same states, the run's loss rebuilt and loaded, the same draws
+    diag = result["policy_diagnostics"]
+    assert diag["num_states"] == 300 and diag["sampling_steps"] == 5 and diag["seed"] == 0
+    assert diag["q_reduce"] == "mean of the 2 EMA Q heads"
+    loss = _recipe().make_loss(17, 6, hp)
+    loss.load_state_dict(model)
+    loss.eval()
+    batch = make_offline_replay_buffer(recipe_dataset, 300, seed=0, env="auto").sample()
+    obs, a_data = batch["observation"], batch["action"].clamp(-loss.action_clip, loss.action_clip)
+    td = TensorDict({"observation": obs}, [len(obs)])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expect = {
+            "data": a_data,
+            "policy": BDPOPolicy(loss, num_samples=2)(td.clone())["action"],
+            "actor": BDPOPolicy(loss, selection="first")(td.clone())["action"],
+            "behavior": behavior.sample(obs),
+            "zeros": torch.zeros_like(a_data),
+        }
+        acts = diag["actions"]
+        assert set(acts) == set(expect)
+        for name, action in expect.items():
+            q = loss.q_values(obs, action, target=True).mean()
+            assert acts[name]["q"] == pytest.approx(float(q), rel=1e-5, abs=1e-6), name
+            dist = float((action - a_data).norm(dim=-1).mean())
+            assert acts[name]["distance_to_data"] == pytest.approx(dist, rel=1e-5, abs=1e-7)
+            share = float((action.abs() > 0.99).float().mean())
+            assert acts[name]["saturated_fraction"] == pytest.approx(share)
+    assert acts["data"]["distance_to_data"] == 0.0 and acts["zeros"]["saturated_fraction"] == 0.0
+    # refused, each by name: --sampling-steps on a BDPO run, another algorithm, a behavior stage
+    # that has not finished; a run in its warm-up is scored but its policy is not diagnosed
+    capsys.readouterr()
+    assert script.main([str(run), "--force", "--sampling-steps", "3"]) == 1
+    assert "drop --sampling-steps" in capsys.readouterr().err
+    other = tmp_path / "iql"
+    other.mkdir()
+    (other / "config.yaml").write_text(
+        (run / "config.yaml").read_text().replace("algo: bdpo", "algo: iql")
+    )
+    state = torch.load(run / "checkpoints" / "ckpt_000000050.pt", weights_only=False)
+    early, middle = tmp_path / "early", tmp_path / "middle"
+    for folder, (index, name, step) in (
+        (early, (0, "behavior", 20)),
+        (middle, (1, "critic_warmup", 10)),
+    ):
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "config.yaml").write_text((run / "config.yaml").read_text())
+        state.update(
+            stage_index=index, stage_name=name, stage_step=step, global_step=50, completed=False
+        )
+        torch.save(state, folder / "checkpoints" / "ckpt_000000050.pt")
+    assert script.main([str(other), str(early)]) == 1
+    err = capsys.readouterr().err
+    assert "holds a run of algo='iql'; this reads SRPO and BDPO runs" in err
+    assert "not trained yet" in err and not (early / "behavior_eval.json").exists()
+    assert script.main([str(middle), "--episodes", "1"]) == 0
+    assert "policy_diagnostics" not in json.loads((middle / "behavior_eval.json").read_text())
+    with pytest.raises(ValueError, match="train stage has not begun"):
+        _recipe().policy_diagnostics(middle)

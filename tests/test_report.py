@@ -531,6 +531,18 @@ def test_srpo_policy_diagnostics_are_noted_under_the_table(tmp_path):
     )
     assert notes.count("its policy at") == 1
     assert "bdpo: behavior_eval.json: policy_diagnostics unreadable: `runs/s1` (seed 1)" in notes
+    # BDPO's files also hold one sample of its actor beside the selected action
+    actions["actor"] = {"q": 95.04, "distance_to_data": 1.2561}
+    result["policy_diagnostics"] = {"checkpoint": "ckpt_000125000.pt", "num_states": 4096,
+                                    "actions": actions}  # fmt: skip
+    (runs[1] / "behavior_eval.json").write_text(json.dumps(result))
+    text = rp.render_markdown(rp.build_report([root], out=tmp_path / "r.md", reps=50))
+    assert (
+        "bdpo: its policy at ckpt_000125000.pt on 4,096 dataset states: actions 1.05 from the "
+        "data's on average (one sample of the actor 1.26, behavior samples 0.59, the zero action "
+        "1.87); critic value of the policy's actions 94.3, of the actor's samples 95.0, of the "
+        "data's 92.9, of behavior samples 92.8, of the zero action 92.2: `runs/s1` (seed 1)" in text
+    )
     # the behavior score of both runs stays (one remark naming both)
     assert "35.0 zero-noise: `runs/s0` (seed 0), `runs/s1` (seed 1)" in notes
 

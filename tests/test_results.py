@@ -392,17 +392,18 @@ def test_results_script_keeps_a_tagged_row_apart_with_out_and_variants(tmp_path)
     assert run("bf16") == [] and run("fp32") == []
 
 
-def test_results_script_evaluates_each_finished_srpo_behavior_model_once(tmp_path):
-    repo, _, run_all = _fake_results_repo(tmp_path, "srpo")
+@pytest.mark.parametrize("algo", ["srpo", "bdpo"])
+def test_results_script_evaluates_each_finished_behavior_model_once(tmp_path, algo):
+    """SRPO's μ with 20 DDPM steps; BDPO's ν̄ with its own N-step chain (no --sampling-steps)."""
+    repo, _, run_all = _fake_results_repo(tmp_path, algo)
 
     def run():
         return [c for c in run_all() if "eval_behavior" in c]
 
-    cell = tmp_path / "runs" / "cpu" / "hopper-medium" / "srpo" / "run_stack3"
-    assert run() == [
-        f"scripts/eval_behavior.py {cell}/seed_{s} --sampling-steps 20" for s in range(3)
-    ]
-    committed = repo / "results" / "cpu" / "hopper-medium" / "srpo" / "run_stack3"
+    cell = tmp_path / "runs" / "cpu" / "hopper-medium" / algo / "run_stack3"
+    steps = " --sampling-steps 20" if algo == "srpo" else ""
+    assert run() == [f"scripts/eval_behavior.py {cell}/seed_{s}{steps}" for s in range(3)]
+    committed = repo / "results" / "cpu" / "hopper-medium" / algo / "run_stack3"
     assert len(list(committed.glob("seed_*/behavior_eval.json"))) == 3  # collected with the logs
     assert run() == []  # evaluated once
 

@@ -26,8 +26,11 @@ takes seconds per stage even on a task with a 20-member ensemble.
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 try:
     import hydra
@@ -47,7 +50,16 @@ from torchrl_sym.diffusion import (
 )
 from torchrl_sym.objectives.bdpo import BDPOLoss, BDPOPolicy, BDPOPrepareTraining, make_bdpo_qvalue
 from torchrl_sym.train.loop import Objective, Stage, TargetUpdate
-from torchrl_sym.train.recipe import Built, Run, load_earlier_run, run_recipe, stage_steps
+from torchrl_sym.train.recipe import (
+    Built,
+    Run,
+    load_earlier_run,
+    load_run_checkpoint,
+    make_dataset_env,
+    run_recipe,
+    stage_reached,
+    stage_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +190,202 @@ def load_behavior(path: str, loss: BDPOLoss, device, *, seed: int | None = None)
         state["stage_name"],
         int(state["stage_step"]),
     )
+
+
+# stage numbers of a BDPO run (build's stages): after the behavior stage ν, ν̄ are trained; from the
+# train stage on the actor π has left ν̄'s copy
+BEHAVIOR_DONE, TRAIN_STAGE = 1, 2
+
+
+def _reading_targets(fn):
+    """``fn`` reads a loaded loss's EMA copies without updating them: TorchRL's warning that no
+    target updater is associated with the loss does not apply."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No target network updater")
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _dims(info) -> tuple[int, int]:
+    """``(observation dim, action dim)`` of a dataset's info."""
+    return (
+        int(torch.Size(info.observation_shape).numel()),
+        int(torch.Size(info.action_shape).numel()),
+    )
+
+
+def _load_run(run_dir: str | Path):
+    """``(cfg, capped settings, checkpoint path, state, buffer, loss)`` of a BDPO run directory:
+    :func:`~torchrl_sym.train.recipe.load_run_checkpoint`, and the run's BDPOLoss (sizes as
+    trained: :func:`capped_sizes`) holding the checkpoint's parameters."""
+    cfg, path, state, buffer = load_run_checkpoint(
+        run_dir, algo="bdpo", reads="BDPO runs (their diffusion behavior model, actor and critics)"
+    )
+    hp = capped_sizes(cfg.bdpo)
+    loss = make_loss(*_dims(buffer.info), hp)
+    loss.load_state_dict(state["modules"]["loss"])
+    return cfg, hp, path, state, buffer, loss.eval()
+
+
+def ema_behavior(loss: BDPOLoss, hp, obs_dim: int, action_dim: int) -> DiffusionBehaviorActor:
+    """A stand-alone copy of the EMA behavior model ν̄ of ``loss`` (the model the penalties and the
+    actor's initialization use), as a policy module: sampled under a random exploration type,
+    zero-noise under a deterministic one."""
+    behavior = make_diffusion(obs_dim, action_dim, hp)
+    params = loss.target_behavior_network_params.detach().flatten_keys(".")
+    # the state dict's entries (the schedule's constant tables are not persistent buffers)
+    behavior.load_state_dict({key: params[key] for key in behavior.state_dict()})
+    return behavior.eval()
+
+
+@_reading_targets
+def evaluate_behavior(
+    run_dir: str | Path, *, episodes: int | None = None, policy_states: int | None = None
+) -> dict:
+    """The EMA behavior model ν̄ of a BDPO run, evaluated alone as a policy (the counterpart of
+    :func:`torchrl_sym.recipes.srpo.evaluate_behavior`, and the same result's layout).
+
+    Loads ``run_dir``'s newest checkpoint (its behavior stage must be finished), rebuilds the
+    run's BDPOLoss from ``run_dir/config.yaml``, and runs ``episodes`` episodes (default: the
+    run's ``eval.episodes``) of ν̄ in the dataset's env with the run's evaluation seeds, twice:
+    actions sampled by the N-step DDPM chain (``bdpo.num_steps``, the chain every penalty is
+    summed over) from a_N ~ N(0, I), and the chain's zero-noise action. Nothing in ``run_dir``
+    is changed. ν keeps training on the actor's steps (``bdpo.behavior_updates``), so a
+    checkpoint of the train stage scores the behavior model as it is then.
+
+    With ``policy_states`` set and the run's train stage begun, the result also holds
+    ``"policy_diagnostics"``: :func:`policy_diagnostics` on that many dataset states.
+
+    Returns:
+        ``{"checkpoint", "global_step", "sampling_steps", "episodes", "sample":
+        {"return", "normalized_score"}, "deterministic": {...}}`` (means over the episodes).
+    """
+    from torchrl.envs.utils import ExplorationType
+
+    from torchrl_sym.data.scores import normalized_score
+    from torchrl_sym.train.evaluate import evaluate_policy, evaluation_seeds
+
+    cfg, hp, path, state, buffer, loss = _load_run(run_dir)
+    if not stage_reached(state, BEHAVIOR_DONE):
+        raise ValueError(
+            f"{path} is at step {state['stage_step']} of the behavior stage: the behavior model is "
+            "not trained yet; evaluate it once the run has reached the critic warm-up"
+        )
+    info = buffer.info
+    behavior = ema_behavior(loss, hp, *_dims(info))
+    episodes = int(cfg.eval.episodes if episodes is None else episodes)
+    env = make_dataset_env(info, num_envs=episodes)
+    result = {
+        "checkpoint": path.name,
+        "global_step": int(state["global_step"]),
+        "sampling_steps": int(behavior.num_steps),
+        "episodes": episodes,
+    }
+    seeds = evaluation_seeds(int(cfg.seed), episodes, str(cfg.eval.get("start_states", "legacy")))
+    try:
+        modes = (
+            ("sample", ExplorationType.RANDOM),
+            ("deterministic", ExplorationType.DETERMINISTIC),
+        )
+        for name, mode in modes:
+            returns = evaluate_policy(
+                env,
+                behavior,
+                num_episodes=episodes,
+                max_steps=int(cfg.eval.max_steps),
+                seeds=seeds,
+                exploration_type=mode,
+            )
+            mean = float(returns.mean())
+            result[name] = {"return": mean, "normalized_score": float(normalized_score(info, mean))}
+    finally:
+        env.close()
+    if policy_states is not None and stage_reached(state, TRAIN_STAGE):
+        result["policy_diagnostics"] = _diagnose_policy(
+            cfg, hp, path, state, buffer, loss, num_states=policy_states
+        )
+    return result
+
+
+@_reading_targets
+def policy_diagnostics(run_dir: str | Path, *, num_states: int = 4096, seed: int = 0) -> dict:
+    """Where a BDPO run puts its actions, against the data and its behavior model.
+
+    Loads ``run_dir``'s newest checkpoint (its train stage must have begun), draws ``num_states``
+    distinct dataset transitions ``(s, a)`` (sampler seed ``seed``; all of them for a smaller
+    dataset, in random order) and, for five actions per state (``data``: the dataset's a;
+    ``policy``: the action the run is evaluated with, the best of ``eval_samples`` samples of the
+    EMA actor π̄ under the mean Q̄ (:class:`BDPOPolicy` as the run's ``bdpo.eval_selection`` and
+    ``bdpo.eval_critic``); ``actor``: one sample of π̄; ``behavior``: one sample of ν̄;
+    ``zeros``: the zero action), reports the mean critic value (the mean of the Q ensemble that
+    ranks the samples) and the mean Euclidean distance to the dataset action. Sampling draws
+    from torch's global generator, seeded with ``seed`` first. Nothing in ``run_dir`` is
+    changed; no episode is run.
+
+    Read it beside the run's score: an actor whose own samples sit much further from the data
+    than ν̄'s, at a critic value the data's actions do not reach, has followed the critics'
+    extrapolation off the data's support (too weak a penalty ``η`` for those critics, or critics
+    still far from their fixed point); an actor near ν̄ that still scores low points elsewhere.
+
+    Returns:
+        ``{"checkpoint", "global_step", "num_states", "sampling_steps", "seed", "q_reduce",
+        "actions": {name: {"q", "distance_to_data", "saturated_fraction"}}}`` for name in data,
+        policy, actor, behavior, zeros (``saturated_fraction``: the share of action dimensions
+        with ``|a| > 0.99``).
+    """
+    cfg, hp, path, state, buffer, loss = _load_run(run_dir)
+    return _diagnose_policy(cfg, hp, path, state, buffer, loss, num_states=num_states, seed=seed)
+
+
+@torch.no_grad()
+def _diagnose_policy(cfg, hp, path, state, buffer, loss, *, num_states: int, seed: int = 0):
+    """:func:`policy_diagnostics` on a run already loaded by :func:`_load_run`."""
+    if not stage_reached(state, TRAIN_STAGE):
+        raise ValueError(
+            f"{path} is in stage '{state['stage_name']}' (step {state['stage_step']}): the train "
+            "stage has not begun, so the actor is still the behavior model's copy; diagnose the "
+            "policy once the run has reached it"
+        )
+    buffer = buffer.with_batch_size(min(num_states, buffer.info.num_transitions), seed=seed)
+    batch = buffer.sample()
+    obs, data_action = batch["observation"], batch["action"]
+    if loss.action_clip is not None:  # the actions the losses see
+        data_action = data_action.clamp(-loss.action_clip, loss.action_clip)
+    behavior = ema_behavior(loss, hp, *_dims(buffer.info))  # built before the draws are seeded
+    torch.manual_seed(seed)
+    ema = hp.eval_critic == "ema"
+    policy = BDPOPolicy(
+        loss, num_samples=int(hp.eval_samples), selection=hp.eval_selection, critic=hp.eval_critic
+    )
+    first = BDPOPolicy(loss, selection="first")
+    td = TensorDict({"observation": obs}, batch_size=[len(obs)])
+    actions = {
+        "data": data_action,
+        "policy": policy(td.clone())["action"],
+        "actor": first(td.clone())["action"],
+        "behavior": behavior.sample(obs),
+        "zeros": torch.zeros_like(data_action),
+    }
+    return {
+        "checkpoint": path.name,
+        "global_step": int(state["global_step"]),
+        "num_states": len(obs),
+        "sampling_steps": int(loss.num_steps),
+        "seed": seed,
+        "q_reduce": f"mean of the {int(hp.ensemble_size)} {'EMA' if ema else 'online'} Q heads",
+        "actions": {
+            name: {
+                "q": float(loss.q_values(obs, a, target=ema).mean(0).mean()),
+                "distance_to_data": float((a - data_action).norm(dim=-1).mean()),
+                "saturated_fraction": float((a.abs() > 0.99).float().mean()),
+            }
+            for name, a in actions.items()
+        },
+    }
 
 
 @hydra.main(config_path="pkg://torchrl_sym.configs", config_name="bdpo", version_base="1.3")

@@ -51,14 +51,15 @@ from torchrl_sym.models import make_gaussian_actor, make_qvalue, make_value
 from torchrl_sym.objectives import DiffusionBehaviorLoss, SRPOLoss
 from torchrl_sym.objectives.srpo import make_srpo_actor
 from torchrl_sym.train import Objective, Stage, TargetUpdate
-from torchrl_sym.train.checkpoint import CheckpointManager
 from torchrl_sym.train.recipe import (
     Built,
     Run,
     load_earlier_run,
+    load_run_checkpoint,
     make_dataset_env,
     network_optimizers,
     run_recipe,
+    stage_reached,
     stage_steps,
 )
 
@@ -171,49 +172,13 @@ def make_behavior_loss(b, obs_dim: int, act_dim: int) -> DiffusionBehaviorLoss:
 
 
 def _load_run(run_dir: str | Path):
-    """``(cfg, checkpoint path, checkpoint state, buffer)`` of an SRPO run directory: its
-    ``config.yaml``, its newest loadable checkpoint and the run's dataset (sampler seed 0)."""
-    from omegaconf import OmegaConf
-
-    from torchrl_sym.data.offline import make_offline_replay_buffer
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.yaml, not a run directory")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    if cfg.get("algo") != "srpo":
-        raise ValueError(
-            f"{run_dir} holds a run of algo={cfg.get('algo')!r}; this reads SRPO runs (their "
-            "stage-1 diffusion behavior model and stage-3 policy)"
-        )
-    from torchrl_sym.train.stacking import seed_checkpoint
-
-    stacked = (run_dir.parent / "stack.yaml").is_file()  # a seed of a stacked run
-    folder = (run_dir.parent if stacked else run_dir) / "checkpoints"
-    path = CheckpointManager(folder).latest()
-    if path is None:
-        raise FileNotFoundError(f"{folder}: no loadable checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if stacked:
-        state = seed_checkpoint(
-            state, int(cfg.seed) - int(OmegaConf.load(run_dir.parent / "stack.yaml").seed)
-        )
-    data = cfg.data
-    buffer = make_offline_replay_buffer(
-        cfg.dataset,
-        int(data.batch_size),
-        seed=0,
-        env=cfg.get("env", "auto"),
-        action_clip=data.get("action_clip", "auto"),
-        reward_transform=data.reward_transform,
-        normalize_observations=bool(data.normalize_observations),
-        generate_transitions=int(data.generate_transitions),
+    """``(cfg, checkpoint path, checkpoint state, buffer)`` of an SRPO run directory
+    (:func:`~torchrl_sym.train.recipe.load_run_checkpoint`)."""
+    return load_run_checkpoint(
+        run_dir,
+        algo="srpo",
+        reads="SRPO runs (their stage-1 diffusion behavior model and stage-3 policy)",
     )
-    return cfg, path, state, buffer
-
-
-def _stage_reached(state: dict, stage: int) -> bool:
-    return bool(state.get("completed")) or int(state["stage_index"]) >= stage
 
 
 def evaluate_behavior(
@@ -247,7 +212,7 @@ def evaluate_behavior(
     from torchrl_sym.train.evaluate import evaluate_policy, evaluation_seeds
 
     cfg, path, state, buffer = _load_run(run_dir)
-    if not _stage_reached(state, 1):
+    if not stage_reached(state, 1):
         raise ValueError(
             f"{path} is at step {state['stage_step']} of the behavior stage: the behavior model is "
             "not trained yet; evaluate it once the run has reached the critic stage"
@@ -288,7 +253,7 @@ def evaluate_behavior(
             result[name] = {"return": mean, "normalized_score": float(normalized_score(info, mean))}
     finally:
         env.close()
-    if policy_states is not None and _stage_reached(state, 2):
+    if policy_states is not None and stage_reached(state, 2):
         result["policy_diagnostics"] = _diagnose_policy(
             cfg, path, state, buffer, num_states=policy_states, sampling_steps=behavior.num_steps
         )
@@ -336,7 +301,7 @@ def _diagnose_policy(
 ) -> dict:
     """:func:`policy_diagnostics` on a run already loaded by :func:`_load_run`."""
     buffer = buffer.with_batch_size(min(num_states, buffer.info.num_transitions), seed=seed)
-    if not _stage_reached(state, 2):
+    if not stage_reached(state, 2):
         raise ValueError(
             f"{path} is in stage {int(state['stage_index'])} (step {state['stage_step']}): the "
             "policy stage has not begun; diagnose the policy once the run has reached it"

@@ -67,7 +67,7 @@ class Run:
     scores: tuple[float | None, ...] = ()
     summary: dict | None = None
     remarks: list[str] = field(default_factory=list)  # facts found while reading (not fatal)
-    behavior_eval: dict | None = None  # SRPO: behavior_eval.json (scripts/eval_behavior.py)
+    behavior_eval: dict | None = None  # SRPO, BDPO: behavior_eval.json (scripts/eval_behavior.py)
 
     @property
     def last_step(self) -> int | None:
@@ -346,7 +346,7 @@ def load_run(path: str | Path, *, last_k: int | None = None) -> Run:
 
 
 def _policy_diagnostics_text(d: Any) -> str | None:
-    """The remark for ``behavior_eval.json``'s ``policy_diagnostics`` (SRPO), or ``None`` when
+    """The remark for ``behavior_eval.json``'s ``policy_diagnostics`` (SRPO, BDPO), or ``None`` when
     it is malformed (a file written before the diagnostics existed has no block: no remark)."""
     try:
         a = d["actions"]
@@ -355,12 +355,19 @@ def _policy_diagnostics_text(d: Any) -> str | None:
         states = int(d["num_states"])
     except (TypeError, KeyError, ValueError):
         return None
+    try:  # BDPO: one sample of its actor beside the action it is evaluated with
+        actor = (float(a["actor"]["distance_to_data"]), float(a["actor"]["q"]))
+    except (TypeError, KeyError, ValueError):
+        actor = None
     text = (
         f"its policy at {d.get('checkpoint', '?')} on {states:,} dataset states: actions "
-        f"{dist['policy']:.2f} from the data's on average (behavior samples {dist['behavior']:.2f}, "
-        f"the zero action {dist['zeros']:.2f}); critic value of the policy's actions "
-        f"{q['policy']:.1f}, of the data's {q['data']:.1f}, of behavior samples "
-        f"{q['behavior']:.1f}, of the zero action {q['zeros']:.1f}"
+        f"{dist['policy']:.2f} from the data's on average ("
+        + (f"one sample of the actor {actor[0]:.2f}, " if actor else "")
+        + f"behavior samples {dist['behavior']:.2f}, the zero action {dist['zeros']:.2f}); "
+        f"critic value of the policy's actions {q['policy']:.1f}, "
+        + (f"of the actor's samples {actor[1]:.1f}, " if actor else "")
+        + f"of the data's {q['data']:.1f}, of behavior samples {q['behavior']:.1f}, of the zero "
+        f"action {q['zeros']:.1f}"
     )
     try:  # files written since 2026-12-07 also hold the share of saturated action dimensions
         sat = {k: float(a[k]["saturated_fraction"]) for k in ("policy", "data")}

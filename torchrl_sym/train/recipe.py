@@ -1092,3 +1092,49 @@ def load_earlier_run(path, device, *, seed: int | None, option: str, algo: str) 
             f"{algo} run (or one of its checkpoints/ckpt_*.pt files)."
         )
     return state
+
+
+def load_run_checkpoint(run_dir, *, algo: str, reads: str):
+    """``(cfg, checkpoint path, checkpoint state, buffer)`` of a finished or running ``algo`` run
+    directory (``reads`` says what the caller reads of it, for the error): its ``config.yaml``, its
+    newest loadable checkpoint (a seed of a stacked run, ``<stacked run>/seed_<s>/``: that seed's
+    slice of the stacked checkpoint) and the run's dataset (sampler seed 0, the run's data
+    settings). Raises ``FileNotFoundError`` (no config or no checkpoint) or ``ValueError``
+    (another algorithm's run), naming the directory."""
+    from omegaconf import OmegaConf
+
+    from torchrl_sym.train.checkpoint import CheckpointManager
+    from torchrl_sym.train.stacking import seed_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {RUN_CONFIG}, not a run directory")
+    cfg = OmegaConf.load(run_dir / RUN_CONFIG)
+    if cfg.get("algo") != algo:
+        raise ValueError(f"{run_dir} holds a run of algo={cfg.get('algo')!r}; this reads {reads}")
+    stacked = (run_dir.parent / STACK_CONFIG).is_file()  # a seed of a stacked run
+    folder = (run_dir.parent if stacked else run_dir) / "checkpoints"
+    path = CheckpointManager(folder).latest()
+    if path is None:
+        raise FileNotFoundError(f"{folder}: no loadable checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if stacked:
+        first = int(OmegaConf.load(run_dir.parent / STACK_CONFIG).seed)
+        state = seed_checkpoint(state, int(cfg.seed) - first)
+    data = cfg.data
+    buffer = make_offline_replay_buffer(
+        cfg.dataset,
+        int(data.batch_size),
+        seed=0,
+        env=cfg.get("env", "auto"),
+        action_clip=data.get("action_clip", "auto"),
+        reward_transform=data.reward_transform,
+        normalize_observations=bool(data.normalize_observations),
+        generate_transitions=int(data.generate_transitions),
+    )
+    return cfg, path, state, buffer
+
+
+def stage_reached(state: Mapping[str, Any], stage: int) -> bool:
+    """Whether a checkpoint ``state`` has reached stage number ``stage`` (0-based) or finished."""
+    return bool(state.get("completed")) or int(state["stage_index"]) >= stage

@@ -46,11 +46,11 @@ def _rate(fn, min_time: float) -> float:
 
 
 def bf16_hardware() -> str:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    from torchrl_sym.train.precision import bf16_matmul_hardware
+
+    found = bf16_matmul_hardware()
+    if found is None:
         return "unknown"
-    found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
     return ", ".join(found) if found else "none (bf16 is emulated)"
 
 

@@ -772,11 +772,9 @@ def _cpu_model() -> str:
 
 
 def _has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    from torchrl_sym.train.precision import bf16_matmul_hardware
+
+    return bool(bf16_matmul_hardware())
 
 
 def main() -> None:

@@ -126,6 +126,24 @@ def test_shared_overrides(tmp_path, recipe_dataset):
     assert [int(row.split(",")[0]) for row in loss_rows] == [10, 20, 30]
     assert not list(run_dir.rglob("events.out.tfevents.*"))
     assert "seed: 3" in (run_dir / "config.yaml").read_text()
+    assert "without bf16 matmul hardware" not in (run_dir / "iql.log").read_text()  # fp32
+
+
+def test_bf16_on_a_cpu_without_bf16_matmuls_is_warned_at_the_start(tmp_path, recipe_dataset):
+    """A run with precision=bf16 logs the emulated-bf16 warning exactly where this machine's
+    cpuinfo lacks bf16 matmul hardware (the warning's text: tests/test_stacking.py)."""
+    from torchrl_sym.train.precision import emulated_bf16_warning
+
+    expected = emulated_bf16_warning("bf16", "cpu")
+    run_dir = tmp_path / "run"
+    proc = _run("iql", f"dataset={recipe_dataset}", "precision=bf16", "compile=false",
+                "train.steps=4", "eval.interval=4", "eval.episodes=1", "eval.max_steps=5",
+                "logger.backend=none", f"hydra.run.dir={run_dir}")  # fmt: skip
+    text = proc.stdout + proc.stderr + (run_dir / "iql.log").read_text()
+    if expected is None:  # a CPU with AMX or AVX512-BF16 (or no cpuinfo): nothing to warn of
+        assert "without bf16 matmul hardware" not in text
+    else:
+        assert expected in text
 
 
 def test_bad_override_is_reported(tmp_path, recipe_dataset):

@@ -292,6 +292,35 @@ def test_bf16_update_keeps_fp32_weights_and_outputs(recipe_dataset, tmp_path):
     assert q.dtype == torch.float32  # the hook casts the network's output back
 
 
+def test_bf16_matmul_hardware_is_read_from_cpuinfo_and_its_absence_warned(tmp_path):
+    """precision=bf16 on a CPU whose cpuinfo lists neither amx_bf16 nor avx512_bf16 gets a warning
+    naming the file and the way out; with the hardware, an unreadable cpuinfo, fp32 or a GPU, none."""
+    from torchrl_sym.train.precision import bf16_matmul_hardware, emulated_bf16_warning
+
+    files = {
+        "amx": "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n",
+        "avx512": "flags\t\t: fpu avx2 avx512f avx512_bf16\n",
+        "none": "flags\t\t: fpu avx2 avx512f avx512_vnni\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert bf16_matmul_hardware(tmp_path / "amx") == ["amx_bf16"]
+    assert bf16_matmul_hardware(tmp_path / "avx512") == ["avx512_bf16"]
+    assert bf16_matmul_hardware(tmp_path / "none") == []
+    assert bf16_matmul_hardware(tmp_path / "missing") is None
+    warning = emulated_bf16_warning("bf16", "cpu", tmp_path / "none")
+    assert warning.startswith("precision=bf16 on a CPU without bf16 matmul hardware")
+    assert str(tmp_path / "none") in warning and "Use precision=fp32" in warning
+    for precision, device, name in (
+        ("fp32", "cpu", "none"),
+        ("bf16", "cpu", "amx"),
+        ("bf16", "cpu", "avx512"),
+        ("bf16", "cpu", "missing"),
+        ("bf16", "cuda", "none"),
+    ):
+        assert emulated_bf16_warning(precision, device, tmp_path / name) is None
+
+
 def test_precision_must_be_fp32_or_bf16():
     from torchrl_sym.train.loop import Objective, Stage
 

@@ -857,6 +857,11 @@ def setup_run(cfg) -> Run:
             f"device={cfg.device}; set device=cuda (on a machine with a GPU) or drop cudagraphs=true."
         )
     cfg, run_dir, lock, record = prepare_run(cfg, recipe_algo=str(cfg.algo))
+    from torchrl_sym.train.precision import emulated_bf16_warning
+
+    slow = emulated_bf16_warning(str(cfg.get("precision", "fp32")), device)
+    if slow is not None:
+        log.warning(slow)
     try:
         data = cfg.data
         buffer = make_offline_replay_buffer(

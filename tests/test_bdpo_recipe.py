@@ -473,3 +473,32 @@ def test_eval_behavior_scores_the_ema_behavior_and_diagnoses_the_policy(
     assert "policy_diagnostics" not in json.loads((middle / "behavior_eval.json").read_text())
     with pytest.raises(ValueError, match="train stage has not begun"):
         _recipe().policy_diagnostics(middle)
+
+
+def test_eval_behavior_reads_one_seed_of_a_stacked_run(tmp_path, recipe_dataset):
+    """scripts/results_cpu.sh evaluates `<stacked run>/seed_<s>/`: the loader takes that seed's
+    slice of the stacked checkpoint (every tensor of the loss, and seed s's config), and the script
+    writes the seed's behavior_eval.json from it."""
+    from torchrl_sym.train.recipe import load_run_checkpoint
+
+    run = tmp_path / "stacked"
+    _run("profile=smoke", "task=walker2d-medium", f"dataset={recipe_dataset}", *SHORT,
+         "seed=5", "stack_seeds=2", f"hydra.run.dir={run}")  # fmt: skip
+    (stacked,) = (run / "checkpoints").glob("ckpt_000000150.pt")
+    whole = torch.load(stacked, weights_only=False)["modules"]["loss"]
+    cfg, path, state, _ = load_run_checkpoint(run / "seed_6", algo="bdpo", reads="BDPO runs")
+    assert int(cfg.seed) == 6 and path == stacked
+    own = state["modules"]["loss"]
+    assert own.keys() == whole.keys()
+    for key, value in whole.items():
+        torch.testing.assert_close(own[key], value[1], rtol=0, atol=0, msg=key)
+    spec = importlib.util.spec_from_file_location(
+        "eval_behavior", ROOT / "scripts" / "eval_behavior.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(run / "seed_6"), "--episodes", "1", "--num-states", "64"]) == 0
+    result = json.loads((run / "seed_6" / "behavior_eval.json").read_text())
+    assert result["checkpoint"] == "ckpt_000000150.pt"
+    assert result["policy_diagnostics"]["num_states"] == 64
+    assert not (run / "seed_5" / "behavior_eval.json").exists()

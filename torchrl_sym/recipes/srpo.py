@@ -56,9 +56,9 @@ from torchrl_sym.train.recipe import (
     Run,
     load_earlier_run,
     load_run_checkpoint,
-    make_dataset_env,
     network_optimizers,
     run_recipe,
+    score_behavior_model,
     stage_reached,
     stage_steps,
 )
@@ -206,11 +206,6 @@ def evaluate_behavior(
         ``{"checkpoint", "global_step", "sampling_steps", "episodes", "sample":
         {"return", "normalized_score"}, "deterministic": {...}}`` (means over the episodes).
     """
-    from torchrl.envs.utils import ExplorationType
-
-    from torchrl_sym.data.scores import normalized_score
-    from torchrl_sym.train.evaluate import evaluate_policy, evaluation_seeds
-
     cfg, path, state, buffer = _load_run(run_dir)
     if not stage_reached(state, 1):
         raise ValueError(
@@ -225,34 +220,7 @@ def evaluate_behavior(
     behavior = loss.actor_network.eval()
     if sampling_steps is not None:
         behavior.num_steps = int(sampling_steps)
-    episodes = int(cfg.eval.episodes if episodes is None else episodes)
-    env = make_dataset_env(info, num_envs=episodes)
-    result = {
-        "checkpoint": path.name,
-        "global_step": int(state["global_step"]),
-        "sampling_steps": int(behavior.num_steps),
-        "episodes": episodes,
-    }
-    try:
-        modes = (
-            ("sample", ExplorationType.RANDOM),
-            ("deterministic", ExplorationType.DETERMINISTIC),
-        )
-        for name, mode in modes:
-            returns = evaluate_policy(
-                env,
-                behavior,
-                num_episodes=episodes,
-                max_steps=int(cfg.eval.max_steps),
-                seeds=evaluation_seeds(
-                    int(cfg.seed), episodes, str(cfg.eval.get("start_states", "legacy"))
-                ),
-                exploration_type=mode,
-            )
-            mean = float(returns.mean())
-            result[name] = {"return": mean, "normalized_score": float(normalized_score(info, mean))}
-    finally:
-        env.close()
+    result = score_behavior_model(cfg, path, state, info, behavior, episodes)
     if policy_states is not None and stage_reached(state, 2):
         result["policy_diagnostics"] = _diagnose_policy(
             cfg, path, state, buffer, num_states=policy_states, sampling_steps=behavior.num_steps

@@ -1143,3 +1143,42 @@ def load_run_checkpoint(run_dir, *, algo: str, reads: str):
 def stage_reached(state: Mapping[str, Any], stage: int) -> bool:
     """Whether a checkpoint ``state`` has reached stage number ``stage`` (0-based) or finished."""
     return bool(state.get("completed")) or int(state["stage_index"]) >= stage
+
+
+def score_behavior_model(cfg, path: Path, state: Mapping[str, Any], info, behavior, episodes):
+    """A diffusion behavior model of a run (loaded by :func:`load_run_checkpoint`) evaluated alone
+    as a policy: ``episodes`` episodes (default: the run's ``eval.episodes``) in the dataset's env
+    from the run's evaluation start states, sampled (a random exploration type) and zero-noise
+    (a deterministic one). Returns ``{"checkpoint", "global_step", "sampling_steps", "episodes",
+    "sample": {"return", "normalized_score"}, "deterministic": {...}}`` (means over episodes)."""
+    from torchrl.envs.utils import ExplorationType
+
+    from torchrl_sym.train.evaluate import evaluate_policy, evaluation_seeds
+
+    episodes = int(cfg.eval.episodes if episodes is None else episodes)
+    seeds = evaluation_seeds(int(cfg.seed), episodes, str(cfg.eval.get("start_states", "legacy")))
+    env = make_dataset_env(info, num_envs=episodes)
+    result = {
+        "checkpoint": path.name,
+        "global_step": int(state["global_step"]),
+        "sampling_steps": int(behavior.num_steps),
+        "episodes": episodes,
+    }
+    try:
+        for name, mode in (
+            ("sample", ExplorationType.RANDOM),
+            ("deterministic", ExplorationType.DETERMINISTIC),
+        ):
+            returns = evaluate_policy(
+                env,
+                behavior,
+                num_episodes=episodes,
+                max_steps=int(cfg.eval.max_steps),
+                seeds=seeds,
+                exploration_type=mode,
+            )
+            mean = float(returns.mean())
+            result[name] = {"return": mean, "normalized_score": float(normalized_score(info, mean))}
+    finally:
+        env.close()
+    return result

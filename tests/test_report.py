@@ -288,12 +288,15 @@ def test_cells_of_five_seeds_show_rliables_bootstrap(tmp_path):
     )
 
 
-def test_aggregates_are_rliables_mean_and_iqm(report, page):
+def test_aggregates_are_rliables_mean_and_iqm(tree, report, page, tmp_path):
     from rliable import library, metrics
 
-    (agg,) = [a for a in report.aggregates if a.algo == "iql"]
-    # hopper has 3 valid runs, walker2d 2: both contribute their 2 lowest seeds
+    # with claim_seeds=2 both of IQL's cells have enough runs (hopper 3 valid, walker2d 2): each
+    # dataset contributes its 2 lowest seeds
+    two = rp.build_report([tree], out=tmp_path / "r.md", reps=REPS, claim_seeds=2)
+    (agg,) = [a for a in two.aggregates if a.algo == "iql"]
     assert agg.datasets == [HOPPER, WALKER] and agg.runs_per_dataset == 2
+    assert agg.trimmed == [(HOPPER, 3)] and agg.left_out == []
     hopper, _ = expected_final_and_best("iql", HOPPER, "", range(2))
     walker, _ = expected_final_and_best("iql", WALKER, "", range(2))
     matrix = np.stack([hopper, walker], axis=1)
@@ -308,7 +311,7 @@ def test_aggregates_are_rliables_mean_and_iqm(report, page):
     assert agg.mean == pytest.approx(matrix.mean(axis=0).mean())
     assert agg.mean_ci == (cis["g"][0, 0], cis["g"][1, 0])
     assert agg.iqm_ci == (cis["g"][0, 1], cis["g"][1, 1])
-    text = page.read_text()
+    text = rp.render_markdown(two)
     aggregates = text.split("## Aggregates across datasets", 1)[1]
     line = next(x for x in aggregates.splitlines() if x.startswith("| iql |"))
     assert f"| {agg.mean:.1f} | [{agg.mean_ci[0]:.1f}, {agg.mean_ci[1]:.1f}] |" in line
@@ -318,6 +321,23 @@ def test_aggregates_are_rliables_mean_and_iqm(report, page):
     assert "2 of the 3 valid runs on `torchrl_sym/hopper/medium-v1` are used" in aggregates
     # bdpo ran on one dataset, sfac on two: the page says the rows are not comparable
     assert "the rows cover different datasets, so they are not comparable" in aggregates
+    # the default claim_seeds=3: the 2-run walker2d cell is left out (and named) rather than
+    # cutting hopper down to 2 runs
+    (agg,) = [a for a in report.aggregates if a.algo == "iql"]
+    assert agg.datasets == [HOPPER] and agg.runs_per_dataset == 3
+    assert agg.left_out == [(WALKER, 2)] and agg.trimmed == []
+    hopper, _ = expected_final_and_best("iql", HOPPER, "", range(3))
+    assert agg.mean == pytest.approx(hopper.mean())
+    aggregates = page.read_text().split("## Aggregates across datasets", 1)[1]
+    line = next(x for x in aggregates.splitlines() if x.startswith("| iql |"))
+    assert f"| {agg.mean:.1f} |" in line and line.rstrip().endswith("| 66.3 |")
+    assert (
+        f"iql: `{WALKER}` is left out, with 2 valid runs (an aggregate takes a row's cells with "
+        "at least as many runs as a claim's verdict needs, where it has any)" in aggregates
+    )
+    # a row whose cells all have fewer runs keeps them all (as many runs as its smallest cell)
+    (bdpo,) = [a for a in report.aggregates if a.algo == "bdpo"]
+    assert bdpo.left_out == [] and bdpo.runs_per_dataset < 3
 
 
 def test_per_kind_aggregates_use_only_their_kinds_datasets(report, page, tmp_path):

@@ -99,6 +99,9 @@ class Aggregate:
     mean_ci: tuple[float, float] | None
     iqm_ci: tuple[float, float] | None
     trimmed: list[tuple[str, int]]  # datasets with more valid runs than used, and their count
+    # datasets left out: fewer valid runs than the report's claim_seeds while the row has other
+    # datasets with that many (a cell being built seed by seed), and their count
+    left_out: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -415,13 +418,15 @@ def build_report(
             cell.best_ci = mean_ci(cell.bests, reps=reps, seed=seed)
         cells.append(cell)
 
-    aggregates = _aggregates(cells, reps=reps, seed=seed)
+    aggregates = _aggregates(cells, reps=reps, seed=seed, min_runs=claim_seeds)
     kinds = sorted({dataset_kind(c.dataset) for c in cells if c.valid}, key=_kind_order)
     kind_aggregates = []
     if len(kinds) > 1:  # a view per data kind only where the page spans more than one
         for kind in kinds:
             group = [c for c in cells if dataset_kind(c.dataset) == kind]
-            kind_aggregates.append((kind, _aggregates(group, reps=reps, seed=seed)))
+            kind_aggregates.append(
+                (kind, _aggregates(group, reps=reps, seed=seed, min_runs=claim_seeds))
+            )
     return Report(
         sweeps=sweeps,
         data_stats=stats,
@@ -490,9 +495,14 @@ def _kind_order(kind: str | None) -> tuple[int, str]:
     return (order.index(kind) if kind in order else len(order), kind or "~")
 
 
-def _aggregates(cells: Sequence[Cell], *, reps: int, seed: int) -> list[Aggregate]:
+def _aggregates(
+    cells: Sequence[Cell], *, reps: int, seed: int, min_runs: int = DEFAULT_CLAIM_SEEDS
+) -> list[Aggregate]:
     """One :class:`Aggregate` per algorithm/variant over the datasets of ``cells`` where it has
-    valid runs: each dataset contributes the same number of runs (its lowest seeds)."""
+    valid runs: each dataset contributes the same number of runs (its lowest seeds). Where some
+    of a row's cells have ``min_runs`` valid runs (the protocol's seeds, ``claim_seeds``), cells
+    with fewer are left out (and named) instead of cutting every dataset down to their count: a
+    cell built seed by seed does not shrink the row's other datasets to one run each."""
     import numpy as np
 
     aggregates = []
@@ -501,6 +511,10 @@ def _aggregates(cells: Sequence[Cell], *, reps: int, seed: int) -> list[Aggregat
         if cell.valid:
             by_group.setdefault((cell.algo, cell.variant), []).append(cell)
     for (algo, variant), group_cells in sorted(by_group.items()):
+        left_out = []
+        if any(len(c.valid) >= min_runs for c in group_cells):
+            left_out = [(c.dataset, len(c.valid)) for c in group_cells if len(c.valid) < min_runs]
+            group_cells = [c for c in group_cells if len(c.valid) >= min_runs]
         n = min(len(c.valid) for c in group_cells)
         columns, trimmed = [], []
         for c in group_cells:
@@ -521,6 +535,7 @@ def _aggregates(cells: Sequence[Cell], *, reps: int, seed: int) -> list[Aggregat
                 agg_mean_ci if n >= 2 else None,
                 agg_iqm_ci if n >= 2 else None,
                 trimmed,
+                left_out,
             )
         )
     return aggregates

@@ -359,6 +359,14 @@ def _aggregate_rows(aggregates: Sequence[Aggregate], notes: _Notes) -> list[str]
                     f"`{dataset}` are used (the fewest any of its datasets has)"
                 )
             )
+        for dataset, count in agg.left_out:
+            marks.append(
+                notes.add(
+                    f"{agg.label}: `{dataset}` is left out, with {count} valid "
+                    f"run{'s' if count != 1 else ''} (an aggregate takes a row's cells with at "
+                    "least as many runs as a claim's verdict needs, where it has any)"
+                )
+            )
         tasks = [task_name(d) for d in agg.datasets]
         columns: dict[str, dict[str, float]] = {}
         for p in PUBLISHED:
@@ -389,7 +397,9 @@ def _aggregate_section(report: Report, start: Path) -> list[str]:
         "Final scores per algorithm/variant over the datasets it has valid runs on: mean of the "
         "per-dataset means (rliable `aggregate_mean`) and interquartile mean of all runs × "
         "datasets (`aggregate_iqm`), with 95% stratified-bootstrap CIs over runs. Each dataset "
-        "contributes the same number of runs (its valid runs with the lowest seeds). The "
+        "contributes the same number of runs (its valid runs with the lowest seeds); where a "
+        f"row has cells of at least {report.claim_seeds} runs (the seeds a claim's verdict "
+        "needs), its cells with fewer are left out and named. The "
         "published column averages the papers' numbers over the same datasets (D4RL's data)."
         + _few_runs_text(report),
         "",

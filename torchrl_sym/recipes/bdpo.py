@@ -53,6 +53,7 @@ from torchrl_sym.train.loop import Objective, Stage, TargetUpdate
 from torchrl_sym.train.recipe import (
     Built,
     Run,
+    info_dims,
     load_earlier_run,
     load_run_checkpoint,
     run_recipe,
@@ -210,14 +211,6 @@ def _reading_targets(fn):
     return wrapper
 
 
-def _dims(info) -> tuple[int, int]:
-    """``(observation dim, action dim)`` of a dataset's info."""
-    return (
-        int(torch.Size(info.observation_shape).numel()),
-        int(torch.Size(info.action_shape).numel()),
-    )
-
-
 def _load_run(run_dir: str | Path):
     """``(cfg, capped settings, checkpoint path, state, buffer, loss)`` of a BDPO run directory:
     :func:`~torchrl_sym.train.recipe.load_run_checkpoint`, and the run's BDPOLoss (sizes as
@@ -226,7 +219,7 @@ def _load_run(run_dir: str | Path):
         run_dir, algo="bdpo", reads="BDPO runs (their diffusion behavior model, actor and critics)"
     )
     hp = capped_sizes(cfg.bdpo)
-    loss = make_loss(*_dims(buffer.info), hp)
+    loss = make_loss(*info_dims(buffer.info), hp)
     loss.load_state_dict(state["modules"]["loss"])
     return cfg, hp, path, state, buffer, loss.eval()
 
@@ -271,7 +264,7 @@ def evaluate_behavior(
             "not trained yet; evaluate it once the run has reached the critic warm-up"
         )
     info = buffer.info
-    behavior = ema_behavior(loss, hp, *_dims(info))
+    behavior = ema_behavior(loss, hp, *info_dims(info))
     result = score_behavior_model(cfg, path, state, info, behavior, episodes)
     if policy_states is not None and stage_reached(state, TRAIN_STAGE):
         result["policy_diagnostics"] = _diagnose_policy(
@@ -324,7 +317,7 @@ def _diagnose_policy(cfg, hp, path, state, buffer, loss, *, num_states: int, see
     obs, data_action = batch["observation"], batch["action"]
     if loss.action_clip is not None:  # the actions the losses see
         data_action = data_action.clamp(-loss.action_clip, loss.action_clip)
-    behavior = ema_behavior(loss, hp, *_dims(buffer.info))  # built before the draws are seeded
+    behavior = ema_behavior(loss, hp, *info_dims(buffer.info))  # built before the draws are seeded
     torch.manual_seed(seed)
     ema = hp.eval_critic == "ema"
     policy = BDPOPolicy(

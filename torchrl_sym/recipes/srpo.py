@@ -54,6 +54,7 @@ from torchrl_sym.train import Objective, Stage, TargetUpdate
 from torchrl_sym.train.recipe import (
     Built,
     Run,
+    info_dims,
     load_earlier_run,
     load_run_checkpoint,
     network_optimizers,
@@ -213,9 +214,7 @@ def evaluate_behavior(
             "not trained yet; evaluate it once the run has reached the critic stage"
         )
     info = buffer.info
-    obs_dim = int(torch.Size(info.observation_shape).numel())
-    act_dim = int(torch.Size(info.action_shape).numel())
-    loss = make_behavior_loss(cfg.srpo.behavior, obs_dim, act_dim)
+    loss = make_behavior_loss(cfg.srpo.behavior, *info_dims(info))
     loss.load_state_dict(state["modules"]["behavior"])
     behavior = loss.actor_network.eval()
     if sampling_steps is not None:
@@ -275,9 +274,7 @@ def _diagnose_policy(
             "policy stage has not begun; diagnose the policy once the run has reached it"
         )
     hp = cfg.srpo
-    info = buffer.info
-    obs_dim = int(torch.Size(info.observation_shape).numel())
-    act_dim = int(torch.Size(info.action_shape).numel())
+    obs_dim, act_dim = info_dims(buffer.info)
     bc_loss = make_behavior_loss(hp.behavior, obs_dim, act_dim)
     bc_loss.load_state_dict(state["modules"]["behavior"])
     c = hp.critic

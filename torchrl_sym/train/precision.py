@@ -11,7 +11,6 @@ them).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,8 +26,6 @@ __all__ = [
     "emulated_bf16_warning",
     "keep_outputs_fp32",
 ]
-
-log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")

@@ -61,6 +61,31 @@ log = logging.getLogger(__name__)
 LOGGER_BACKENDS = ("tensorboard", "csv", "wandb", "none")
 
 
+def info_dims(info) -> tuple[int, int]:
+    """``(observation dim, action dim)`` of a dataset's info (flattened sizes)."""
+    return (
+        int(torch.Size(info.observation_shape).numel()),
+        int(torch.Size(info.action_shape).numel()),
+    )
+
+
+def dataset_buffer(cfg, *, seed: int, device=None) -> OfflineReplayBuffer:
+    """The offline replay buffer of a run's config: ``cfg.dataset`` with the run's ``data``
+    settings (batch size, env, action clip, reward transform, observation normalization)."""
+    data = cfg.data
+    return make_offline_replay_buffer(
+        cfg.dataset,
+        int(data.batch_size),
+        device=device,
+        seed=seed,
+        env=cfg.get("env", "auto"),
+        action_clip=data.get("action_clip", "auto"),
+        reward_transform=data.reward_transform,
+        normalize_observations=bool(data.normalize_observations),
+        generate_transitions=int(data.generate_transitions),
+    )
+
+
 def make_dataset_env(info, *, seed: int | None = None, device=None, num_envs: int | None = None):
     """The env a dataset names (``info``: a replay buffer's ``OfflineDatasetInfo``), normalized as the
     buffer normalizes its observations; ``num_envs=N``: one vectorized env of ``N`` sub-envs (see
@@ -266,11 +291,11 @@ class Run:
 
     @property
     def obs_dim(self) -> int:
-        return int(torch.Size(self.info.observation_shape).numel())
+        return info_dims(self.info)[0]
 
     @property
     def action_dim(self) -> int:
-        return int(torch.Size(self.info.action_shape).numel())
+        return info_dims(self.info)[1]
 
     @property
     def seed(self) -> int:
@@ -863,18 +888,7 @@ def setup_run(cfg) -> Run:
     if slow is not None:
         log.warning(slow)
     try:
-        data = cfg.data
-        buffer = make_offline_replay_buffer(
-            cfg.dataset,
-            int(data.batch_size),
-            device=device,
-            seed=int(cfg.seed),
-            env=cfg.get("env", "auto"),
-            action_clip=data.get("action_clip", "auto"),
-            reward_transform=data.reward_transform,
-            normalize_observations=bool(data.normalize_observations),
-            generate_transitions=int(data.generate_transitions),
-        )
+        buffer = dataset_buffer(cfg, seed=int(cfg.seed), device=device)
         seed_dirs = seed_dirs_of(run_dir, cfg)
         if seed_dirs:
             logger = [
@@ -1117,27 +1131,15 @@ def load_run_checkpoint(run_dir, *, algo: str, reads: str):
     cfg = OmegaConf.load(run_dir / RUN_CONFIG)
     if cfg.get("algo") != algo:
         raise ValueError(f"{run_dir} holds a run of algo={cfg.get('algo')!r}; this reads {reads}")
-    stacked = (run_dir.parent / STACK_CONFIG).is_file()  # a seed of a stacked run
-    folder = (run_dir.parent if stacked else run_dir) / "checkpoints"
+    stacked = _stacked_source(run_dir, None, str(run_dir))  # a seed of a stacked run: its slice
+    folder = (stacked[0] if stacked else run_dir) / "checkpoints"
     path = CheckpointManager(folder).latest()
     if path is None:
         raise FileNotFoundError(f"{folder}: no loadable checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=False)
     if stacked:
-        first = int(OmegaConf.load(run_dir.parent / STACK_CONFIG).seed)
-        state = seed_checkpoint(state, int(cfg.seed) - first)
-    data = cfg.data
-    buffer = make_offline_replay_buffer(
-        cfg.dataset,
-        int(data.batch_size),
-        seed=0,
-        env=cfg.get("env", "auto"),
-        action_clip=data.get("action_clip", "auto"),
-        reward_transform=data.reward_transform,
-        normalize_observations=bool(data.normalize_observations),
-        generate_transitions=int(data.generate_transitions),
-    )
-    return cfg, path, state, buffer
+        state = seed_checkpoint(state, stacked[1])
+    return cfg, path, state, dataset_buffer(cfg, seed=0)
 
 
 def stage_reached(state: Mapping[str, Any], stage: int) -> bool:
